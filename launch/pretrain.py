@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""Run the whole MCL pipeline: stage 0, then embed -> k-means -> pseudo-labels -> train per stage,
+then the integrated model, evaluation and report.
+
+    torchrun --nproc_per_node N launch/pretrain.py --config FILE [--run-dir DIR] [key=value ...]
+
+Re-running the same command resumes where it stopped (see <run_dir>/manifest.json).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mcl_dist.cli import main  # noqa: E402
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
+    p.add_argument("--run-dir", default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 stages.1.k=64")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse(sys.argv[1:])
+    sys.exit(main(args.config, args.run_dir, args.overrides))

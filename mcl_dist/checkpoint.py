@@ -1,0 +1,53 @@
+"""Periodic atomic training checkpoints and finding the one to resume from.
+
+A checkpoint is one file `<stage_dir>/checkpoints/step_XXXXXXXX.pt` holding the model (under
+open_clip's 'state_dict' key, so open_clip can load it directly), optimizer and schedule state,
+the step, every rank's data position and a fingerprint of the config that produced it.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from typing import Any, Optional
+
+from mcl_dist.io import load_torch, save_torch
+
+log = logging.getLogger(__name__)
+_PATTERN = re.compile(r"step_(\d{8})\.pt$")
+
+
+def checkpoint_dir(stage_dir: str) -> str:
+    return os.path.join(stage_dir, "checkpoints")
+
+
+def list_checkpoints(stage_dir: str) -> list[str]:
+    paths = glob.glob(os.path.join(checkpoint_dir(stage_dir), "step_*.pt"))
+    return sorted(p for p in paths if _PATTERN.search(p))
+
+
+def save(stage_dir: str, step: int, state: dict[str, Any], keep: int) -> str:
+    path = os.path.join(checkpoint_dir(stage_dir), f"step_{step:08d}.pt")
+    save_torch(state, path)
+    for old in list_checkpoints(stage_dir)[:-keep] if keep > 0 else []:
+        os.remove(old)
+    return path
+
+
+def latest(stage_dir: str, fingerprint: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """The newest readable checkpoint; a damaged newest file falls back to the one before."""
+    for path in reversed(list_checkpoints(stage_dir)):
+        try:
+            state = load_torch(path)
+        except RuntimeError as e:
+            log.warning("skipping unreadable checkpoint %s (%s)", path, e)
+            continue
+        if fingerprint is not None and state.get("fingerprint") != fingerprint:
+            raise RuntimeError(
+                f"{path} was written by a different configuration or data than this run "
+                f"(fingerprint {state.get('fingerprint')} != {fingerprint}); use a new --run-dir or "
+                f"delete {checkpoint_dir(stage_dir)} to start this stage afresh")
+        state["path"] = path
+        return state
+    return None

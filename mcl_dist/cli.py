@@ -1,0 +1,42 @@
+"""Shared entry-point plumbing: logging, config errors as clean messages, exit codes."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, Optional
+
+from mcl_dist.config import ConfigError
+
+
+def setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # open_clip warns once per model creation that no weights were loaded; that is expected here
+    logging.getLogger().addFilter(lambda r: "No pretrained weights loaded" not in r.getMessage())
+
+
+def guarded(fn: Callable[[], Optional[int]]) -> int:
+    """Run `fn`; bad input becomes one 'error:' line and exit code 2, not a traceback."""
+    from mcl_dist.train import TrainingError
+
+    try:
+        return fn() or 0
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+
+
+def main(config: str, run_dir: Optional[str], overrides: list[str]) -> int:
+    setup_logging()
+
+    def run() -> int:
+        from mcl_dist.pipeline import run_pipeline
+
+        return run_pipeline(config, run_dir, overrides)
+
+    return guarded(run)

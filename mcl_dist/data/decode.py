@@ -1,0 +1,86 @@
+"""Turn a raw webdataset sample (dict of bytes) into model inputs, or say why it is bad."""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Callable, Optional
+
+import torch
+from PIL import Image
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; `reason` is a short category for the counters."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def _first(raw: dict, exts: tuple[str, ...]) -> Optional[bytes]:
+    for ext in exts:
+        if ext in raw:
+            return raw[ext]
+    return None
+
+
+def decode_image(raw: dict, exts: tuple[str, ...]) -> Image.Image:
+    data = _first(raw, exts)
+    if data is None:
+        raise BadSample("missing_image", f"{raw.get('__key__')} has none of {'/'.join(exts)}")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()  # force the full decode now: truncated JPEGs fail here, not in the model
+        return img.convert("RGB")
+    except Exception as e:
+        raise BadSample("corrupt_image", f"{raw.get('__key__')}: {type(e).__name__}") from e
+
+
+def decode_caption(raw: dict, ext: str) -> str:
+    data = raw.get(ext)
+    if data is None:
+        raise BadSample("missing_caption", f"{raw.get('__key__')} has no .{ext}")
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise BadSample("bad_caption", f"{raw.get('__key__')}: not UTF-8") from e
+    if not text:
+        raise BadSample("missing_caption", f"{raw.get('__key__')} has an empty caption")
+    return text
+
+
+def decode_json(raw: dict) -> dict:
+    data = raw.get("json")
+    if data is None:
+        return {}
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+
+
+class ClipDecoder:
+    """Image + caption -> (image tensor, token ids). Picklable, so DataLoader workers can use it."""
+
+    def __init__(self, preprocess: Callable, tokenizer: Optional[Callable], image_exts: str = "jpg;png;webp;jpeg",
+                 caption_ext: str = "txt", need_text: bool = True):
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.image_exts = tuple(e.strip().lower() for e in image_exts.split(";") if e.strip())
+        self.caption_ext = caption_ext
+        self.need_text = need_text
+
+    def __call__(self, raw: dict) -> dict[str, Any]:
+        image = self.preprocess(decode_image(raw, self.image_exts))
+        out = {"image": image, "key": raw["__key__"]}
+        if self.need_text:
+            out["text"] = self.tokenizer([decode_caption(raw, self.caption_ext)])[0]
+        return out
+
+
+def collate(samples: list[dict]) -> dict[str, Any]:
+    batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples]),
+                             "key": [s["key"] for s in samples]}
+    if samples and "text" in samples[0]:
+        batch["text"] = torch.stack([s["text"] for s in samples])
+    return batch

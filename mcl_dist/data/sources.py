@@ -1,0 +1,117 @@
+"""Data sources the trainer draws micro-batches from, with the state a checkpoint keeps.
+
+- `StreamSource`: stage 0, sequential webdataset streaming (infinite, seeded, resumable).
+- `PlannedSource`: stages >= 1, the cluster-bucketed plan read through the tar index.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator, Optional
+
+from mcl_dist.data.streaming import ShardStream, make_loader
+
+log = logging.getLogger(__name__)
+
+
+class StreamSource:
+    def __init__(self, urls: list[str], decode, *, micro_batch: int, rank: int, world: int, seed: int,
+                 shuffle_buffer: int, workers: int):
+        self.urls, self.decode = urls, decode
+        self.micro_batch, self.rank, self.world, self.seed = micro_batch, rank, world, seed
+        self.shuffle_buffer, self.workers = shuffle_buffer, workers
+        self.micro = 0  # micro-batches handed out (the DataLoader's round-robin counter)
+        self.positions: dict[int, int] = {}
+
+    def batches(self, state: Optional[dict] = None) -> Iterator[dict[str, Any]]:
+        if state:
+            self.micro = int(state["micro"])
+            self.positions = {int(k): int(v) for k, v in state["positions"].items()}
+        n = max(1, self.workers)
+        stream = ShardStream(self.urls, self.decode, batch_size=self.micro_batch, rank=self.rank,
+                             world=self.world, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
+                             infinite=True, start_positions=self.positions, rotate=self.micro % n)
+        for batch in make_loader(stream, self.workers):
+            meta = batch["meta"]
+            self.positions[meta["worker"]] = meta["raw_pos"]
+            if batch["key"]:
+                self.micro += 1
+            yield batch
+
+    def state(self) -> dict:
+        return {"micro": self.micro, "positions": {str(k): v for k, v in self.positions.items()}}
+
+
+def collate_planned(items: list) -> dict[str, Any]:
+    """IndexedDataset items (decoded or None, index, label, group) -> a batch; bad ones dropped."""
+    import torch
+
+    from mcl_dist.data.decode import collate
+
+    good = [it for it in items if it[0] is not None]
+    bad = [it for it in items if it[0] is None]
+    batch = collate([it[0] for it in good]) if good else {"key": []}
+    if good:
+        batch["labels"] = torch.tensor([it[2] for it in good], dtype=torch.long)
+        batch["groups"] = torch.tensor([it[3] for it in good], dtype=torch.long)
+    batch["meta"] = {"worker": 0, "raw_pos": 0, "bad": len(bad), "reasons": {"unreadable": len(bad)} if bad else {},
+                     "bad_shards": {}, "damaged_shards": {}}
+    return batch
+
+
+class SeededDecode:
+    """Augmentation seeded by (seed, epoch, key): the same sample gets the same crop on resume,
+    whichever worker decodes it."""
+
+    def __init__(self, decode, seed: int, epoch: int):
+        self.decode, self.seed, self.epoch = decode, seed, epoch
+
+    def __call__(self, raw: dict) -> dict:
+        import torch
+
+        from mcl_dist.data.streaming import stable_seed
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stable_seed(self.seed, self.epoch, raw["__key__"]))
+            return self.decode(raw)
+
+
+class PlannedSource:
+    """Stages >= 1: micro-batches planned by the cluster-bucketed sampler, read via the tar index."""
+
+    def __init__(self, index, labels, decode, *, micro_batch: int, accum: int, world: int, rank: int,
+                 group_size: int, seed: int, workers: int):
+        self.index, self.labels, self.decode = index, labels, decode
+        self.micro_batch, self.accum, self.world, self.rank = micro_batch, accum, world, rank
+        self.group_size, self.seed, self.workers = group_size, seed, workers
+        self.epoch, self.step = 0, 0
+
+    def plan(self, epoch: int):
+        from mcl_dist.sampler import plan_epoch
+
+        return plan_epoch(self.labels, epoch=epoch, seed=self.seed, world_size=self.world,
+                          micro_batch=self.micro_batch, accum=self.accum, group_size=self.group_size)
+
+    def batches(self, state: Optional[dict] = None) -> Iterator[dict[str, Any]]:
+        from torch.utils.data import DataLoader
+
+        from mcl_dist.data.indexed import IndexedDataset
+        from mcl_dist.sampler import PlannedBatchSampler
+
+        if state:
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        while True:
+            dataset = IndexedDataset(self.index, SeededDecode(self.decode, self.seed, self.epoch))
+            plan = self.plan(self.epoch)
+            sampler = PlannedBatchSampler(plan, rank=self.rank, start_step=self.step)
+            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.workers,
+                                collate_fn=collate_planned, prefetch_factor=4 if self.workers else None)
+            for i, batch in enumerate(loader):
+                batch["epoch"] = self.epoch
+                micro_done = i + 1
+                if micro_done % self.accum == 0:
+                    self.step += 1
+                yield batch
+            self.epoch, self.step = self.epoch + 1, 0
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step}

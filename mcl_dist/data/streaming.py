@@ -1,0 +1,202 @@
+"""Sequential webdataset streaming for stage 0 training and for embedding.
+
+Each (rank, DataLoader worker) pair reads its own slice of the shard list. Bad samples
+(corrupt images, missing captions, truncated tars) are skipped; every batch carries the number
+skipped since the previous batch of the same worker, so the trainer can count them without any
+shared state between worker processes.
+
+Training streams are infinite: pass p over the data shuffles the shard list with (seed, p) and
+deals shards to (rank, worker). A batch also carries its worker's raw position (samples read so
+far), which is all a checkpoint needs to resume the stream exactly: on restart each worker
+replays its shuffled stream and skips that many raw samples without decoding them.
+"""
+from __future__ import annotations
+
+import random
+import zlib
+from collections import Counter
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset import tariterators
+
+from mcl_dist.data.decode import BadSample, collate
+
+
+class _ErrorLog:
+    """webdataset exception handler that counts instead of raising."""
+
+    def __init__(self) -> None:
+        self.damaged: Counter = Counter()
+
+    def __call__(self, exn: Exception) -> bool:
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and (".tar" in a or "/" in a)), "?")
+        self.damaged[str(url)] += 1
+        return True  # skip and continue with the next member or shard
+
+
+def raw_samples(urls: list[str], errors: _ErrorLog) -> Iterator[dict]:
+    """Raw samples (dict of ext -> bytes, plus __key__ and __url__) from tar shards in order."""
+    opened = tariterators.url_opener(({"url": u} for u in urls), handler=errors)
+    files = tariterators.tar_file_expander(opened, handler=errors)
+    yield from tariterators.group_by_keys(files, handler=errors)
+
+
+def shuffled(stream: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+    """A seeded shuffle buffer (webdataset's has no seed we control across restarts)."""
+    buf: list[dict] = []
+    for item in stream:
+        if len(buf) < bufsize:
+            buf.append(item)
+            continue
+        i = rng.randrange(len(buf))
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def worker_shards(urls: list[str], rank: int, world: int, worker: int, workers: int,
+                  seed: Optional[int], epoch: int) -> list[str]:
+    """The shards of (rank, worker) for one pass; seed None keeps the given order (embedding)."""
+    order = np.arange(len(urls))
+    if seed is not None:
+        order = np.random.default_rng([seed, epoch]).permutation(len(urls))
+    mine = order[rank::world][worker::workers]
+    return [urls[i] for i in mine]
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed that is the same in every process and Python run (unlike hash())."""
+    return zlib.crc32("-".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+class ShardStream(IterableDataset):
+    """Batches of decoded samples for one rank; see the module docstring for the contract."""
+
+    def __init__(self, urls: list[str], decode: Callable[[dict], dict], *, batch_size: int, rank: int,
+                 world: int, seed: Optional[int], shuffle_buffer: int = 1000, infinite: bool = True,
+                 start_positions: Optional[dict[int, int]] = None, rotate: int = 0):
+        self.urls, self.decode, self.batch_size = urls, decode, batch_size
+        self.rank, self.world, self.seed = rank, world, seed
+        self.shuffle_buffer, self.infinite = shuffle_buffer, infinite
+        self.start_positions = dict(start_positions or {})
+        self.rotate = rotate
+
+    def _worker(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers = info.num_workers if info else 1
+        wid = info.id if info else 0
+        # after a resume the loader starts at worker 0, but the next batch is due from worker
+        # `rotate`; renaming workers keeps the batch order of the uninterrupted run
+        return (wid + self.rotate) % workers, workers
+
+    def _raw(self, logical: int, workers: int, errors: _ErrorLog) -> Iterator[dict]:
+        epoch = 0
+        while True:
+            shards = worker_shards(self.urls, self.rank, self.world, logical, workers, self.seed, epoch)
+            stream = raw_samples(shards, errors)
+            if self.seed is not None:
+                rng = random.Random(f"{self.seed}-{self.rank}-{logical}-{epoch}")
+                stream = shuffled(stream, self.shuffle_buffer, rng)
+            yield from stream
+            epoch += 1
+            if not self.infinite or not shards:
+                return
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        logical, workers = self._worker()
+        errors = _ErrorLog()
+        skip = self.start_positions.get(logical, 0)
+        pos, bad, reasons, shards_bad = 0, 0, Counter(), Counter()
+        samples: list[dict] = []
+        for raw in self._raw(logical, workers, errors):
+            pos += 1
+            if pos <= skip:
+                continue  # replayed for an exact resume; never decoded
+            try:
+                samples.append(self._decode(raw, logical, pos))
+            except BadSample as e:
+                bad += 1
+                reasons[e.reason] += 1
+                shards_bad[raw.get("__url__", "?")] += 1
+            if len(samples) == self.batch_size:
+                yield self._batch(samples, logical, pos, bad, reasons, shards_bad, errors)
+                samples, bad, reasons, shards_bad = [], 0, Counter(), Counter()
+        if samples and not self.infinite:
+            yield self._batch(samples, logical, pos, bad, reasons, shards_bad, errors)
+        elif bad or errors.damaged:  # report what was skipped after the last full batch
+            yield self._batch([], logical, pos, bad, reasons, shards_bad, errors)
+
+    def _decode(self, raw: dict, logical: int, pos: int) -> dict:
+        """Seed the augmentation from the sample's place in the stream, not from the worker's
+        history, so a resumed run (which skips samples undecoded) augments them identically."""
+        if self.seed is None:
+            return self.decode(raw)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stable_seed(self.seed, self.rank, logical, pos))
+            return self.decode(raw)
+
+    @staticmethod
+    def _batch(samples, logical, pos, bad, reasons, shards_bad, errors) -> dict[str, Any]:
+        batch = collate(samples) if samples else {"key": []}
+        damaged = dict(errors.damaged)
+        errors.damaged.clear()
+        batch["meta"] = {"worker": logical, "raw_pos": pos, "bad": bad, "reasons": dict(reasons),
+                         "bad_shards": dict(shards_bad), "damaged_shards": damaged}
+        return batch
+
+
+def make_loader(stream: ShardStream, workers: int) -> DataLoader:
+    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                      prefetch_factor=4 if workers else None, pin_memory=torch.cuda.is_available())
+
+
+def cap_workers(n_urls: int, world: int, workers: int) -> int:
+    """Every worker of every rank needs at least one shard, or it would yield nothing."""
+    return max(0, min(workers, n_urls // world)) if n_urls >= world else 0
+
+
+class BadSampleMonitor:
+    """Accumulates skipped-sample counts and stops the run above the configured share."""
+
+    def __init__(self, max_fraction: float, min_seen: int = 200):
+        self.max_fraction, self.min_seen = max_fraction, min_seen
+        self.seen, self.bad = 0, 0
+        self.reasons: Counter = Counter()
+        self.shards: Counter = Counter()
+        self.damaged: Counter = Counter()
+
+    def update(self, meta: dict, n_good: int) -> None:
+        lost = sum(meta["damaged_shards"].values())  # members lost to damaged tars count as bad
+        self.seen += n_good + meta["bad"] + lost
+        self.bad += meta["bad"] + lost
+        self.reasons.update(meta["reasons"])
+        self.shards.update(meta["bad_shards"])
+        self.damaged.update(meta["damaged_shards"])
+
+    def merge(self, totals: list[dict]) -> dict:
+        """Sum the per-rank summaries (from all_gather_object)."""
+        out = {"seen": 0, "bad": 0, "reasons": Counter(), "shards": Counter(), "damaged": Counter()}
+        for t in totals:
+            out["seen"] += t["seen"]
+            out["bad"] += t["bad"]
+            for k in ("reasons", "shards", "damaged"):
+                out[k].update(t[k])
+        return out
+
+    def summary(self) -> dict:
+        return {"seen": self.seen, "bad": self.bad, "reasons": dict(self.reasons),
+                "shards": dict(self.shards), "damaged": dict(self.damaged)}
+
+    def check(self, total: dict) -> Optional[str]:
+        """A message when the share of bad samples is too high, else None."""
+        if total["seen"] < self.min_seen or total["bad"] <= self.max_fraction * total["seen"]:
+            return None
+        worst = total["shards"].most_common(3) or total["damaged"].most_common(3)
+        named = ", ".join(f"{s} ({n})" for s, n in worst)
+        return (f"{total['bad']} of {total['seen']} samples were unreadable "
+                f"({100 * total['bad'] / total['seen']:.1f}% > data.max_bad_fraction="
+                f"{100 * self.max_fraction:.1f}%); reasons {dict(total['reasons'])}; worst shards: {named}")

@@ -1,0 +1,119 @@
+"""Distributed embedding of the whole training set with a stage checkpoint.
+
+Rank r embeds shards r, r+W, r+2W, ... (every shard by exactly one rank, whatever the shard
+count) and writes `part{r}-of{W}.feats.npy` (fp16, L2-normalised) and `.keys.npy` atomically.
+A part that exists is complete (it was renamed into place at the end), so a re-run skips it; a
+rank killed half-way leaves nothing and redoes its share. Bad samples are skipped and counted,
+exactly as in training; they get no pseudo-label downstream.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mcl_dist import distributed as dist_utils
+from mcl_dist.data.decode import ClipDecoder
+from mcl_dist.data.streaming import BadSampleMonitor, ShardStream, make_loader
+from mcl_dist.io import atomic_path, write_json
+
+log = logging.getLogger("mcl_dist")
+
+
+def part_paths(out_dir: str, rank: int, world: int) -> tuple[str, str]:
+    stem = os.path.join(out_dir, f"part{rank:04d}-of{world:04d}")
+    return stem + ".feats.npy", stem + ".keys.npy"
+
+
+def list_parts(out_dir: str) -> list[tuple[str, str]]:
+    feats = sorted(glob.glob(os.path.join(out_dir, "part*-of*.feats.npy")))
+    return [(f, f.replace(".feats.npy", ".keys.npy")) for f in feats]
+
+
+@torch.no_grad()
+def encode(model: torch.nn.Module, batch: dict, mode: str, device: torch.device) -> torch.Tensor:
+    feats = []
+    if mode in ("image", "joint"):
+        feats.append(F.normalize(model.encode_image(batch["image"].to(device)).float(), dim=-1))
+    if mode in ("text", "joint"):
+        feats.append(F.normalize(model.encode_text(batch["text"].to(device)).float(), dim=-1))
+    # joint: the mean of the two unit vectors, renormalised (image and text weigh equally)
+    return F.normalize(sum(feats), dim=-1)
+
+
+def _save_npy(path: str, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+
+
+def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir: str, *, mode: str = "image",
+                 batch_size: int = 256, workers: int = 2, image_ext: str = "jpg;png;webp;jpeg",
+                 caption_ext: str = "txt", max_bad_fraction: float = 1.0) -> dict[str, Any]:
+    info = dist_utils.info()
+    feats_path, keys_path = part_paths(out_dir, info.rank, info.world_size)
+    if os.path.exists(feats_path) and os.path.exists(keys_path):
+        log.info("embedding part %s exists, skipped", feats_path)
+        n = len(np.load(keys_path, mmap_mode="r"))
+        return _summarise({"samples": n, "bad": 0, "seconds": 0.0}, out_dir)
+    mine = urls[info.rank::info.world_size]
+    decoder = ClipDecoder(bundle["preprocess_val"], bundle["tokenizer"], image_ext, caption_ext,
+                          need_text=mode != "image")
+    stream = ShardStream(mine, decoder, batch_size=batch_size, rank=0, world=1, seed=None, infinite=False)
+    n_workers = min(workers, len(mine))
+    model.eval()
+    monitor = BadSampleMonitor(max_bad_fraction)
+    chunks, keys, t0 = [], [], time.perf_counter()
+    bar = tqdm(desc=f"embed ({mode})", unit="sample", disable=not info.is_main, dynamic_ncols=True)
+    if mine:
+        for batch in make_loader(stream, n_workers):
+            monitor.update(batch["meta"], len(batch["key"]))
+            if not batch["key"]:
+                continue
+            chunks.append(encode(model, batch, mode, info.device).half().cpu().numpy())
+            keys += batch["key"]
+            bar.update(len(batch["key"]) * info.world_size)
+    bar.close()
+    dim = chunks[0].shape[1] if chunks else int(getattr(getattr(model, "visual", None), "output_dim", 0))
+    feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float16)
+    # keys first, feats last: the feats file is the marker that the part is complete
+    _save_npy(keys_path, np.asarray(keys, dtype=str))
+    _save_npy(feats_path, feats)
+    stats = {"samples": len(keys), "bad": monitor.bad, "seconds": time.perf_counter() - t0,
+             "reasons": dict(monitor.reasons)}
+    return _summarise(stats, out_dir)
+
+
+def _summarise(stats: dict, out_dir: str) -> dict[str, Any]:
+    """Sum the ranks' counts; rank 0 writes them next to the parts."""
+    all_stats = dist_utils.all_gather_object(stats)
+    total = {"samples": sum(s["samples"] for s in all_stats), "bad": sum(s["bad"] for s in all_stats),
+             "seconds": max(s["seconds"] for s in all_stats)}
+    total["samples_per_s"] = total["samples"] / total["seconds"] if total["seconds"] else 0.0
+    if dist_utils.info().is_main:
+        write_json(total, os.path.join(out_dir, "embed_stats.json"))
+        log.info("embedded %d samples (%d bad skipped) in %.1fs, %.0f samples/s", total["samples"], total["bad"],
+                 total["seconds"], total["samples_per_s"])
+    return total
+
+
+def load_share(out_dir: str, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's rows for k-means: parts rank, rank+W, ... memory-mapped, then concatenated."""
+    parts = list_parts(out_dir)
+    if not parts:
+        raise FileNotFoundError(f"{out_dir}: no embedding parts (run the embed step first)")
+    feats, keys = [], []
+    for feats_path, keys_path in parts[rank::world]:
+        feats.append(np.load(feats_path, mmap_mode="r"))
+        keys.append(np.load(keys_path))
+    if not feats:
+        dim = np.load(parts[0][0], mmap_mode="r").shape[1]
+        return np.zeros((0, dim), np.float16), np.zeros((0,), str)
+    return np.concatenate(feats), np.concatenate(keys)

@@ -1,0 +1,89 @@
+"""`<run_dir>/manifest.json`: every pipeline step's status, outputs and fingerprints.
+
+A step's fingerprint hashes the config values it depends on plus its inputs' fingerprints, so a
+change anywhere upstream changes every step after it. Re-running skips steps that are done with
+the same fingerprint, and refuses (with the changed keys) to continue past a finished step whose
+settings changed: outputs of different configs or data are never mixed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from typing import Any, Optional
+
+from mcl_dist.config import ConfigError
+from mcl_dist.io import read_json, write_json
+
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    import mcl_dist
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(mcl_dist.__file__))).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{mcl_dist.__version__}+{sha}" if sha else mcl_dist.__version__
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
+def diff_settings(old: dict, new: dict) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+
+
+class Manifest:
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, "manifest.json")
+        self.data = read_json(self.path) if os.path.exists(self.path) else {"steps": {}, "order": []}
+
+    def save(self) -> None:
+        self.data["code_version"] = code_version()
+        write_json(self.data, self.path)
+
+    def step(self, name: str) -> Optional[dict]:
+        return self.data["steps"].get(name)
+
+    def is_done(self, name: str, settings: dict) -> bool:
+        """True if `name` finished with these settings; an error if it finished with others."""
+        rec = self.step(name)
+        if rec is None or rec.get("status") != "done":
+            return False
+        if rec["fingerprint"] != fingerprint(settings):
+            changes = diff_settings(rec.get("settings", {}), settings)
+            shown = "; ".join(changes[:8]) or "its inputs (an earlier step) changed"
+            raise ConfigError(
+                f"{self.path}: step '{name}' already finished with different settings ({shown}). "
+                f"Refusing to mix outputs of different configs or data in one run directory. "
+                f"To start fresh, use a new --run-dir (or delete {self.run_dir}); to keep the old "
+                f"results, revert the change.")
+        return True
+
+    def start(self, name: str, settings: dict) -> None:
+        self.data["steps"][name] = {"status": "running", "fingerprint": fingerprint(settings),
+                                    "settings": settings, "started_at": time.time(), "outputs": {}}
+        if name not in self.data["order"]:
+            self.data["order"].append(name)
+        self.save()
+
+    def finish(self, name: str, outputs: dict, **extra: Any) -> None:
+        rec = self.data["steps"][name]
+        rec.update(status="done", outputs=outputs, finished_at=time.time(), **extra)
+        self.save()

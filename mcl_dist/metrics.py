@@ -1,0 +1,66 @@
+"""Rank-0 metrics: a JSONL file per stage, TensorBoard scalars and a text log line."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Optional
+
+log = logging.getLogger("mcl_dist")
+
+
+class MetricsLogger:
+    def __init__(self, stage_dir: str, enabled: bool, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(stage_dir, "metrics.jsonl")
+        self.tb: Optional[Any] = None
+        if not enabled:
+            return
+        os.makedirs(stage_dir, exist_ok=True)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(stage_dir, "tb"))
+            except ImportError:  # tensorboard is optional; the JSONL file has everything
+                self.tb = None
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **values}
+        # one line per write, appended: a killed run loses at most the line in flight
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(stage_dir: str) -> list[dict]:
+    path = os.path.join(stage_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a kill
+    return out
+
+
+def truncate_after(stage_dir: str, step: int) -> None:
+    """On resume drop records past the checkpoint step, so curves have no duplicates."""
+    records = [r for r in read_metrics(stage_dir) if r.get("step", 0) <= step]
+    from mcl_dist.io import write_text
+
+    if os.path.exists(os.path.join(stage_dir, "metrics.jsonl")):
+        write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records),
+                   os.path.join(stage_dir, "metrics.jsonl"))

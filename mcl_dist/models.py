@@ -1,0 +1,92 @@
+"""open_clip models by name or JSON config, weights from a tag or a local checkpoint, locking.
+
+Checkpoints we write keep open_clip's layout (`{"state_dict": ...}`), so a stage checkpoint
+loads with plain `open_clip.create_model_and_transforms(name, pretrained=path)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import open_clip
+import torch
+
+from mcl_dist.config import ConfigError, ModelConfig
+
+
+def register_config(config_file: str) -> tuple[str, dict]:
+    """Make a JSON model config known to open_clip under its file stem."""
+    if not os.path.exists(config_file):
+        raise ConfigError(f"'model.config_file': {config_file} not found")
+    try:
+        with open(config_file) as f:
+            cfg = json.load(f)
+    except ValueError as e:
+        raise ConfigError(f"'model.config_file': {config_file} is not valid JSON ({e})") from e
+    if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise ConfigError(f"'model.config_file': {config_file} lacks embed_dim/vision_cfg/text_cfg")
+    open_clip.add_model_config(config_file)
+    return os.path.splitext(os.path.basename(config_file))[0], cfg
+
+
+def register_config_dict(name: str, cfg: dict) -> None:
+    """Register a config carried inside a checkpoint (so a run dir is self-contained)."""
+    from open_clip.factory import _MODEL_CONFIGS
+
+    _MODEL_CONFIGS.setdefault(name, cfg)
+
+
+def model_name(mcfg: ModelConfig) -> tuple[str, Optional[dict]]:
+    if mcfg.config_file:
+        return register_config(mcfg.config_file)
+    if mcfg.name not in open_clip.list_models():
+        import difflib
+
+        close = difflib.get_close_matches(mcfg.name, open_clip.list_models(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"'model.name': unknown open_clip model '{mcfg.name}'{hint}")
+    return mcfg.name, None
+
+
+def create(mcfg: ModelConfig, device: torch.device, pretrained: Optional[str] = None) -> dict[str, Any]:
+    """Model, train/val transforms and tokenizer. `pretrained` overrides model.pretrained."""
+    name, cfg_dict = model_name(mcfg)
+    weights = mcfg.pretrained if pretrained is None else pretrained
+    try:
+        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            name, pretrained=weights or None, device=device, output_dict=True)
+    except RuntimeError as e:
+        if weights:
+            raise ConfigError(f"'model.pretrained': cannot load '{weights}' for {name}: {e}") from e
+        raise
+    apply_locks(model, mcfg)
+    if mcfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return {"model": model, "name": name, "config": cfg_dict, "preprocess_train": preprocess_train,
+            "preprocess_val": preprocess_val, "tokenizer": open_clip.get_tokenizer(name)}
+
+
+def apply_locks(model: torch.nn.Module, mcfg: ModelConfig, lock_image: Optional[bool] = None,
+                lock_text: Optional[bool] = None) -> None:
+    """open_clip_train's --lock-image / --lock-text semantics."""
+    if mcfg.lock_image if lock_image is None else lock_image:
+        model.lock_image_tower(unlocked_groups=mcfg.lock_image_unlocked_groups,
+                               freeze_bn_stats=mcfg.lock_image_freeze_bn_stats)
+    if mcfg.lock_text if lock_text is None else lock_text:
+        model.lock_text_tower(unlocked_layers=mcfg.lock_text_unlocked_layers,
+                              freeze_layer_norm=mcfg.lock_text_freeze_layer_norm)
+
+
+def stage_checkpoint(model: torch.nn.Module, name: str, cfg_dict: Optional[dict], **extra: Any) -> dict:
+    """The dict we save for a finished stage: open_clip reads 'state_dict', we read the rest."""
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    out = {"state_dict": state, "model_name": name}
+    if cfg_dict is not None:
+        out["model_config"] = cfg_dict
+    out.update(extra)
+    return out
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)

@@ -1,0 +1,198 @@
+"""One stage's training loop (stage 0 and every MCL stage alike).
+
+The loop is deliberately plain: draw `accum_freq` micro-batches, forward + label-aware
+contrastive loss + backward on each, guard against non-finite losses, step, log, checkpoint.
+Everything specific to a stage (data source, labels, whether features are gathered) comes in
+through `StageSpec`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from tqdm import tqdm
+
+from mcl_dist import checkpoint
+from mcl_dist import distributed as dist_utils
+from mcl_dist.config import Config
+from mcl_dist.data.streaming import BadSampleMonitor
+from mcl_dist.engine import build_engine
+from mcl_dist.loss import ClipLoss
+from mcl_dist.metrics import MetricsLogger, truncate_after
+from mcl_dist.models import stage_checkpoint, unwrap
+
+log = logging.getLogger("mcl_dist")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on purpose (non-finite loss, too many bad samples)."""
+
+
+@dataclass
+class StageSpec:
+    stage: int
+    stage_dir: str
+    bundle: dict  # models.create() output
+    source: Any  # StreamSource or PlannedSource
+    total_steps: int
+    base_lr: float
+    gather: bool  # all-gather features for the loss (negatives live on other ranks)
+    fingerprint: str
+    extra_metrics: dict = field(default_factory=dict)
+    kill_after_step: int = 0  # tests: SIGKILL the job right after this step's checkpoint
+
+
+def _to(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    images = batch["image"].to(device, non_blocking=True)
+    texts = batch["text"].to(device, non_blocking=True)
+    labels = batch.get("labels")
+    return images, texts, labels.to(device) if labels is not None else None
+
+
+def _log_batch(path: str, step: int, micro: int, batch: dict) -> None:
+    record = {"epoch": batch.get("epoch", 0), "step": step, "micro_step": micro,
+              "rank": dist_utils.rank(), "keys": list(batch["key"])}
+    if batch.get("labels") is not None:
+        record["labels"] = batch["labels"].tolist()
+        record["groups"] = batch["groups"].tolist()
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def group_purity(labels: Optional[torch.Tensor], groups: Optional[torch.Tensor]) -> float:
+    """Mean over groups of the majority label's share: 1.0 when every group is single-label."""
+    if labels is None or groups is None or len(groups) == 0:
+        return 1.0
+    total = 0.0
+    ids = groups.unique()
+    for g in ids:
+        lab = labels[groups == g]
+        total += lab.bincount().max().item() / len(lab) if lab.min() >= 0 else 0.0
+    return total / len(ids)
+
+
+class StageTrainer:
+    def __init__(self, cfg: Config, spec: StageSpec):
+        self.cfg, self.spec = cfg, spec
+        self.info = dist_utils.info()
+        self.device = self.info.device
+        self.model = spec.bundle["model"]
+        self.engine = build_engine(self.model, cfg.train, self.device, spec.total_steps, spec.base_lr)
+        self.loss_fn = ClipLoss()
+        self.monitor = BadSampleMonitor(cfg.data.max_bad_fraction)
+        self.metrics = MetricsLogger(spec.stage_dir, enabled=self.info.is_main)
+        self.batch_log = None
+        if cfg.debug.log_batches:
+            os.makedirs(os.path.join(spec.stage_dir, "batches"), exist_ok=True)
+            self.batch_log = os.path.join(spec.stage_dir, "batches", f"rank{self.info.rank}.jsonl")
+
+    # -- resume ---------------------------------------------------------------------------
+    def _resume(self) -> tuple[int, Optional[dict]]:
+        state = checkpoint.latest(self.spec.stage_dir, self.spec.fingerprint)
+        if state is None:
+            return 0, None
+        unwrap(self.model).load_state_dict(state["state_dict"])
+        self.engine.load_state_dict(state)
+        step = int(state["step"])
+        data = state.get("data") or []
+        if len(data) != self.info.world_size:
+            log.warning("resuming %s at step %d with world size %d (was %d): the data stream restarts "
+                        "from its beginning", state["path"], step, self.info.world_size, len(data))
+            data_state = None
+        else:
+            data_state = data[self.info.rank]
+        if self.info.is_main:
+            log.info("resuming stage %d from %s (step %d)", self.spec.stage, state["path"], step)
+            truncate_after(self.spec.stage_dir, step)
+        return step, data_state
+
+    def _save(self, step: int) -> None:
+        data_states = dist_utils.all_gather_object(self.spec.source.state())
+        engine_state = self.engine.state_dict()
+        if not self.info.is_main:
+            return
+        state = stage_checkpoint(self.model, self.spec.bundle["name"], self.spec.bundle["config"],
+                                 step=step, data=data_states, fingerprint=self.spec.fingerprint,
+                                 stage=self.spec.stage, **engine_state)
+        checkpoint.save(self.spec.stage_dir, step, state, self.cfg.train.keep_checkpoints)
+
+    # -- one optimizer step ----------------------------------------------------------------
+    def _next(self, it) -> tuple[dict, float]:
+        t0 = time.perf_counter()
+        while True:
+            batch = next(it)
+            self.monitor.update(batch["meta"], len(batch["key"]))
+            if batch["key"]:
+                return batch, time.perf_counter() - t0
+
+    def _step(self, it, step: int) -> dict[str, float]:
+        accum = self.cfg.train.accum_freq
+        total_loss, data_time, n, purity = 0.0, 0.0, 0, 0.0
+        self.model.train()
+        for micro in range(accum):
+            batch, wait = self._next(it)
+            data_time += wait
+            images, texts, labels = _to(batch, self.device)
+            if self.batch_log:
+                _log_batch(self.batch_log, step, micro, batch)
+            with self.engine.accumulating(last=micro == accum - 1):
+                out = self.engine.forward(image=images, text=texts)
+                loss = self.loss_fn(out["image_features"].float(), out["text_features"].float(),
+                                    out["logit_scale"].float(), labels=labels, gather=self.spec.gather,
+                                    gather_with_grad=self.cfg.train.gather_with_grad,
+                                    local_loss=self.cfg.train.local_loss)
+                self.engine.backward(loss / accum)
+            total_loss += loss.item() / accum
+            n += len(batch["key"])
+            purity += group_purity(batch.get("labels"), batch.get("groups")) / accum
+        if dist_utils.any_rank(not math.isfinite(total_loss)):
+            raise TrainingError(
+                f"stage {self.spec.stage}: non-finite loss at step {step} (this rank: {total_loss}); "
+                f"stopping instead of training on. Lower train.lr (now {self.spec.base_lr}) or set "
+                f"train.grad_clip_norm; the last good checkpoint is in {checkpoint.checkpoint_dir(self.spec.stage_dir)}")
+        grad_norm = self.engine.step()
+        return {"loss": total_loss, "data_time": data_time, "samples": n, "grad_norm": grad_norm,
+                "purity": purity}
+
+    def _check_bad_samples(self) -> None:
+        total = self.monitor.merge(dist_utils.all_gather_object(self.monitor.summary()))
+        message = self.monitor.check(total)
+        if message:
+            raise TrainingError(f"stage {self.spec.stage}: {message}")
+        return total
+
+    def run(self) -> dict[str, Any]:
+        start, data_state = self._resume()
+        total = self.spec.total_steps
+        it = iter(self.spec.source.batches(data_state))
+        bar = tqdm(total=total, initial=start, disable=not self.info.is_main, desc=f"stage {self.spec.stage}",
+                   unit="step", dynamic_ncols=True)
+        t_last, samples_since, last = time.perf_counter(), 0, {}
+        for step in range(start, total):
+            stats = self._step(it, step)
+            samples_since += stats["samples"] * self.info.world_size
+            done = step + 1
+            if done % self.cfg.train.log_every == 0 or done == total:
+                bad = self._check_bad_samples()
+                now = time.perf_counter()
+                last = {"loss": stats["loss"], "lr": self.engine.lr, "samples_per_s": samples_since / (now - t_last),
+                        "data_time": stats["data_time"], "grad_norm": stats["grad_norm"],
+                        "logit_scale": float(unwrap(self.model).logit_scale.exp()), "label_purity": stats["purity"],
+                        "bad_samples": bad["bad"], "seen_samples": bad["seen"], **self.spec.extra_metrics}
+                self.metrics.log(done, last)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", sps=f"{last['samples_per_s']:.0f}")
+                t_last, samples_since = now, 0
+            bar.update(1)
+            if done % self.cfg.train.checkpoint_every == 0 or done == total:
+                self._save(done)
+                if self.spec.kill_after_step and done >= self.spec.kill_after_step:
+                    dist_utils.kill_launcher()
+        bar.close()
+        self.metrics.close()
+        return last

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+# Pinned to what the tests run against; docker/Dockerfile installs the same versions.
+TORCH = "torch==2.14.1"
+TORCHVISION = "torchvision==0.29.1"
+OPEN_CLIP = "open_clip_torch==3.3.0"
+WEBDATASET = "webdataset==1.0.2"
+FAISS_CPU = "faiss-cpu==1.15.1"
+FAISS_GPU = "faiss-gpu==1.15.1"
+DEEPSPEED = "deepspeed==0.19.8"
+
+setup(
+    name="mcl_dist",
+    version="0.1.0",
+    description="Distributed Multistage Contrastive Learning (MCL) for CLIP on webdataset shards",
+    packages=find_packages(include=["mcl_dist", "mcl_dist.*"]),
+    python_requires=">=3.10",
+    install_requires=[TORCH, TORCHVISION, OPEN_CLIP, WEBDATASET, "wids", "pyyaml", "numpy", "pillow", "tqdm",
+                      "braceexpand", "matplotlib", "tensorboard"],
+    extras_require={
+        "faiss": [FAISS_CPU],
+        "faiss-gpu": [FAISS_GPU],
+        "deepspeed": [DEEPSPEED],
+        "bench": ["scikit-learn", "pandas"],
+        "dev": ["pytest", "scikit-learn", "pandas", FAISS_CPU],
+    },
+)

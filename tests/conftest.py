@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny real webdataset shards, the tiny model config, torchrun helpers."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
+SHAPES = ("square", "bar")
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_test_shards(out_dir: str, n_shards: int = 4, per_shard: int = 32, seed: int = 0,
+                      corrupt: tuple = (), no_caption: tuple = (), prefix: str = "s") -> list[str]:
+    """Coloured squares/bars with captions; `corrupt`/`no_caption` are global sample indices."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    paths, i = [], 0
+    for s in range(n_shards):
+        path = os.path.join(out_dir, f"{prefix}{s:05d}.tar")
+        with wds.TarWriter(path) as sink:
+            for _ in range(per_shard):
+                color = list(COLORS)[rng.integers(len(COLORS))]
+                shape = SHAPES[rng.integers(2)]
+                arr = np.full((32, 32, 3), 255, np.uint8)
+                if shape == "square":
+                    arr[8:24, 8:24] = COLORS[color]
+                else:
+                    arr[4:28, 13:19] = COLORS[color]
+                sample = {"__key__": f"{prefix}{i:06d}", "png": png_bytes(arr),
+                          "json": json.dumps({"color": color, "shape": shape})}
+                if i in corrupt:
+                    sample["png"] = sample["png"][:40]  # a truncated image
+                if i not in no_caption:
+                    sample["txt"] = f"a {color} {shape}"
+                sink.write(sample)
+                i += 1
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shards")
+    return write_test_shards(str(d))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: list[str], nproc: int = 2, timeout: int = 300, env: dict | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+    """Run launch/pretrain.py (or another script) under a real torchrun with gloo on CPU."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           f"--master_port={free_port()}", *args]
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
+    e.update(env or {})
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=e)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def tiny_config(tmp_path, shards: list[str], **extra) -> str:
+    """A YAML config for the tiny ViT on the given shards; extra keys are dotted overrides."""
+    import yaml
+
+    cfg = {"data": {"train_shards": "::".join(shards), "workers": 1, "shuffle_buffer": 16},
+           "model": {"config_file": os.path.join(ROOT, "configs/models/tiny-vit.json")},
+           "train": {"global_batch_size": 16, "max_steps": 6, "lr": 1e-3, "warmup_steps": 2,
+                     "log_every": 2, "checkpoint_every": 3, "seed": 0},
+           "stages": [{}], "eval": {"enabled": False}}
+    for key, value in extra.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    path = os.path.join(str(tmp_path), "cfg.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return path
