@@ -240,7 +240,9 @@ def _check_key(key: str) -> None:
             raise _unknown(prefix + name, [prefix + k for k in hints], f"command-line override '{key}'")
         prefix += name + "."
         if name == "stages" and cls is Config:
-            if i + 1 >= len(parts) or not parts[i + 1].isdigit():
+            if i + 1 == len(parts):
+                return  # the whole list, e.g. stages=[{}, {k: 64}]
+            if not parts[i + 1].isdigit():
                 raise ConfigError(f"command-line override '{key}': use stages.N.field, e.g. stages.1.k=64")
             prefix += parts[i + 1] + "."
             cls, i = StageConfig, i + 2

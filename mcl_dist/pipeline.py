@@ -59,6 +59,7 @@ def resolve_data(cfg: Config) -> list[str]:
         cfg.eval.test_shards = cfg.eval.test_shards or paths["test"]
         cfg.eval.mmvp_dir = cfg.eval.mmvp_dir or paths["mmvp"]
         cfg.eval.zero_shot_classes = cfg.eval.zero_shot_classes or paths.get("zero_shot", "")
+        cfg.eval.label_fields = cfg.eval.label_fields or list(paths.get("label_fields", []))
     return expand_urls(cfg.data.train_shards)
 
 

@@ -1,0 +1,181 @@
+"""Cross-stage integration: one model whose features concatenate every stage's features.
+
+MCL's final representation is the concatenation of the L2-normalised features of all stages.
+With per-stage weights w_s each block is scaled by sqrt(w_s / sum w), so the integrated vector
+has unit norm and the integrated cosine similarity is the weighted mean of the per-stage cosine
+similarities (equal weights: the plain mean). Images and texts are integrated the same way, so
+CLIP zero-shot / pair scoring works unchanged on the integrated model.
+
+An integrated model is saved as ONE file that loads with `torch.load(weights_only=True)`:
+only tensors, lists, dicts, strings, numbers and None.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from typing import Any, Optional, Sequence, Union
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mcl_dist.io import load_torch, save_torch
+
+FORMAT = "mcl_dist.integrated"
+VERSION = 1
+
+
+class IntegratedModel(nn.Module):
+    """Stages' models side by side; `encode_image` / `encode_text` like an open_clip model."""
+
+    def __init__(self, models: Sequence[nn.Module], weights: Optional[Sequence[float]] = None):
+        super().__init__()
+        if not models:
+            raise ValueError("IntegratedModel needs at least one stage model")
+        weights = [1.0] * len(models) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(models):
+            raise ValueError(f"{len(weights)} weights for {len(models)} stage models")
+        if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"stage weights must be finite, >= 0 and not all 0; got {weights}")
+        self.stages = nn.ModuleList(models)
+        self.weights = weights
+        total = sum(weights)
+        self.register_buffer("scales", torch.tensor([math.sqrt(w / total) for w in weights]), persistent=False)
+        # open_clip keeps log(scale); use the mean of the stages' values (CLIP's 100 if none have one)
+        logs = [m.logit_scale.detach().float().reshape(()) for m in models if hasattr(m, "logit_scale")]
+        init = torch.stack(logs).mean() if logs else torch.tensor(math.log(100.0))
+        self.logit_scale = nn.Parameter(init.clone(), requires_grad=False)
+
+    def _integrate(self, feats: list[torch.Tensor], normalize: bool) -> torch.Tensor:
+        # Each stage is L2-normalised whatever `normalize` says: that is the integration itself.
+        # The result then already has unit norm; `normalize` only removes rounding error.
+        out = torch.cat([F.normalize(f.float(), dim=-1) * s for f, s in zip(feats, self.scales)], dim=-1)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self._integrate([m.encode_image(image) for m in self.stages], normalize)
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        missing = [i for i, m in enumerate(self.stages) if not hasattr(m, "encode_text")]
+        if missing:
+            raise TypeError(f"stage(s) {missing} have no text tower (image-only backbone): encode_text is undefined")
+        return self._integrate([m.encode_text(text) for m in self.stages], normalize)
+
+    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
+        # same tuple as open_clip's CLIP.forward without output_dict
+        img = self.encode_image(image) if image is not None else None
+        txt = self.encode_text(text) if text is not None else None
+        return img, txt, self.logit_scale.exp()
+
+
+# ---------------------------------------------------------------------------- save / load
+
+def _stage_configs(model_config_json: Union[dict, Sequence[Optional[dict]], None], n: int) -> list[Optional[dict]]:
+    """One config for all stages (they share the architecture in MCL) or one per stage."""
+    if model_config_json is None or isinstance(model_config_json, dict):
+        return [model_config_json] * n
+    configs = list(model_config_json)
+    if len(configs) != n:
+        raise ValueError(f"{len(configs)} model configs for {n} stages")
+    return configs
+
+
+def save_integrated(path: str, model_names: list[str], state_dicts: list[dict],
+                    weights: Optional[Sequence[float]] = None,
+                    model_config_json: Union[dict, Sequence[Optional[dict]], None] = None) -> str:
+    """Write every stage's model name, custom config (if any) and weights into one atomic file."""
+    n = len(model_names)
+    if n == 0 or len(state_dicts) != n:
+        raise ValueError(f"save_integrated: {n} model names but {len(state_dicts)} state dicts")
+    weights = [1.0] * n if weights is None else [float(w) for w in weights]
+    if len(weights) != n:
+        raise ValueError(f"save_integrated: {len(weights)} weights for {n} stages")
+    configs = _stage_configs(model_config_json, n)
+    # a JSON round trip proves the configs hold only what the weights_only unpickler accepts
+    configs = [json.loads(json.dumps(c)) if c is not None else None for c in configs]
+    obj = {"format": FORMAT, "version": VERSION, "model_names": list(model_names), "model_configs": configs,
+           "weights": weights,
+           "state_dicts": [{k: v.detach().cpu() for k, v in _strip_module(sd).items()} for sd in state_dicts]}
+    save_torch(obj, path)
+    return path
+
+
+def _strip_module(sd: dict) -> dict:
+    """DDP-wrapped state dicts carry a 'module.' prefix; open_clip's own loader strips it too."""
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def _register(name: str, cfg: Optional[dict]) -> str:
+    """Make `cfg` known to open_clip; returns the name to create it under.
+
+    A checkpoint carries its own config, so a run directory loads without the original JSON file.
+    If another config is already registered under the same name, use a content-hashed alias
+    rather than silently building the wrong architecture.
+    """
+    if cfg is None:
+        if name not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip model '{name}' and the checkpoint carries no model config")
+        return name
+    from open_clip.factory import _MODEL_CONFIGS
+
+    known = _MODEL_CONFIGS.get(name)
+    if known is None or known == cfg:
+        _MODEL_CONFIGS[name] = cfg
+        return name
+    alias = f"{name}@{hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]}"
+    _MODEL_CONFIGS[alias] = cfg
+    return alias
+
+
+def _build(name: str, cfg: Optional[dict], state_dict: dict, device: Any) -> tuple[nn.Module, Any, Any]:
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    reg = _register(name, cfg)
+    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly"; the weights come next
+    try:
+        model = open_clip.create_model(reg, pretrained=None, device="cpu")
+    finally:
+        logging.disable(logging.NOTSET)
+    sd = _strip_module(state_dict)
+    if "logit_scale" in sd and sd["logit_scale"].shape != model.logit_scale.shape:
+        sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"weights do not match open_clip model '{name}': {e}") from e
+    model.to(device).eval()
+    preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    return model, preprocess, open_clip.get_tokenizer(reg)
+
+
+def load_model(path: str, device: Any = "cpu", model_name: Optional[str] = None) -> tuple[nn.Module, Any, Any]:
+    """(model, preprocess, tokenizer) for an integrated file or a single stage checkpoint.
+
+    Stage checkpoints are open_clip_train's `{"state_dict": ...}` plus our 'model_name' and
+    optional 'model_config'; `model_name` names the architecture of a plain open_clip
+    checkpoint that lacks it.
+    """
+    obj = load_torch(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if obj.get("version") != VERSION:
+            raise RuntimeError(f"{path}: integrated model format version {obj.get('version')} != {VERSION}")
+        parts = zip(obj["model_names"], obj["model_configs"], obj["state_dicts"])
+        built = [_build(n, c, sd, device) for n, c, sd in parts]
+        sizes = {str(m.visual.preprocess_cfg.get("size")) for m, _, _ in built}
+        ctx = {getattr(t, "context_length", None) for _, _, t in built}
+        if len(sizes) > 1 or len(ctx) > 1:
+            # one preprocess and one tokenizer feed every stage, so they must agree
+            raise RuntimeError(f"{path}: stages differ in image size {sizes} or context length {ctx}")
+        model = IntegratedModel([m for m, _, _ in built], obj["weights"]).to(device).eval()
+        return model, built[0][1], built[0][2]
+    if isinstance(obj, dict) and "state_dict" in obj:
+        name = model_name or obj.get("model_name")
+        if not name:
+            raise ValueError(f"{path}: checkpoint has no 'model_name'; pass model_name= (e.g. 'ViT-B-32')")
+        return _build(name, obj.get("model_config"), obj["state_dict"], device)
+    raise ValueError(f"{path}: neither an integrated model nor a stage checkpoint (no 'state_dict' key)")

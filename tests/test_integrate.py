@@ -1,0 +1,145 @@
+"""Cross-stage integration: similarity = (weighted) mean of stage similarities; one-file round trip."""
+import json
+import os
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mcl_dist.integrate import IntegratedModel, load_model, save_integrated
+from mcl_dist.io import save_torch
+
+NAME = "mcl-test-tiny-integrate"
+CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+       "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cfg")
+    with open(os.path.join(d, f"{NAME}.json"), "w") as f:
+        json.dump(CFG, f)
+    open_clip.add_model_config(str(d))
+    models = []
+    for seed in (0, 1):  # two stages with different random weights
+        torch.manual_seed(seed)
+        models.append(open_clip.create_model(NAME).eval())
+    return models
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    tokens = open_clip.get_tokenizer(NAME)(["a red square", "a blue bar", "two green dots"])
+    return torch.randn(4, 3, 32, 32, generator=g), tokens
+
+
+def stage_sims(models, x, t):
+    with torch.no_grad():
+        return [F.normalize(m.encode_image(x), dim=-1) @ F.normalize(m.encode_text(t), dim=-1).T for m in models]
+
+
+def test_integrated_similarity_is_mean_of_stage_similarities(stages, inputs):
+    x, t = inputs
+    sims = stage_sims(stages, x, t)
+    assert not torch.allclose(sims[0], sims[1], atol=1e-3)  # the stages really differ
+    model = IntegratedModel(stages).eval()
+    with torch.no_grad():
+        fi, ft = model.encode_image(x), model.encode_text(t)
+    assert fi.shape == (4, 64) and ft.shape == (3, 64)
+    torch.testing.assert_close(fi.norm(dim=-1), torch.ones(4))
+    torch.testing.assert_close(fi @ ft.T, (sims[0] + sims[1]) / 2, atol=1e-5, rtol=0)
+
+
+def test_weighted_similarity(stages, inputs):
+    x, t = inputs
+    sims = stage_sims(stages, x, t)
+    model = IntegratedModel(stages, weights=[1.0, 3.0]).eval()
+    with torch.no_grad():
+        got = model.encode_image(x) @ model.encode_text(t).T
+    torch.testing.assert_close(got, (1 * sims[0] + 3 * sims[1]) / 4, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError):
+        IntegratedModel(stages, weights=[1.0])
+
+
+def test_save_load_round_trip(stages, inputs, tmp_path):
+    from open_clip.factory import _MODEL_CONFIGS
+
+    x, t = inputs
+    path = str(tmp_path / "integrated.pt")
+    save_integrated(path, [NAME, NAME], [m.state_dict() for m in stages], [1.0, 2.0], CFG)
+    raw = torch.load(path, weights_only=True)  # only plain types and tensors inside
+    assert raw["model_names"] == [NAME, NAME] and raw["weights"] == [1.0, 2.0]
+    saved_cfg = _MODEL_CONFIGS.pop(NAME)  # the file alone must be enough to rebuild the stages
+    try:
+        model, preprocess, tokenizer = load_model(path)
+    finally:
+        _MODEL_CONFIGS[NAME] = saved_cfg
+    ref = IntegratedModel(stages, weights=[1.0, 2.0]).eval()
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(x), ref.encode_image(x))
+        assert torch.equal(model.encode_text(t), ref.encode_text(t))
+    assert isinstance(model, IntegratedModel)
+    assert torch.equal(tokenizer(["a red square"]), open_clip.get_tokenizer(NAME)(["a red square"]))
+    from PIL import Image
+    assert preprocess(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
+
+
+def test_stage_checkpoint_loads_here_and_in_open_clip(stages, inputs, tmp_path):
+    x, _ = inputs
+    path = str(tmp_path / "checkpoint.pt")
+    save_torch({"state_dict": stages[1].state_dict(), "model_name": NAME, "model_config": CFG}, path)
+    model, _, _ = load_model(path)
+    plain = open_clip.create_model(NAME, pretrained=path).eval()  # stage files stay open_clip checkpoints
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(x), stages[1].encode_image(x))
+        assert torch.equal(plain.encode_image(x), stages[1].encode_image(x))
+
+
+def test_conflicting_registered_config_gets_an_alias(stages, tmp_path):
+    other = dict(CFG, embed_dim=16)
+    from mcl_dist.integrate import _register
+
+    alias = _register(NAME, other)  # NAME already holds CFG: must not be overwritten
+    assert alias != NAME and open_clip.create_model(alias).text_projection.shape[-1] == 16
+    path = str(tmp_path / "checkpoint.pt")
+    save_torch({"state_dict": stages[0].state_dict(), "model_name": NAME, "model_config": CFG}, path)
+    model, _, _ = load_model(path)
+    assert model.text_projection.shape[-1] == 32
+
+
+class _ImageOnly(nn.Module):
+    """An image-only backbone (SimCLR-style): a linear map of the flattened image."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = nn.Linear(12, 8)
+
+    def encode_image(self, x, normalize=False):
+        return self.fc(x.flatten(1))
+
+
+def test_image_only_backbones():
+    a, b = _ImageOnly(0), _ImageOnly(1)
+    model = IntegratedModel([a, b])
+    x = torch.randn(5, 3, 2, 2)
+    f = model.encode_image(x)
+    want = (F.normalize(a.encode_image(x), dim=-1) @ F.normalize(a.encode_image(x), dim=-1).T
+            + F.normalize(b.encode_image(x), dim=-1) @ F.normalize(b.encode_image(x), dim=-1).T) / 2
+    torch.testing.assert_close(f @ f.T, want, atol=1e-5, rtol=0)
+    assert torch.isclose(model.logit_scale.exp(), torch.tensor(100.0))
+    with pytest.raises(TypeError, match="no text tower"):
+        model.encode_text(torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_load_errors(tmp_path):
+    path = str(tmp_path / "bad.pt")
+    save_torch({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match="model_name"):
+        load_model(path)
+    save_torch({"something": 1}, path)
+    with pytest.raises(ValueError, match="neither"):
+        load_model(path)
