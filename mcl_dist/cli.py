@@ -11,8 +11,10 @@ from mcl_dist.config import ConfigError
 
 def setup_logging() -> None:
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # root at WARNING: open_clip logs every model creation at INFO on the root logger
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("mcl_dist").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     # open_clip warns once per model creation that no weights were loaded; that is expected here
     logging.getLogger().addFilter(lambda r: "No pretrained weights loaded" not in r.getMessage())
 

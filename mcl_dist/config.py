@@ -356,6 +356,18 @@ def check_world(cfg: Config, world_size: int, where: str = "config") -> None:
         raise ConfigError(
             f"{where}: 'train.global_batch_size' ({t.global_batch_size}) must be divisible by world size x "
             f"'train.accum_freq' ({world_size} x {t.accum_freq}); try {world_size * t.accum_freq * max(1, t.global_batch_size // (world_size * t.accum_freq))}")
+    check_groups(cfg, world_size, where)
+
+
+def check_groups(cfg: Config, world_size: int, where: str = "config") -> None:
+    """A group is either inside one rank's micro-batch or exactly the global micro-batch."""
+    b = micro_batch_size(cfg, world_size)
+    for i, st in enumerate(cfg.stages[1:], start=1):
+        if st.group_size > b and st.group_size != b * world_size:
+            raise ConfigError(
+                f"{where}: 'stages.{i}.group_size' ({st.group_size}) must be <= the per-rank micro-batch ({b}: "
+                f"several groups per micro-batch, no gather) or equal the global micro-batch ({b * world_size}: "
+                f"one label per step, features gathered)")
 
 
 def micro_batch_size(cfg: Config, world_size: int) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist.config import micro_batch_size
+from mcl_dist.config import ConfigError, micro_batch_size
 from mcl_dist.io import load_npz, load_torch, save_npz, save_torch, write_json
 from mcl_dist.models import create, stage_checkpoint
 from mcl_dist.pipeline import kill_step
@@ -143,6 +143,9 @@ def train_step(pipe, s: int, fp: str) -> dict:
                            world=info.world_size, rank=info.rank, group_size=st.group_size,
                            seed=c.train.seed + s, workers=c.data.workers)
     plan = source.plan(0)
+    if plan.num_steps == 0:
+        raise ConfigError(f"stage {s}: the cluster plan has no full step ({plan.stats}); lower "
+                          f"stages.{s}.group_size or train.global_batch_size, or lower stages.{s}.k")
     total = stage_steps(c, s, plan.num_steps * c.train.global_batch_size)
     plan_stats = {f"plan/{k}": float(v) for k, v in plan.stats.items() if isinstance(v, (int, float))}
     if info.is_main:
