@@ -71,7 +71,8 @@ class SeededDecode:
         from mcl_dist.data.streaming import stable_seed
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(stable_seed(self.seed, self.epoch, raw["__key__"]))
+            # the CPU generator only: torch.manual_seed also seeds CUDA and costs ~0.2 ms a call
+            torch.default_generator.manual_seed(stable_seed(self.seed, self.epoch, raw["__key__"]))
             return self.decode(raw)
 
 

@@ -136,7 +136,8 @@ class ShardStream(IterableDataset):
         if self.seed is None:
             return self.decode(raw)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(stable_seed(self.seed, self.rank, logical, pos))
+            # the CPU generator only: torch.manual_seed also seeds CUDA and costs ~0.2 ms a call
+            torch.default_generator.manual_seed(stable_seed(self.seed, self.rank, logical, pos))
             return self.decode(raw)
 
     @staticmethod
