@@ -47,8 +47,21 @@ def load_stage_model(pipe, s: int) -> dict[str, Any]:
 
 
 # -- steps ---------------------------------------------------------------------------------
+def remove_stale(directory: str, pattern: str, world: int) -> None:
+    """Parts written by an interrupted run with another world size must not be mixed in."""
+    import glob
+
+    if dist_utils.info().is_main:
+        for path in glob.glob(os.path.join(directory, pattern)):
+            if f"-of{world:04d}." not in os.path.basename(path):
+                os.remove(path)
+    dist_utils.barrier()
+
+
 def embed_step(pipe, s: int) -> dict:
     from mcl_dist.embed import embed_shards
+
+    remove_stale(os.path.join(pipe.stage_dir(s), "embed"), "part*-of*.npy", pipe.info.world_size)
 
     bundle = load_stage_model(pipe, s - 1)
     c = pipe.cfg
@@ -62,6 +75,7 @@ def kmeans_step(pipe, s: int) -> dict:
     from mcl_dist.kmeans import kmeans
 
     c, info = pipe.cfg, pipe.info
+    remove_stale(os.path.join(pipe.stage_dir(s), "kmeans"), "assign*-of*.npz", info.world_size)
     feats, keys = load_share(os.path.join(pipe.stage_dir(s), "embed"), info.rank, info.world_size)
     res = kmeans(torch.from_numpy(np.ascontiguousarray(feats)), c.stages[s].k, iters=c.cluster.kmeans_iters,
                  tol=c.cluster.kmeans_tol, seed=c.train.seed + s, spherical=c.cluster.spherical,

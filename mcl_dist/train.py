@@ -160,11 +160,16 @@ class StageTrainer:
         return {"loss": total_loss, "data_time": data_time, "samples": n, "grad_norm": grad_norm,
                 "purity": purity}
 
-    def _check_bad_samples(self) -> None:
-        total = self.monitor.merge(dist_utils.all_gather_object(self.monitor.summary()))
-        message = self.monitor.check(total)
-        if message:
-            raise TrainingError(f"stage {self.spec.stage}: {message}")
+    def _check_bad_samples(self) -> dict:
+        """Sum the counts over ranks with one small all-reduce; gather the per-shard details
+        (a pickled all_gather) only when the share is over the limit and a message is due."""
+        counts = torch.tensor([float(self.monitor.seen), float(self.monitor.bad)],
+                              device=self.device if dist_utils.is_distributed() and self.device.type == "cuda" else "cpu")
+        seen, bad = dist_utils.all_reduce_sum(counts).tolist()
+        total = {"seen": int(seen), "bad": int(bad)}
+        if self.monitor.check({**total, "shards": None, "damaged": None, "reasons": {}}, counts_only=True):
+            total = self.monitor.merge(dist_utils.all_gather_object(self.monitor.summary()))
+            raise TrainingError(f"stage {self.spec.stage}: {self.monitor.check(total)}")
         return total
 
     def run(self) -> dict[str, Any]:

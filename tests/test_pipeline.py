@@ -16,7 +16,7 @@ def config(tmp_path, data_dir):
     path = os.path.join(str(tmp_path), "pipe.yaml")
     with open(path, "w") as f:
         f.write(f"""
-data: {{synthetic: true, synthetic_dir: {data_dir}, synthetic_train: 256, synthetic_test: 64,
+data: {{synthetic: true, synthetic_dir: {data_dir}, synthetic_train: 320, synthetic_test: 64,
         synthetic_samples_per_shard: 64, workers: 2, shuffle_buffer: 32}}
 model: {{config_file: {ROOT}/configs/models/tiny-vit.json}}
 train: {{global_batch_size: 32, accum_freq: 2, max_steps: 4, lr: 1.0e-3, warmup_steps: 1, log_every: 1,
@@ -60,6 +60,27 @@ def test_every_step_done_and_outputs_valid(finished):
     for r in results.values():
         assert 0 <= r["mmvp"]["mean"] <= 1 and set(r["mmvp"]["per_category"]) >= {"color", "shape"}
         assert {"color", "shape"} <= set(r["zero_shot"]) and {"color", "shape"} <= set(r["linear_probe"])
+
+
+def test_embedding_covers_every_sample_exactly_once(finished):
+    """5 shards over 2 ranks: rank 0 embeds 3, rank 1 embeds 2; together every sample once."""
+    import numpy as np
+
+    from mcl_dist.data.tar_index import build_or_load_index
+    from mcl_dist.embed import list_parts
+
+    _, run_dir, _ = finished
+    parts = list_parts(str(run_dir / "stage_1" / "embed"))
+    assert [os.path.basename(f) for f, _ in parts] == ["part0000-of0002.feats.npy", "part0001-of0002.feats.npy"]
+    keys = np.concatenate([np.load(k) for _, k in parts])
+    feats = np.concatenate([np.load(f) for f, _ in parts])
+    assert feats.dtype == np.float16 and len(feats) == len(keys)
+    assert np.allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1.0, atol=1e-2)
+    shards = sorted(glob.glob(str(run_dir.parent / "data" / "train-*.tar")))
+    assert len(shards) == 5
+    index = build_or_load_index(shards, str(run_dir / "index"), progress=False)
+    assert len(keys) == len(set(keys.tolist())) == len(index) == 320
+    assert set(keys.tolist()) == set(index.keys.astype(str).tolist())
 
 
 def test_integrated_similarity_is_mean_of_stage_similarities(finished):

@@ -75,6 +75,35 @@ def run_open_clip(a, shards: str, n: int, work: str, env: dict) -> list[float]:
     return rates[a.warmup:]
 
 
+def _allow_cpu_ddp() -> None:
+    """open_clip_train passes device_ids=[cpu] to DDP, which torch rejects; multi-process CPU
+    training (gloo) needs device_ids=None. Nothing else of open_clip_train is changed."""
+    import torch
+
+    base = torch.nn.parallel.DistributedDataParallel
+
+    class CpuDDP(base):
+        def __init__(self, module, device_ids=None, **kw):
+            if device_ids and all(getattr(d, "type", d) == "cpu" for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids=device_ids, **kw)
+
+    torch.nn.parallel.DistributedDataParallel = CpuDDP
+
+
+def _skip_shard_end_markers() -> None:
+    """webdataset 1.0.2 yields an empty dict at the end of every shard, which open_clip_train
+    3.3.0's group_by_keys_nothrow indexes without a check (KeyError 'fname'); drop them."""
+    import open_clip_train.data as ocd
+
+    grouped = ocd.group_by_keys_nothrow
+
+    def without_markers(data, *args, **kw):
+        return grouped((d for d in data if d), *args, **kw)
+
+    ocd.group_by_keys_nothrow = without_markers
+
+
 def as_open_clip_train(argv: list[str]) -> None:
     """Entry used under torchrun: register the tiny config, then run open_clip_train."""
     cfg_file, rest = argv[0], argv[argv.index("--") + 1:]
@@ -82,6 +111,8 @@ def as_open_clip_train(argv: list[str]) -> None:
 
     if cfg_file:
         open_clip.add_model_config(cfg_file)
+    _allow_cpu_ddp()
+    _skip_shard_end_markers()
     from open_clip_train.main import main
 
     main(rest)

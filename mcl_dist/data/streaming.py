@@ -192,10 +192,12 @@ class BadSampleMonitor:
         return {"seen": self.seen, "bad": self.bad, "reasons": dict(self.reasons),
                 "shards": dict(self.shards), "damaged": dict(self.damaged)}
 
-    def check(self, total: dict) -> Optional[str]:
+    def check(self, total: dict, counts_only: bool = False) -> Optional[str]:
         """A message when the share of bad samples is too high, else None."""
         if total["seen"] < self.min_seen or total["bad"] <= self.max_fraction * total["seen"]:
             return None
+        if counts_only:
+            return "over the limit"
         worst = total["shards"].most_common(3) or total["damaged"].most_common(3)
         named = ", ".join(f"{s} ({n})" for s, n in worst)
         return (f"{total['bad']} of {total['seen']} samples were unreadable "

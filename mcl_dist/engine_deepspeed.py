@@ -1,0 +1,424 @@
+"""DeepSpeed engine (ZeRO stage 0-3) behind the same interface as `mcl_dist.engine.DDPEngine`.
+
+Everything DeepSpeed needs comes from our own `train.*` settings, so there is no second config
+file to keep in sync:
+
+| DeepSpeed key | from |
+| --- | --- |
+| `train_batch_size`, `train_micro_batch_size_per_gpu`, `gradient_accumulation_steps` | `train.global_batch_size`, world size, `train.accum_freq` |
+| `zero_optimization.stage` | `train.zero_stage` |
+| `bf16.enabled` | `train.precision` (`auto`: bf16 on GPU, fp32 on CPU) |
+| `gradient_clipping` | `train.grad_clip_norm` |
+| optimizer | our AdamW with `mcl_dist.engine.param_groups` (no decay on gains, biases, logit scale) |
+| learning rate | `mcl_dist.engine.cosine_lr`, set before every optimizer step |
+
+An optional raw DeepSpeed JSON (`train.deepspeed_config`) is merged over that (e.g. for
+`zero_optimization.offload_optimizer` or bucket sizes). Keys the trainer owns (the batch sizes and
+the accumulation steps) must agree with ours, and `optimizer` / `scheduler` sections are refused:
+they would silently replace the schedule the trainer logs.
+
+Gradient accumulation: the trainer runs `accum_freq` micro-batches inside
+`engine.accumulating(last)`; we map that onto `set_gradient_accumulation_boundary(last)`, so
+DeepSpeed reduces gradients only on the last micro-batch (ZeRO-2/3 reduce-scatter as they go) and
+`engine.step()` applies exactly one optimizer step per trainer step. The trainer already divides
+the loss by `accum_freq`, so `backward` passes `scale_wrt_gas=False`.
+
+Checkpoints are *consolidated*: `state_dict()` (a collective: every rank calls it) assembles the
+full fp32 master weights and the full AdamW moments from the ZeRO partitions, in exactly the layout
+`torch.optim.AdamW.state_dict()` has under DDP. The trainer writes them into its one atomic
+checkpoint file, next to the open_clip `state_dict`. So a checkpoint written by either engine
+resumes under either engine, at any world size and any ZeRO stage, and open_clip loads it as is.
+The price is that rank 0 holds one full copy of weights + moments in host memory while saving,
+as DDP does; that is fine for CLIP-sized models (ViT-bigG is 2.5B parameters, ~30 GB). For models
+beyond that, DeepSpeed's own sharded `save_checkpoint` would be the tool.
+
+After the last step of a stage the engine hands the module back as a plain fp32 model holding the
+full master weights (ZeRO-3 partitions gathered, bf16 copies replaced), so the stage checkpoint
+that the pipeline writes from the model, and anything else that uses it, sees an ordinary
+open_clip model.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from typing import Any, Iterator
+
+import torch
+
+from mcl_dist import distributed as dist_utils
+from mcl_dist.config import ConfigError, TrainConfig
+from mcl_dist.engine import autocast_dtype, cosine_lr, param_groups
+
+log = logging.getLogger("mcl_dist")
+
+INSTALL_HINT = ("install the optional extra with `pip install -e .[deepspeed]`, or after torch: "
+                "`DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed==0.19.8`")
+# keys the trainer owns: a raw DeepSpeed JSON may repeat them only with the same value
+_OWNED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+_REFUSED = ("optimizer", "scheduler")
+_ADAM_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+def import_deepspeed(device: torch.device):
+    """Import DeepSpeed, choosing its accelerator from our device; a clear error if missing."""
+    if "DS_ACCELERATOR" not in os.environ:
+        os.environ["DS_ACCELERATOR"] = "cuda" if device.type == "cuda" else "cpu"
+    try:
+        import deepspeed
+    except ImportError as e:
+        raise ConfigError(f"train.engine=deepspeed needs DeepSpeed, which is not importable ({e}); "
+                          f"{INSTALL_HINT}") from e
+    # DeepSpeed logs every config key at INFO on its own logger; keep warnings
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    return deepspeed
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_ds_config(tcfg: TrainConfig, world_size: int, device: torch.device) -> dict:
+    """The DeepSpeed config derived from our train settings (+ the optional raw JSON)."""
+    micro = tcfg.global_batch_size // (world_size * tcfg.accum_freq)
+    bf16 = autocast_dtype(tcfg.precision, device) is not None
+    cfg: dict[str, Any] = {
+        "train_batch_size": tcfg.global_batch_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": tcfg.accum_freq,
+        "gradient_clipping": float(tcfg.grad_clip_norm),
+        "zero_optimization": {"stage": tcfg.zero_stage},
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,  # our torch AdamW (same numerics as the DDP engine)
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if tcfg.deepspeed_config:
+        path = tcfg.deepspeed_config
+        if not os.path.exists(path):
+            raise ConfigError(f"train.deepspeed_config: {path}: file not found")
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"train.deepspeed_config: {path}: not valid JSON ({e})") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"train.deepspeed_config: {path}: must hold a JSON object")
+        for key in _REFUSED:
+            if key in raw:
+                raise ConfigError(f"train.deepspeed_config: {path}: remove the '{key}' section; the optimizer and "
+                                  f"the LR schedule come from train.lr, train.wd, train.warmup_steps, ...")
+        for key in _OWNED:
+            if key in raw and raw[key] not in ("auto", cfg[key]):
+                raise ConfigError(f"train.deepspeed_config: {path}: '{key}' is {raw[key]} but train.global_batch_size, "
+                                  f"train.accum_freq and the world size ({world_size}) give {cfg[key]}; drop the key "
+                                  f"or set it to \"auto\"")
+        raw = {k: v for k, v in raw.items() if k not in _OWNED}
+        cfg = _merge(cfg, raw)
+    return cfg
+
+
+def _ensure_process_group(device: torch.device) -> None:
+    """DeepSpeed needs a process group even for one process (our world-size-1 runs have none)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+        dist.init_process_group(backend, init_method="env://", rank=0, world_size=1)
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+class DeepSpeedEngine:
+    name = "deepspeed"
+
+    def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, device: torch.device, total_steps: int,
+                 base_lr: float):
+        self.deepspeed = import_deepspeed(device)
+        from deepspeed.utils import (safe_get_full_fp32_param, safe_get_full_optimizer_state,
+                                     safe_set_full_fp32_param, safe_set_full_optimizer_state)
+
+        self._get_fp32, self._set_fp32 = safe_get_full_fp32_param, safe_set_full_fp32_param
+        self._get_state, self._set_state = safe_get_full_optimizer_state, safe_set_full_optimizer_state
+        self.module = model
+        self.device = device
+        self.tcfg, self.total_steps, self.base_lr = tcfg, total_steps, base_lr
+        self.ds_config = build_ds_config(tcfg, dist_utils.world_size(), device)
+        self.zero_stage = int(self.ds_config["zero_optimization"].get("stage", 0))
+        self.bf16 = bool(self.ds_config.get("bf16", {}).get("enabled"))
+        groups = param_groups(model, tcfg.wd)
+        # the parameters in optimizer order, as torch's AdamW.state_dict numbers them
+        self._ordered = [p for g in groups for p in g["params"]]
+        self._names = {id(p): n for n, p in model.named_parameters()}
+        self._shapes = {n: p.shape for n, p in model.named_parameters()}
+        self.optimizer = torch.optim.AdamW(groups, lr=base_lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
+        self._group_meta = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self._group_sizes = [len(g["params"]) for g in groups]
+        self._hooks = self._promote_scalars()
+        _ensure_process_group(device)
+        self.ds, ds_opt, _, _ = self.deepspeed.initialize(model=model, optimizer=self.optimizer,
+                                                           config=self.ds_config, dist_init_required=False)
+        self.ds_optimizer = ds_opt
+        self.step_count = 0
+        self.finished = False
+        self._lr = base_lr
+
+    def _promote_scalars(self) -> list:
+        """Hold 0-dim parameters (CLIP's logit_scale) as shape (1,) while DeepSpeed owns the model.
+
+        DeepSpeed 0.19 broadcasts and gathers parameters as `p.data.view(torch.uint8)`, which torch
+        refuses for 0-dim tensors. The same Parameter objects are reshaped in place; state_dict and
+        load_state_dict hooks keep the module's checkpoint layout exactly open_clip's, and `finish()`
+        restores the shapes.
+        """
+        scalars = {n for n, p in self.module.named_parameters() if p.dim() == 0}
+        for n, p in self.module.named_parameters():
+            if n in scalars:
+                p.data = p.data.reshape(1)
+        engine = self
+
+        def save_hook(module, state_dict, prefix, local_metadata):
+            for n in scalars:
+                if prefix + n in state_dict:
+                    state_dict[prefix + n] = state_dict[prefix + n].reshape(())
+
+        def load_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+            for n, p in module.named_parameters():
+                key = prefix + n
+                if key not in state_dict:
+                    continue
+                if n in scalars:
+                    state_dict[key] = state_dict[key].reshape(1)
+                if engine.zero_stage == 3 and hasattr(p, "ds_id"):
+                    # a partitioned ZeRO-3 parameter: load_state_dict() leaves it alone (it only holds
+                    # this rank's shard); engine.load_state_dict writes the full value into the shards
+                    state_dict[key] = p.data
+
+        return [self.module.register_state_dict_post_hook(save_hook),
+                self.module.register_load_state_dict_pre_hook(load_hook)]
+
+    # -- forward / backward / step --------------------------------------------------------
+    def _cast(self, x: Any) -> Any:
+        if self.bf16 and torch.is_tensor(x) and x.is_floating_point():
+            return x.to(torch.bfloat16)
+        return x
+
+    def forward(self, *args: Any, **kw: Any) -> Any:
+        if self.finished:
+            raise RuntimeError("the DeepSpeed engine finished its stage; build a new engine to train on")
+        return self.ds(*[self._cast(a) for a in args], **{k: self._cast(v) for k, v in kw.items()})
+
+    @contextlib.contextmanager
+    def accumulating(self, last: bool) -> Iterator[None]:
+        """Only the last micro-batch of a step is an accumulation boundary (reduce + step)."""
+        self.ds.set_gradient_accumulation_boundary(bool(last))
+        yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss, scale_wrt_gas=False)  # the trainer already divided by accum_freq
+
+    def step(self) -> float:
+        self._lr = cosine_lr(self.step_count, self.base_lr, self.tcfg.warmup_steps, self.total_steps)
+        for g in self.optimizer.param_groups:  # the base optimizer ZeRO steps on its flat partitions
+            g["lr"] = self._lr
+        self.ds.set_gradient_accumulation_boundary(True)
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm()
+        self.clamp_logit_scale()
+        self.step_count += 1
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    # -- parameter access across ZeRO stages ----------------------------------------------
+    @contextlib.contextmanager
+    def _gathered(self, params: list, modifier_rank: int | None = None) -> Iterator[None]:
+        if self.zero_stage == 3 and not self.finished:
+            with self.deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+                yield
+        else:
+            yield
+
+    def _full_fp32(self, p: torch.nn.Parameter) -> torch.Tensor:
+        """The full fp32 master value of a parameter (a collective for ZeRO-partitioned ones)."""
+        if not self.finished and p.requires_grad:
+            full = self._get_fp32(p)
+            if full is not None:
+                return full.detach().float()
+        with self._gathered([p]):
+            return p.detach().float().clone()
+
+    @staticmethod
+    def _mapped(p: torch.nn.Parameter) -> bool:
+        """Whether ZeRO / DeepSpeed's bf16 optimizer keeps this parameter's master elsewhere."""
+        return hasattr(p, "_hp_mapping") or hasattr(p, "ds_id")
+
+    def _moment(self, p: torch.nn.Parameter, key: str) -> torch.Tensor:
+        if self._mapped(p):
+            return self._get_state(p, key)
+        return self.optimizer.state[p][key]  # ZeRO stage 0 in fp32: our AdamW on the real parameters
+
+    @staticmethod
+    def _z3_set(p: torch.nn.Parameter, value: torch.Tensor, key: str | None = None) -> None:
+        """This rank's shard of a ZeRO-3 master (key=None) or optimizer state, from the full value.
+
+        DeepSpeed's own `safe_set_full_*` cuts the full tensor without the padding of the last
+        shard, which fails whenever a parameter's size is not a multiple of the world size.
+        """
+        opt = p._z3_optimizer
+        part, _ = opt._get_fp32_opt_state_partition(p, release_swap_buffers=False, optim_state_key=key)
+        n, world = part.numel(), opt._get_param_partition_world_size(p)
+        flat = torch.zeros(n * world, dtype=part.dtype, device=part.device)
+        flat[: value.numel()] = value.flatten().to(part.device, part.dtype)
+        part.data.copy_(flat.narrow(0, n * opt._get_param_partition_rank(p), n))
+
+    def _set_moment(self, p: torch.nn.Parameter, value: torch.Tensor, key: str) -> None:
+        if hasattr(p, "ds_id"):
+            self._z3_set(p, value, key)
+        elif self._mapped(p):
+            self._set_state(p, value, key)
+        else:
+            self.optimizer.state[p][key].copy_(value.reshape(p.shape))
+
+    def _write_param(self, p: torch.nn.Parameter, value: torch.Tensor) -> None:
+        """Set the master value (if any) and the model's own copy of a parameter on every rank."""
+        if not self.finished and p.requires_grad:
+            if hasattr(p, "ds_id"):
+                self._z3_set(p, value)
+            else:
+                self._set_fp32(p, value.to(self.device, torch.float32))
+        with self._gathered([p], modifier_rank=0), torch.no_grad():
+            p.data.copy_(value.to(p.data.device, p.data.dtype).reshape(p.data.shape))
+
+    def clamp_logit_scale(self) -> None:
+        scale = getattr(self.module, "logit_scale", None)
+        if scale is None:
+            return
+        full = self._full_fp32(scale)  # the same value on every rank, so the branch is collective
+        clamped = full.clamp(0, math.log(self.tcfg.logit_scale_max))
+        if not torch.equal(clamped, full):
+            self._write_param(scale, clamped)
+
+    # -- end of stage ---------------------------------------------------------------------
+    def finish(self) -> None:
+        """Give the module back as a plain fp32 model with the full master weights (collective)."""
+        if self.finished:
+            return
+        values = {n: self._full_fp32(p) for n, p in self.module.named_parameters()}
+        self.ds.destroy()  # removes DeepSpeed's hooks (ZeRO-3 fetch/release, gradient hooks)
+        self.finished = True
+        for hook in self._hooks:
+            hook.remove()
+        for n, p in self.module.named_parameters():
+            p.data = values[n].reshape(self._shapes[n]).to(p.data.device)
+        for buf in self.module.buffers():
+            if buf.is_floating_point() and buf.dtype != torch.float32:
+                buf.data = buf.data.float()
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _step_tensor(self) -> torch.Tensor | None:
+        base = self._base_optimizer()
+        for st in base.state.values():
+            if "step" in st:
+                return st["step"].detach().cpu().clone() if torch.is_tensor(st["step"]) else torch.tensor(float(st["step"]))
+        return None
+
+    def _base_optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizer  # ZeRO rewires our AdamW's param_groups to its flat fp32 partitions
+
+    def state_dict(self) -> dict:
+        """Consolidated weights + AdamW state (torch layout); a collective, the result is rank 0's."""
+        main = dist_utils.rank() == 0
+        weights = {}
+        for n, p in self.module.named_parameters():
+            v = self._full_fp32(p)
+            if main:
+                weights[n] = v.cpu().reshape(self._shapes[n])
+        step = self._step_tensor()
+        state: dict[int, dict] = {}
+        if step is not None:
+            self._link_optimizer_state()
+            for i, p in enumerate(self._ordered):
+                moments = {k: self._moment(p, k) for k in _ADAM_KEYS}
+                if main:
+                    shape = weights[self._names[id(p)]].shape
+                    state[i] = {"step": step.clone(), **{k: v.detach().float().cpu().reshape(shape)
+                                                         for k, v in moments.items()}}
+        if self.step_count >= self.total_steps:
+            self.finish()  # the stage is over: the pipeline now saves the module itself
+        if not main:
+            return {}
+        # the module's buffers (and frozen parameters) come with the module's own state_dict
+        sd = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+        sd.update({k: v for k, v in weights.items() if k in sd})
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+        groups, start = [], 0
+        for meta, size in zip(self._group_meta, self._group_sizes):
+            groups.append({**meta, "lr": self._lr, "params": list(range(start, start + size))})
+            start += size
+        return {"state_dict": sd, "optimizer": {"state": state, "param_groups": groups},
+                "scheduler": {"step": self.step_count}, "engine": {"name": self.name, "zero_stage": self.zero_stage}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from a consolidated checkpoint of either engine, at any world size."""
+        weights = state["state_dict"]
+        for n, p in self.module.named_parameters():
+            if n in weights:
+                self._write_param(p, weights[n])
+        opt = state.get("optimizer") or {}
+        saved = opt.get("state") or {}
+        n_saved = sum(len(g["params"]) for g in opt.get("param_groups", []))
+        if n_saved and n_saved != len(self._ordered):
+            raise RuntimeError(f"checkpoint optimizer has {n_saved} parameters, this model trains "
+                               f"{len(self._ordered)}; was a tower locked or unlocked since?")
+        if saved:
+            step = next(iter(saved.values()))["step"]
+            self._init_optimizer_state(step)
+            for i, p in enumerate(self._ordered):
+                entry = saved.get(i, saved.get(str(i)))
+                if entry is None:
+                    continue
+                for k in _ADAM_KEYS:
+                    self._set_moment(p, entry[k].to(self.device, torch.float32), k)
+        self.step_count = int(state["scheduler"]["step"])
+        self._lr = cosine_lr(max(0, self.step_count - 1), self.base_lr, self.tcfg.warmup_steps, self.total_steps)
+        if self.step_count >= self.total_steps:
+            self.finish()
+
+    def _init_optimizer_state(self, step: torch.Tensor) -> None:
+        """Create AdamW's lazily made state on the flat partitions so it can be filled in now."""
+        base = self._base_optimizer()
+        for g in base.param_groups:
+            for p in g["params"]:
+                st = base.state[p]
+                if not st:
+                    st["step"] = torch.zeros((), dtype=torch.float32)
+                    for k in _ADAM_KEYS:
+                        st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["step"] = step.detach().to(st["step"].device, st["step"].dtype).clone()
+        self._link_optimizer_state()
+
+    def _link_optimizer_state(self) -> None:
+        """Point every parameter's fragment at the optimizer state of its flat partition.
+
+        ZeRO-1/2 (and the bf16 optimizer) link the fragments once, after the first step of the
+        first parameter group, when the other groups have no state yet; relinking is cheap views.
+        """
+        opt = self.ds_optimizer
+        if hasattr(opt, "_hp_optimizer_states_linked") and hasattr(opt, "_lazy_init_hp_params_optimizer_state"):
+            opt._hp_optimizer_states_linked = False
+            opt._lazy_init_hp_params_optimizer_state()
