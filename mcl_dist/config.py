@@ -70,6 +70,7 @@ class TrainConfig:
     local_loss: bool = True
     logit_scale_max: float = 100.0
     engine: str = "ddp"  # ddp | deepspeed
+    optimizer: str = "adamw"  # adamw | lars (LARS: SimCLR's large-batch optimizer)
     zero_stage: int = 2  # DeepSpeed ZeRO stage
     deepspeed_config: str = ""  # optional raw DeepSpeed JSON that overrides ours
     log_every: int = 10
@@ -116,6 +117,23 @@ class EvalConfig:
 
 
 @dataclass
+class SimCLRConfig:
+    """objective: simclr (image-only shards, two augmented views, NT-Xent)."""
+
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 | tiny
+    cifar_stem: bool = True  # 3x3 stride-1 stem without max-pool, for small images
+    image_size: int = 32
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    temperature: float = 0.5
+    crop: bool = True  # random resized crop
+    crop_scale: float = 0.2  # its smallest area share
+    flip: bool = True
+    color_jitter: float = 0.5  # strength; 0 turns it off (keeps colour as the easy feature)
+    grayscale: float = 0.2  # probability; 0 turns it off
+
+
+@dataclass
 class DebugConfig:
     log_batches: bool = False  # write <run_dir>/stage_<s>/batches/rank<r>.jsonl
     # tests: SIGKILL the launcher at a point, e.g. "stage_1/kmeans" (its work done, not yet
@@ -132,6 +150,8 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    objective: str = "clip"  # clip | simclr
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     run_dir: str = ""
 
     def stage(self, s: int) -> StageConfig:
@@ -141,6 +161,7 @@ class Config:
 _CHOICES = {
     "train.precision": ("auto", "fp32", "amp_bf16", "bf16"),
     "train.engine": ("ddp", "deepspeed"),
+    "train.optimizer": ("adamw", "lars"),
     "stages.init": ("previous", "base", "scratch"),
     "cluster.embed": ("image", "text", "joint"),
     "cluster.backend": ("torch", "faiss"),
@@ -328,6 +349,10 @@ def validate(cfg: Config, where: str = "config") -> None:
                           f"'train.accum_freq' ({t.accum_freq})")
     if t.engine == "deepspeed" and t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"{where}: 'train.zero_stage' must be 0, 1, 2 or 3, got {t.zero_stage}")
+    if cfg.objective not in ("clip", "simclr"):
+        raise ConfigError(f"{where}: 'objective' must be clip or simclr, got {cfg.objective!r}")
+    if cfg.objective == "simclr" and cfg.cluster.embed != "image":
+        raise ConfigError(f"{where}: 'cluster.embed' must be image for objective simclr (there is no text)")
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         targets = cfg.stages if section == "stages" else [getattr(cfg, section)]

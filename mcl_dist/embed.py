@@ -81,7 +81,7 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
             keys += batch["key"]
             bar.update(len(batch["key"]) * info.world_size)
     bar.close()
-    dim = chunks[0].shape[1] if chunks else int(getattr(getattr(model, "visual", None), "output_dim", 0))
+    dim = chunks[0].shape[1] if chunks else int(getattr(model, "output_dim", 0) or getattr(getattr(model, "visual", None), "output_dim", 0))
     feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float16)
     # keys first, feats last: the feats file is the marker that the part is complete
     _save_npy(keys_path, np.asarray(keys, dtype=str))

@@ -35,6 +35,14 @@ def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}]
 
 
+def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig, base_lr: float) -> torch.optim.Optimizer:
+    if tcfg.optimizer == "lars":
+        from mcl_dist.lars import LARS
+
+        return LARS(param_groups(model, tcfg.wd), lr=base_lr, momentum=tcfg.beta1, weight_decay=tcfg.wd)
+    return torch.optim.AdamW(param_groups(model, tcfg.wd), lr=base_lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         precision = "amp_bf16" if device.type == "cuda" else "fp32"
@@ -53,8 +61,7 @@ class DDPEngine:
         if dist_utils.is_distributed():
             ids = [device.index] if device.type == "cuda" else None
             self.model = DistributedDataParallel(model, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(param_groups(model, tcfg.wd), lr=base_lr,
-                                           betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
+        self.optimizer = make_optimizer(model, tcfg, base_lr)
         self.dtype = autocast_dtype(tcfg.precision, device)
         self.step_count = 0
 

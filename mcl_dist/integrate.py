@@ -135,6 +135,12 @@ def _register(name: str, cfg: Optional[dict]) -> str:
 def _build(name: str, cfg: Optional[dict], state_dict: dict, device: Any) -> tuple[nn.Module, Any, Any]:
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
+    if cfg and "simclr" in cfg:  # an image-only SimCLR stage (objective: simclr)
+        from mcl_dist.config import SimCLRConfig
+        from mcl_dist.simclr import model_from_checkpoint, val_transform
+
+        model = model_from_checkpoint({"model_config": cfg, "state_dict": _strip_module(state_dict)}, device)
+        return model.eval(), val_transform(SimCLRConfig(**cfg["simclr"])), None
     reg = _register(name, cfg)
     logging.disable(logging.WARNING)  # open_clip warns "initialized randomly"; the weights come next
     try:
@@ -166,7 +172,7 @@ def load_model(path: str, device: Any = "cpu", model_name: Optional[str] = None)
             raise RuntimeError(f"{path}: integrated model format version {obj.get('version')} != {VERSION}")
         parts = zip(obj["model_names"], obj["model_configs"], obj["state_dicts"])
         built = [_build(n, c, sd, device) for n, c, sd in parts]
-        sizes = {str(m.visual.preprocess_cfg.get("size")) for m, _, _ in built}
+        sizes = {str(m.visual.preprocess_cfg.get("size")) if hasattr(m, "visual") else "simclr" for m, _, _ in built}
         ctx = {getattr(t, "context_length", None) for _, _, t in built}
         if len(sizes) > 1 or len(ctx) > 1:
             # one preprocess and one tokenizer feed every stage, so they must agree

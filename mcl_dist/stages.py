@@ -16,7 +16,8 @@ import torch
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import ConfigError, micro_batch_size
 from mcl_dist.io import load_npz, load_torch, save_npz, save_torch, write_json
-from mcl_dist.models import create, stage_checkpoint
+from mcl_dist.models import stage_checkpoint
+from mcl_dist.objective import create_bundle, train_decoder
 from mcl_dist.pipeline import kill_step
 
 log = logging.getLogger("mcl_dist")
@@ -40,7 +41,7 @@ def shard_index(pipe):
 
 
 def load_stage_model(pipe, s: int) -> dict[str, Any]:
-    bundle = create(pipe.cfg.model, pipe.info.device, pretrained="")
+    bundle = create_bundle(pipe.cfg, pipe.info.device, pretrained="")
     state = load_torch(os.path.join(pipe.stage_dir(s), "checkpoint.pt"))
     bundle["model"].load_state_dict(state["state_dict"])
     return bundle
@@ -129,19 +130,18 @@ def init_weights(pipe, s: int) -> dict[str, Any]:
         bundle = load_stage_model(pipe, s - 1)
     elif st.init == "base":
         torch.manual_seed(c.train.seed)  # the same initial weights stage 0 started from
-        bundle = create(c.model, pipe.info.device, pretrained=c.stages[0].pretrained or None)
+        bundle = create_bundle(c, pipe.info.device, pretrained=c.stages[0].pretrained or None)
     else:
         torch.manual_seed(c.train.seed + 1000 * s)
-        bundle = create(c.model, pipe.info.device, pretrained="")
+        bundle = create_bundle(c, pipe.info.device, pretrained="")
     from mcl_dist.models import apply_locks
 
-    if st.lock_image is not None or st.lock_text is not None:
+    if c.objective == "clip" and (st.lock_image is not None or st.lock_text is not None):
         apply_locks(bundle["model"], c.model, lock_image=st.lock_image, lock_text=st.lock_text)
     return bundle
 
 
 def train_step(pipe, s: int, fp: str) -> dict:
-    from mcl_dist.data.decode import ClipDecoder
     from mcl_dist.data.sources import PlannedSource
     from mcl_dist.labels import load_labels
     from mcl_dist.stage0 import stage_steps
@@ -151,7 +151,7 @@ def train_step(pipe, s: int, fp: str) -> dict:
     index = shard_index(pipe)
     labels = load_labels(os.path.join(pipe.stage_dir(s), "labels.npz"), index.fingerprint())["labels"]
     bundle = init_weights(pipe, s)
-    decoder = ClipDecoder(bundle["preprocess_train"], bundle["tokenizer"], c.data.image_ext, c.data.caption_ext)
+    decoder = train_decoder(c, bundle)
     micro = micro_batch_size(c, info.world_size)
     source = PlannedSource(index, labels, decoder, micro_batch=micro, accum=c.train.accum_freq,
                            world=info.world_size, rank=info.rank, group_size=st.group_size,

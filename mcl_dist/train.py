@@ -23,9 +23,9 @@ from mcl_dist import distributed as dist_utils
 from mcl_dist.config import Config
 from mcl_dist.data.streaming import BadSampleMonitor
 from mcl_dist.engine import build_engine
-from mcl_dist.loss import ClipLoss
 from mcl_dist.metrics import MetricsLogger, truncate_after
 from mcl_dist.models import stage_checkpoint, unwrap
+from mcl_dist.objective import forward_loss
 
 log = logging.getLogger("mcl_dist")
 
@@ -46,13 +46,6 @@ class StageSpec:
     fingerprint: str
     extra_metrics: dict = field(default_factory=dict)
     kill_after_step: int = 0  # tests: SIGKILL the job right after this step's checkpoint
-
-
-def _to(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    images = batch["image"].to(device, non_blocking=True)
-    texts = batch["text"].to(device, non_blocking=True)
-    labels = batch.get("labels")
-    return images, texts, labels.to(device) if labels is not None else None
 
 
 def _log_batch(path: str, step: int, micro: int, batch: dict) -> None:
@@ -84,7 +77,6 @@ class StageTrainer:
         self.device = self.info.device
         self.model = spec.bundle["model"]
         self.engine = build_engine(self.model, cfg.train, self.device, spec.total_steps, spec.base_lr)
-        self.loss_fn = ClipLoss()
         self.monitor = BadSampleMonitor(cfg.data.max_bad_fraction)
         self.metrics = MetricsLogger(spec.stage_dir, enabled=self.info.is_main)
         self.batch_log = None
@@ -138,15 +130,12 @@ class StageTrainer:
         for micro in range(accum):
             batch, wait = self._next(it)
             data_time += wait
-            images, texts, labels = _to(batch, self.device)
+            labels = batch.get("labels")
+            labels = labels.to(self.device) if labels is not None else None
             if self.batch_log:
                 _log_batch(self.batch_log, step, micro, batch)
             with self.engine.accumulating(last=micro == accum - 1):
-                out = self.engine.forward(image=images, text=texts)
-                loss = self.loss_fn(out["image_features"].float(), out["text_features"].float(),
-                                    out["logit_scale"].float(), labels=labels, gather=self.spec.gather,
-                                    gather_with_grad=self.cfg.train.gather_with_grad,
-                                    local_loss=self.cfg.train.local_loss)
+                loss = forward_loss(self.cfg, self.engine, batch, self.device, labels, self.spec.gather)
                 self.engine.backward(loss / accum)
             total_loss += loss.item() / accum
             n += len(batch["key"])
@@ -188,8 +177,11 @@ class StageTrainer:
                 now = time.perf_counter()
                 last = {"loss": stats["loss"], "lr": self.engine.lr, "samples_per_s": samples_since / (now - t_last),
                         "data_time": stats["data_time"], "grad_norm": stats["grad_norm"],
-                        "logit_scale": float(unwrap(self.model).logit_scale.exp()), "label_purity": stats["purity"],
+                        "label_purity": stats["purity"],
                         "bad_samples": bad["bad"], "seen_samples": bad["seen"], **self.spec.extra_metrics}
+                scale = getattr(unwrap(self.model), "logit_scale", None)
+                if scale is not None:
+                    last["logit_scale"] = float(scale.exp())
                 self.metrics.log(done, last)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", sps=f"{last['samples_per_s']:.0f}")
                 t_last, samples_since = now, 0

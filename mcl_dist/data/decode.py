@@ -81,6 +81,7 @@ class ClipDecoder:
 def collate(samples: list[dict]) -> dict[str, Any]:
     batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples]),
                              "key": [s["key"] for s in samples]}
-    if samples and "text" in samples[0]:
-        batch["text"] = torch.stack([s["text"] for s in samples])
+    for extra in ("text", "image2"):  # captions (CLIP) or the second view (SimCLR)
+        if samples and extra in samples[0]:
+            batch[extra] = torch.stack([s[extra] for s in samples])
     return batch
