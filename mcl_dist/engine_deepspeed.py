@@ -73,6 +73,14 @@ def import_deepspeed(device: torch.device):
                           f"{INSTALL_HINT}") from e
     # DeepSpeed logs every config key at INFO on its own logger; keep warnings
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if device.type == "cpu" and os.environ.get("MCL_DS_SHM_COMM", "0") != "1":
+        # On CPU, DeepSpeed's communication backend JIT-compiles a shared-memory all-reduce op with
+        # the C++ compiler on first use (1-2 minutes, cached in ~/.cache/torch_extensions). CPU runs
+        # are tests and demos, where gloo is fast enough: mark the op unavailable so DeepSpeed uses
+        # torch.distributed (gloo) as it does everywhere else. MCL_DS_SHM_COMM=1 keeps the op.
+        from deepspeed import ops
+
+        ops.__compatible_ops__["deepspeed_shm_comm"] = False
     return deepspeed
 
 
@@ -94,10 +102,16 @@ def build_ds_config(tcfg: TrainConfig, world_size: int, device: torch.device) ->
         "gradient_clipping": float(tcfg.grad_clip_norm),
         "zero_optimization": {"stage": tcfg.zero_stage},
         "bf16": {"enabled": bf16},
-        "zero_allow_untested_optimizer": True,  # our torch AdamW (same numerics as the DDP engine)
+        # our torch AdamW (the DDP engine's numerics and checkpoint layout), with offloading too
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+    if bf16 and tcfg.zero_stage == 0:
+        raise ConfigError("train.engine=deepspeed with train.zero_stage=0 and bf16 is not supported (DeepSpeed would "
+                          "accumulate gradients in bf16); use train.zero_stage=1, 2 or 3, or train.engine=ddp "
+                          "(AMP bf16)")
     if tcfg.deepspeed_config:
         path = tcfg.deepspeed_config
         if not os.path.exists(path):
@@ -127,6 +141,9 @@ def _ensure_process_group(device: torch.device) -> None:
     """DeepSpeed needs a process group even for one process (our world-size-1 runs have none)."""
     import torch.distributed as dist
 
+    for key in ("RANK", "LOCAL_RANK"):  # DeepSpeed reads them even for one process
+        os.environ.setdefault(key, "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
     if dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -171,6 +188,10 @@ class DeepSpeedEngine:
         self.ds, ds_opt, _, _ = self.deepspeed.initialize(model=model, optimizer=self.optimizer,
                                                            config=self.ds_config, dist_init_required=False)
         self.ds_optimizer = ds_opt
+        if dist_utils.rank() == 0:
+            log.info("engine: DeepSpeed %s, ZeRO stage %d, %s, micro-batch %d x %d accumulation step(s)",
+                     self.deepspeed.__version__, self.zero_stage, "bf16" if self.bf16 else "fp32",
+                     self.ds_config["train_micro_batch_size_per_gpu"], self.ds_config["gradient_accumulation_steps"])
         self.step_count = 0
         self.finished = False
         self._lr = base_lr
@@ -191,7 +212,7 @@ class DeepSpeedEngine:
 
         def save_hook(module, state_dict, prefix, local_metadata):
             for n in scalars:
-                if prefix + n in state_dict:
+                if prefix + n in state_dict and state_dict[prefix + n].numel() == 1:
                     state_dict[prefix + n] = state_dict[prefix + n].reshape(())
 
         def load_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
@@ -331,14 +352,12 @@ class DeepSpeedEngine:
 
     # -- checkpoints ----------------------------------------------------------------------
     def _step_tensor(self) -> torch.Tensor | None:
-        base = self._base_optimizer()
+        """AdamW's step count (ZeRO keys our AdamW's state by its flat fp32 partitions)."""
+        base = self.optimizer
         for st in base.state.values():
             if "step" in st:
                 return st["step"].detach().cpu().clone() if torch.is_tensor(st["step"]) else torch.tensor(float(st["step"]))
         return None
-
-    def _base_optimizer(self) -> torch.optim.Optimizer:
-        return self.optimizer  # ZeRO rewires our AdamW's param_groups to its flat fp32 partitions
 
     def state_dict(self) -> dict:
         """Consolidated weights + AdamW state (torch layout); a collective, the result is rank 0's."""
@@ -401,15 +420,17 @@ class DeepSpeedEngine:
 
     def _init_optimizer_state(self, step: torch.Tensor) -> None:
         """Create AdamW's lazily made state on the flat partitions so it can be filled in now."""
-        base = self._base_optimizer()
-        for g in base.param_groups:
-            for p in g["params"]:
-                st = base.state[p]
-                if not st:
-                    st["step"] = torch.zeros((), dtype=torch.float32)
-                    for k in _ADAM_KEYS:
-                        st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["step"] = step.detach().to(st["step"].device, st["step"].dtype).clone()
+        base = self.optimizer
+        flats = getattr(self.ds_optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO-3
+        if flats is None:
+            flats = [p for g in base.param_groups for p in g["params"]]
+        for p in flats:
+            st = base.state[p]
+            if not st:
+                st["step"] = torch.zeros((), dtype=torch.float32)
+                for k in _ADAM_KEYS:
+                    st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["step"] = step.detach().to(st["step"].device, st["step"].dtype).clone()
         self._link_optimizer_state()
 
     def _link_optimizer_state(self) -> None:
