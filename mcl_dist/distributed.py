@@ -91,15 +91,6 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate `t` from all ranks along dim 0, keeping gradients to every rank's part."""
-    if not is_distributed():
-        return t
-    import torch.distributed.nn.functional as dnn
-
-    return torch.cat(dnn.all_gather(t), dim=0)
-
-
 def gather_no_grad(t: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return t

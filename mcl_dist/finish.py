@@ -63,7 +63,12 @@ def report_step(pipe) -> dict:
                 sizes[s] = read_json(km)["sizes"]
             rec = pipe.manifest.step(f"stage_{s}/labels")
             if rec:
-                label_stats[s] = rec.get("outputs", {})
+                label_stats[s] = dict(rec.get("outputs", {}))
+                # how the sampler used the labels (DESIGN section 7: small groups, several per batch)
+                plan = (pipe.manifest.step(f"stage_{s}/train") or {}).get("outputs", {}).get("plan", {})
+                for k in ("short_group_share", "groups_per_micro_batch", "skipped_singletons", "dropped"):
+                    if k in plan:
+                        label_stats[s][k] = round(plan[k], 3) if isinstance(plan[k], float) else plan[k]
         res_path = os.path.join(pipe.run_dir, "eval", "results.json")
         results = read_json(res_path) if os.path.exists(res_path) else {}
         path = write_report(pipe.run_dir, results, curves, sizes, label_stats)

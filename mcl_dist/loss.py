@@ -41,9 +41,13 @@ def _gather(t: torch.Tensor, sizes: list[int], with_grad: bool) -> torch.Tensor:
     pad = longest - t.shape[0]
     padded = torch.cat([t, t.new_zeros((pad,) + tuple(t.shape[1:]))]) if pad else t
     if with_grad and t.requires_grad:
+        import warnings
+
         import torch.distributed.nn.functional as dnn
 
-        parts = list(dnn.all_gather(padded))
+        with warnings.catch_warnings():  # deprecated in 2.14 in favour of a private API; still correct
+            warnings.simplefilter("ignore", FutureWarning)
+            parts = list(dnn.all_gather(padded))
     else:
         parts = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(parts, padded.contiguous())

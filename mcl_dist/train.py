@@ -181,7 +181,7 @@ class StageTrainer:
                         "bad_samples": bad["bad"], "seen_samples": bad["seen"], **self.spec.extra_metrics}
                 scale = getattr(unwrap(self.model), "logit_scale", None)
                 if scale is not None:
-                    last["logit_scale"] = float(scale.exp())
+                    last["logit_scale"] = float(scale.detach().exp())
                 self.metrics.log(done, last)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", sps=f"{last['samples_per_s']:.0f}")
                 t_last, samples_since = now, 0
