@@ -86,3 +86,21 @@ def test_non_finite_loss_stops_with_a_message(tmp_path, shards):
     out = run(cfg, tmp_path / "run", "train.lr=1e12", "train.warmup_steps=1", "train.max_steps=8", check=False)
     assert out.returncode != 0
     assert "non-finite loss at step" in out.stderr, out.stderr[-3000:]
+
+
+def test_local_checkpoint_taken_as_stage_0_without_training(tmp_path, shards):
+    """stages.0.pretrained: a local open_clip checkpoint becomes stage 0 as is (world size 1)."""
+    open_clip.add_model_config(os.path.join(ROOT, "configs/models/tiny-vit.json"))
+    torch.manual_seed(123)
+    model = open_clip.create_model("tiny-vit")
+    ckpt = tmp_path / "given.pt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    cfg = tiny_config(tmp_path, shards)
+    out = subprocess.run([sys.executable, "launch/pretrain.py", "--config", cfg, "--run-dir", str(tmp_path / "run"),
+                          f"stages.0.pretrained={ckpt}"], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "using pretrained weights" in out.stderr
+    assert not os.path.exists(tmp_path / "run" / "stage_0" / "metrics.jsonl")  # nothing was trained
+    saved = torch.load(tmp_path / "run" / "stage_0" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
