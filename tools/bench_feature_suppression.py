@@ -25,6 +25,20 @@ with the two ratio lines (3-stage previous-init MCL vs baseline).
     python tools/bench_feature_suppression.py --scale gpu          # larger data, T=3000, on a GPU
     python tools/bench_feature_suppression.py --split val          # settings are chosen on val only
 
+Unimodal arm (--objective simclr; configs/bench_simclr.yaml): the same data, images only (the SimCLR
+objective ignores captions), colour jitter and grayscale OFF so colour stays the easy feature, a
+small torchvision ResNet, AdamW; no text, so linear probe and k-NN per attribute only:
+
+    simclr_reference  single stage, T steps, on the no-easy data (is the suppression real?)
+    simclr_baseline   single-stage SimCLR, T steps
+    simclr_mcl2       2 stages of T/2 steps, init=previous
+    simclr_mcl3       3 stages of T/3 steps, init=previous
+    simclr_mcl3_noclust  the same 3 stages with no clusters (only the restarts and the concatenation)
+
+    python tools/bench_feature_suppression.py --objective simclr   # only the SimCLR arms
+    (writes <out>/results.md etc. under runs/bench_simclr_<scale>_<split>; ends with the
+    linear-probe gain line)
+
 Re-running resumes: finished runs (eval/results.json present) are reused.
 """
 from __future__ import annotations
@@ -45,6 +59,9 @@ EASY = ["color", "position", "background", "frame"]
 HARD = ["shape", "texture"]
 ATTRS = ["color", "shape", "texture", "position", "background", "frame"]
 ARMS = ["reference", "baseline", "mcl2_prev", "mcl3_prev", "mcl3_base", "mcl3_noclust"]
+SIMCLR_ARMS = ["simclr_reference", "simclr_baseline", "simclr_mcl2", "simclr_mcl3", "simclr_mcl3_noclust"]
+SIMCLR_AS = {"simclr_reference": "reference", "simclr_baseline": "baseline", "simclr_mcl2": "mcl2_prev",
+             "simclr_mcl3": "mcl3_prev", "simclr_mcl3_noclust": "mcl3_noclust"}  # same stage lists as these CLIP arms
 
 SCALES = {  # data size, total steps T, batch, K / group size per stage, concurrent runs, threads each
     "cpu": dict(n_train=8192, n_eval=1024, mmvp_pairs=50, steps=240, batch=128, k=32, group=16, jobs=2,
@@ -86,6 +103,7 @@ def split_steps(total: int, n: int) -> list[int]:
 
 
 def arm_overrides(arm: str, sc: dict, k: int, group: int) -> list[str]:
+    arm = SIMCLR_AS.get(arm, arm)
     T = sc["steps"]
     if arm in ("reference", "baseline"):
         return [f"stages=[{{max_steps: {T}}}]"]
@@ -101,17 +119,21 @@ def arm_overrides(arm: str, sc: dict, k: int, group: int) -> list[str]:
 
 
 def run_command(arm: str, seed: int, run_dir: str, data: dict, args, sc: dict) -> list[str]:
-    d = data["no_easy" if arm == "reference" else "main"]
-    fields = HARD if arm == "reference" else ATTRS
+    simclr = arm in SIMCLR_ARMS
+    ref = SIMCLR_AS.get(arm, arm) == "reference"
+    d = data["no_easy" if ref else "main"]
+    fields = HARD if ref else ATTRS
     split = args.split
-    ov = [f"data.train_shards={d['train']}", f"eval.test_shards={d[split]}", f"eval.mmvp_dir={d['mmvp_' + split]}",
-          f"eval.zero_shot_classes={d['zero_shot']}", "eval.label_fields=[" + ",".join(fields) + "]",
-          f"train.seed={seed}", f"train.global_batch_size={sc['batch']}", f"data.workers={sc['workers']}",
+    ov = [f"data.train_shards={d['train']}", f"eval.test_shards={d[split]}"]
+    if not simclr:  # SimCLR has no text tower: no zero-shot, no MMVP statements
+        ov += [f"eval.mmvp_dir={d['mmvp_' + split]}", f"eval.zero_shot_classes={d['zero_shot']}"]
+    ov += ["eval.label_fields=[" + ",".join(fields) + "]", f"train.seed={seed}", f"train.global_batch_size={sc['batch']}", f"data.workers={sc['workers']}",
           f"eval.probe_max_samples={sc['probe']}"] + arm_overrides(arm, sc, args.k, args.group)
     ov += args.override
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
                  "--master_port", str(29500 + hash(run_dir) % 2000)] if args.nproc > 1 else [sys.executable])
-    return launcher + [os.path.join(ROOT, "launch", "pretrain.py"), "--config", args.config, "--run-dir", run_dir] + ov
+    config = args.simclr_config if simclr else args.config
+    return launcher + [os.path.join(ROOT, "launch", "pretrain.py"), "--config", config, "--run-dir", run_dir] + ov
 
 
 def run_all(jobs: list[tuple[str, int, str, list[str]]], parallel: int, threads: int) -> dict[str, float]:
@@ -154,6 +176,12 @@ def model_scores(res: dict) -> dict:
     return out
 
 
+def simclr_scores(res: dict) -> dict:
+    """{attribute: {"probe", "knn"}} of one SimCLR model's eval entry (no text: no zero-shot / pairs)."""
+    return {a: {"probe": res["linear_probe"][a]["top1"], "knn": res["knn"][a]["top1"]}
+            for a in ATTRS if a in res.get("linear_probe", {})}
+
+
 def purity_of(run_dir: str, n_stages: int) -> dict:
     from mcl_dist.inspect import stage_purity
 
@@ -170,11 +198,12 @@ def collect(runs: dict, args) -> dict:
         with open(os.path.join(run_dir, "eval", "results.json")) as f:
             results = json.load(f)
         for model, res in results.items():
-            for a, m in model_scores(res).items():
+            scores = simclr_scores(res) if arm in SIMCLR_ARMS else model_scores(res)
+            for a, m in scores.items():
                 for metric, v in m.items():
                     summary.setdefault(arm, {}).setdefault(model, {}).setdefault(a, {}).setdefault(metric, []).append(v)
         n_stages = sum(1 for m in results if m.startswith("stage_"))
-        if arm.startswith("mcl"):
+        if arm.startswith("mcl") or arm.startswith("simclr_mcl"):
             for s, by_src in purity_of(run_dir, n_stages).items():
                 for src, per_attr in by_src.items():
                     for a, v in per_attr.items():
@@ -304,18 +333,103 @@ def final_lines(res: dict) -> list[str]:
             f"easy attribute: {100 * easy_m:.1f}%"]
 
 
+# -- SimCLR (unimodal) arm -----------------------------------------------------------------
+def write_tables_simclr(res: dict, args, sc: dict, times: dict) -> str:
+    S, P = res["summary"], res["purity"]
+    arms = [a for a in SIMCLR_ARMS if a in S]
+    lines = [f"# Feature-suppression benchmark, unimodal SimCLR arm ({args.scale} scale, split `{args.split}`)", "",
+             f"`{args.simclr_config}`; T = {sc['steps']} total steps per arm, batch {sc['batch']}, {sc['n_train']} "
+             f"training images, K = {args.k}, group size {args.group}, seeds {args.seeds} (reference: "
+             f"{res['settings']['reference_seeds']}); mean±std over seeds. easy = {', '.join(EASY)}; "
+             f"hard (suppressed) = {', '.join(HARD)}.", ""]
+    for metric, title in (("probe", "linear-probe accuracy"), ("knn", "k-NN accuracy (k = 20)")):
+        lines += [f"## Every model (stage and integrated), {title}", "",
+                  "| arm | model | " + " | ".join(ATTRS) + " |", "|---|---|" + "---|" * len(ATTRS)]
+        for arm in arms:
+            for model in sorted(S[arm], key=lambda m: (m == "integrated", m)):
+                lines.append(f"| {arm} | {model} | " + " | ".join(
+                    ms(S[arm][model][a][metric]) if a in S[arm][model] else "—" for a in ATTRS) + " |")
+        lines.append("")
+    if P:
+        lines += ["## Cluster purity (size-weighted majority share per attribute; chance ≈ 1/#values)", "",
+                  "| arm | stage | grouping | #groups (median size) | " + " | ".join(ATTRS) + " |",
+                  "|---|---|---|---|" + "---|" * len(ATTRS)]
+        for arm in [a for a in SIMCLR_ARMS if a in P]:
+            for s in sorted(P[arm]):
+                for src in ("clusters", "labels"):
+                    st = res["label_stats"].get(arm, {}).get(s, [{}])
+                    size = (f"{mean([x.get('num_labels', 0) for x in st]):.0f} "
+                            f"({mean([x.get('median_size', 0) for x in st]):.0f})" if src == "labels" else f"{args.k}")
+                    lines.append(f"| {arm} | {s} | {'k-means clusters' if src == 'clusters' else 'pseudo-labels'} | "
+                                 f"{size} | " + " | ".join(ms(P[arm][s][src][a]) for a in ATTRS) + " |")
+        lines.append("")
+    if times:
+        lines += [f"Wall time of the runs: {sum(times.values()) / 60:.1f} run-minutes "
+                  f"({len(times)} runs, {args.jobs} at a time).", ""]
+    return "\n".join(lines)
+
+
+def charts_simclr(res: dict, out: str) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    S = res["summary"]
+    bars = [(arm, "integrated") for arm in ("simclr_baseline", "simclr_mcl2", "simclr_mcl3", "simclr_mcl3_noclust")
+            if arm in S]
+    if "simclr_mcl3" in S:
+        bars += [("simclr_mcl3", m) for m in sorted(S["simclr_mcl3"]) if m.startswith("stage_")]
+    if "simclr_reference" in S:
+        bars.append(("simclr_reference", "integrated"))
+    fig, ax = plt.subplots(figsize=(11, 4))
+    w = 0.85 / max(len(bars), 1)
+    x = np.arange(len(ATTRS))
+    for i, (arm, model) in enumerate(bars):
+        vals = [S[arm][model].get(a, {}).get("probe") for a in ATTRS]
+        m = [np.mean(v) if v else np.nan for v in vals]
+        e = [np.std(v) if v else 0 for v in vals]
+        label = arm.replace("simclr_", "") + ("" if model == "integrated" else f" {model}")
+        ax.bar(x + (i - (len(bars) - 1) / 2) * w, m, w, yerr=e, capsize=2,
+               label=label + (" (no easy attributes)" if arm == "simclr_reference" else ""))
+    ax.set_xticks(x, [a + (" (hard)" if a in HARD else "") for a in ATTRS])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("linear-probe accuracy")
+    ax.set_title("SimCLR: linear-probe accuracy per attribute (integrated models; 3-stage MCL per stage; mean ± std)")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    p = os.path.join(out, "simclr_probe.png")
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return [p]
+
+
+def final_line_simclr(res: dict) -> list[str]:
+    S = res["summary"]
+    if "simclr_mcl3" not in S or "simclr_baseline" not in S:
+        return ["(the final line needs the simclr_baseline and simclr_mcl3 arms)"]
+    mcl, base = S["simclr_mcl3"]["integrated"], S["simclr_baseline"]["integrated"]
+    gain = 100 * mean([mean(mcl[a]["probe"]) - mean(base[a]["probe"]) for a in HARD])
+    return [f"linear-probe gain (integrated MCL - baseline) on suppressed attributes: {gain:.1f} points; "
+            f"easy attribute: {100 * mean(mcl['color']['probe']):.1f}%"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    p.add_argument("--objective", choices=("clip", "simclr"), default="clip",
+                   help="which arms: the CLIP ones (default) or the unimodal SimCLR ones only")
     p.add_argument("--config", default="configs/bench_suppression.yaml")
-    p.add_argument("--out", default=None, help="default runs/bench_suppression_<scale>_<split>")
+    p.add_argument("--simclr-config", default="configs/bench_simclr.yaml")
+    p.add_argument("--out", default=None,
+                   help="default runs/bench_suppression_<scale>_<split> (SimCLR: runs/bench_simclr_<scale>_<split>)")
     p.add_argument("--data-dir", default=None, help="default data/bench_suppression_<scale>")
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="evaluation split; choose settings on val, report test")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--reference-seeds", type=int, nargs="+", default=None,
                    help="seeds of the no-easy reference (default: the first seed only)")
-    p.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
+    p.add_argument("--arms", nargs="+", default=None, choices=ARMS + SIMCLR_ARMS,
+                   help="default: every arm of --objective")
     p.add_argument("--steps", type=int, default=None, help="total steps T per arm (default: the scale's)")
     p.add_argument("--k", type=int, default=None)
     p.add_argument("--group", type=int, default=None, help="stages' group_size")
@@ -325,6 +439,11 @@ def main(argv=None) -> int:
     p.add_argument("--override", nargs="*", default=[], help="extra config overrides for every run")
     p.add_argument("--report-only", action="store_true", help="only collect finished runs")
     args = p.parse_args(argv)
+    if args.arms is None:
+        args.arms = SIMCLR_ARMS if args.objective == "simclr" else ARMS
+    simclr = all(a in SIMCLR_ARMS for a in args.arms)
+    if not simclr and any(a in SIMCLR_ARMS for a in args.arms):
+        p.error("run the CLIP arms and the SimCLR arms separately (--objective simclr)")
     sc = dict(SCALES[args.scale])
     if args.steps:
         sc["steps"] = args.steps
@@ -332,7 +451,7 @@ def main(argv=None) -> int:
     args.group = args.group or sc["group"]
     args.jobs = args.jobs or sc["jobs"]
     threads = args.threads or sc["threads"]
-    out = args.out or os.path.join("runs", f"bench_suppression_{args.scale}_{args.split}")
+    out = args.out or os.path.join("runs", f"bench_{'simclr' if simclr else 'suppression'}_{args.scale}_{args.split}")
     data_dir = args.data_dir or os.path.join("data", f"bench_suppression_{args.scale}")
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
@@ -342,24 +461,43 @@ def main(argv=None) -> int:
     runs, jobs = {}, []
     ref_seeds = args.reference_seeds if args.reference_seeds is not None else args.seeds[:1]
     for arm in args.arms:
-        for seed in (ref_seeds if arm == "reference" else args.seeds):
+        for seed in (ref_seeds if SIMCLR_AS.get(arm, arm) == "reference" else args.seeds):
             run_dir = os.path.join(out, f"{arm}_s{seed}")
             runs[(arm, seed)] = run_dir
             if not os.path.exists(os.path.join(run_dir, "eval", "results.json")) and not args.report_only:
                 jobs.append((arm, seed, run_dir, run_command(arm, seed, run_dir, data, args, sc)))
     # longest first (3 stages evaluate 4 models), so the pool ends together
-    jobs.sort(key=lambda j: (not j[0].startswith("mcl3"), j[1]))
+    jobs.sort(key=lambda j: (not SIMCLR_AS.get(j[0], j[0]).startswith("mcl3"), j[1]))
     times = run_all(jobs, args.jobs, threads)
     runs = {k: v for k, v in runs.items() if os.path.exists(os.path.join(v, "eval", "results.json"))}
     res = collect(runs, args)
     res["scale"], res["settings"] = args.scale, {**sc, "k": args.k, "group": args.group, "seeds": args.seeds,
-                                                 "split": args.split, "config": args.config}
+                                                 "split": args.split, "reference_seeds": ref_seeds,
+                                                 "config": args.simclr_config if simclr else args.config}
     res["purity"] = {arm: {str(s): v for s, v in d.items()} for arm, d in res["purity"].items()}
     res["label_stats"] = {arm: {str(s): v for s, v in d.items()} for arm, d in res["label_stats"].items()}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(res, f, indent=1)
     res["purity"] = {arm: {int(s): v for s, v in d.items()} for arm, d in res["purity"].items()}
     res["label_stats"] = {arm: {int(s): v for s, v in d.items()} for arm, d in res["label_stats"].items()}
+    if simclr:
+        md = write_tables_simclr(res, args, sc, times)
+        S = res["summary"]
+        if "simclr_reference" in S and "simclr_baseline" in S:
+            md += "\n" + "\n".join(
+                f"- suppression check, {a}: baseline linear probe {mean(S['simclr_baseline']['integrated'][a]['probe']):.2f} "
+                f"vs the same model without easy attributes {mean(S['simclr_reference']['integrated'][a]['probe']):.2f}"
+                for a in HARD) + "\n"
+        pngs = charts_simclr(res, out)
+        final = final_line_simclr(res)
+        md += "\nChart: " + ", ".join(os.path.basename(p) for p in pngs) + "\n\n```\n" + "\n".join(final) + "\n```\n"
+        with open(os.path.join(out, "results.md"), "w") as f:
+            f.write(md)
+        print(md)
+        print(f"[bench] total wall time {(time.time() - t0) / 60:.1f} min; results in {out}/results.md")
+        for line in final:
+            print(line)
+        return 0
     md = write_tables(res, args, sc, times)
     S = res["summary"]
     check = []
