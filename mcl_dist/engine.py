@@ -60,7 +60,10 @@ class DDPEngine:
         self.model = model
         if dist_utils.is_distributed():
             ids = [device.index] if device.type == "cuda" else None
-            self.model = DistributedDataParallel(model, device_ids=ids)
+            # buffers only need re-broadcasting every step when they change (BatchNorm statistics);
+            # CLIP's other buffers (attention masks) are constant
+            has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+            self.model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=has_bn)
         self.optimizer = make_optimizer(model, tcfg, base_lr)
         self.dtype = autocast_dtype(tcfg.precision, device)
         self.step_count = 0

@@ -52,7 +52,9 @@ def run_ours(a, shards: str, n: int, work: str, env: dict) -> list[float]:
                        "data.synthetic=false", f"data.train_shards={shards}", f"data.num_samples={n}",
                        f"data.workers={a.workers}", *model, f"train.global_batch_size={a.batch}",
                        f"train.max_steps={a.steps}", "train.log_every=1", "train.checkpoint_every=100000",
-                       f"train.precision={a.precision}", "stages=[{}]", "eval.enabled=false"], env)
+                       f"train.precision={a.precision}", "stages=[{}]", "eval.enabled=false",
+                       # the same optimisation as the open_clip_train command below (no clipping)
+                       "train.lr=1e-3", "train.wd=0.2", "train.warmup_steps=10", "train.grad_clip_norm=0"], env)
     with open(os.path.join(run_dir, "stage_0", "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     return [r["samples_per_s"] for r in rows if r["step"] > a.warmup]
