@@ -476,8 +476,9 @@ def main(argv=None) -> int:
                                                  "config": args.simclr_config if simclr else args.config}
     res["purity"] = {arm: {str(s): v for s, v in d.items()} for arm, d in res["purity"].items()}
     res["label_stats"] = {arm: {str(s): v for s, v in d.items()} for arm, d in res["label_stats"].items()}
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    from mcl_dist.io import write_json
+
+    write_json(res, os.path.join(out, "summary.json"))
     res["purity"] = {arm: {int(s): v for s, v in d.items()} for arm, d in res["purity"].items()}
     res["label_stats"] = {arm: {int(s): v for s, v in d.items()} for arm, d in res["label_stats"].items()}
     if simclr:
@@ -491,13 +492,7 @@ def main(argv=None) -> int:
         pngs = charts_simclr(res, out)
         final = final_line_simclr(res)
         md += "\nChart: " + ", ".join(os.path.basename(p) for p in pngs) + "\n\n```\n" + "\n".join(final) + "\n```\n"
-        with open(os.path.join(out, "results.md"), "w") as f:
-            f.write(md)
-        print(md)
-        print(f"[bench] total wall time {(time.time() - t0) / 60:.1f} min; results in {out}/results.md")
-        for line in final:
-            print(line)
-        return 0
+        return publish(md, out, final, t0)
     md = write_tables(res, args, sc, times)
     S = res["summary"]
     check = []
@@ -511,8 +506,14 @@ def main(argv=None) -> int:
     final = final_lines(res)
     md += "\n" + "\n".join(f"- {c}" for c in check) + "\n\nCharts: " + ", ".join(os.path.basename(p) for p in pngs)
     md += "\n\n```\n" + "\n".join(final) + "\n```\n"
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(md)
+    return publish(md, out, final, t0)
+
+
+def publish(md: str, out: str, final: list, t0: float) -> int:
+    """Write results.md atomically, print it, and end with the summary lines."""
+    from mcl_dist.io import write_text
+
+    write_text(md, os.path.join(out, "results.md"))
     print(md)
     print(f"[bench] total wall time {(time.time() - t0) / 60:.1f} min; results in {out}/results.md")
     for line in final:
