@@ -16,12 +16,12 @@ data set are never applied to another.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from typing import Iterable, Optional
 
 import numpy as np
 
+from mcl_dist.data.tar_index import keys_fingerprint  # noqa: F401  (re-exported: labels are tied to data by it)
 from mcl_dist.io import atomic_path, load_npz, save_npz
 
 
@@ -79,21 +79,6 @@ def label_stats(labels: np.ndarray) -> dict:
         "num_singletons": int((sizes == 1).sum()),
         "missing": int((labels < 0).sum()),
     }
-
-
-def _as_bytes(keys: Iterable) -> list[bytes]:
-    return [k if isinstance(k, bytes) else str(k).encode("utf-8") for k in keys]
-
-
-def keys_fingerprint(shard_list: list[str], keys) -> str:
-    """sha256 of shard basenames and key order; the same digest as ShardIndex.fingerprint()."""
-    h = hashlib.sha256()
-    h.update("\n".join(os.path.basename(p) for p in shard_list).encode() + b"\n\n")
-    keys = _as_bytes(np.asarray(keys).tolist())
-    chunk = 1 << 20
-    for lo in range(0, len(keys), chunk):
-        h.update(b"\n".join(keys[lo: lo + chunk]) + b"\n")
-    return h.hexdigest()
 
 
 def save_labels(path: str, keys: np.ndarray, labels: np.ndarray, cluster_ids: np.ndarray,

@@ -30,13 +30,6 @@ def register_config(config_file: str) -> tuple[str, dict]:
     return os.path.splitext(os.path.basename(config_file))[0], cfg
 
 
-def register_config_dict(name: str, cfg: dict) -> None:
-    """Register a config carried inside a checkpoint (so a run dir is self-contained)."""
-    from open_clip.factory import _MODEL_CONFIGS
-
-    _MODEL_CONFIGS.setdefault(name, cfg)
-
-
 def model_name(mcfg: ModelConfig) -> tuple[str, Optional[dict]]:
     if mcfg.config_file:
         return register_config(mcfg.config_file)

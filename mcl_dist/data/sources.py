@@ -43,18 +43,23 @@ class StreamSource:
 
 def collate_planned(items: list) -> dict[str, Any]:
     """IndexedDataset items (decoded or None, index, label, group) -> a batch; bad ones dropped."""
+    from mcl_dist.data.indexed import collate_skip_bad
+
+    batch, bad = collate_skip_bad(items, inner_collate=_collate_labelled)
+    batch = batch or {"key": []}
+    batch["meta"] = {"worker": 0, "raw_pos": 0, "bad": bad, "reasons": {"unreadable": bad} if bad else {},
+                     "bad_shards": {}, "damaged_shards": {}}
+    return batch
+
+
+def _collate_labelled(good: list) -> dict[str, Any]:
     import torch
 
     from mcl_dist.data.decode import collate
 
-    good = [it for it in items if it[0] is not None]
-    bad = [it for it in items if it[0] is None]
-    batch = collate([it[0] for it in good]) if good else {"key": []}
-    if good:
-        batch["labels"] = torch.tensor([it[2] for it in good], dtype=torch.long)
-        batch["groups"] = torch.tensor([it[3] for it in good], dtype=torch.long)
-    batch["meta"] = {"worker": 0, "raw_pos": 0, "bad": len(bad), "reasons": {"unreadable": len(bad)} if bad else {},
-                     "bad_shards": {}, "damaged_shards": {}}
+    batch = collate([it[0] for it in good])
+    batch["labels"] = torch.tensor([it[2] for it in good], dtype=torch.long)
+    batch["groups"] = torch.tensor([it[3] for it in good], dtype=torch.long)
     return batch
 
 

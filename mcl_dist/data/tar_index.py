@@ -213,6 +213,17 @@ def build_or_load_index(shards: list[str], cache_dir: str, *, rebuild: bool = Fa
     return index
 
 
+def keys_fingerprint(shard_list: list[str], keys) -> str:
+    """sha256 of shard basenames and key order (str or bytes keys give the same digest)."""
+    h = hashlib.sha256()
+    h.update("\n".join(os.path.basename(p) for p in shard_list).encode() + b"\n\n")
+    keys = [k if isinstance(k, bytes) else str(k).encode("utf-8") for k in np.asarray(keys).tolist()]
+    chunk = 1 << 20
+    for lo in range(0, len(keys), chunk):
+        h.update(b"\n".join(keys[lo: lo + chunk]) + b"\n")
+    return h.hexdigest()
+
+
 class ShardIndex:
     """All samples of a shard list, in webdataset order, with random access to their bytes."""
 
@@ -260,11 +271,7 @@ class ShardIndex:
     def fingerprint(self) -> str:
         """sha256 of shard basenames and sample keys, in order: ties labels/embeddings to data."""
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            h.update("\n".join(os.path.basename(p) for p in self._paths).encode() + b"\n\n")
-            for lo in range(0, len(self.keys), 1 << 20):
-                h.update(b"\n".join(self.keys[lo: lo + (1 << 20)].tolist()) + b"\n")
-            self._fingerprint = h.hexdigest()
+            self._fingerprint = keys_fingerprint(self._paths, self.keys)
         return self._fingerprint
 
     def key_to_index(self, keys: Iterable) -> np.ndarray:
