@@ -35,6 +35,14 @@ class DataConfig:
     image_ext: str = "jpg;png;webp;jpeg"
     caption_ext: str = "txt"
     index_dir: str = ""  # tar index cache; default <run_dir>/index
+    # CLIP: False trains on the eval transform (resize + centre crop), e.g. for synthetic 32 px data
+    # whose 2 px frame open_clip's random-resized crop would cut away
+    augment: bool = True
+    # keep every decoded training sample in memory (needs augment false, so that a sample decodes
+    # the same every epoch): small data sets such as the benchmark's then decode once, not once an
+    # epoch. The cache lives in the process that decodes: use data.workers=0 for stages >= 1,
+    # whose DataLoader workers start afresh every epoch
+    cache_decoded: bool = False
 
 
 @dataclass
@@ -63,6 +71,9 @@ class TrainConfig:
     beta2: float = 0.98
     eps: float = 1e-6
     warmup_steps: int = 100
+    # > 0: each stage warms up for this share of its own steps instead (short MCL stages would
+    # otherwise spend a fixed warmup_steps each: 3 stages x 20 of 240 steps)
+    warmup_share: float = 0.0
     grad_clip_norm: float = 0.0  # 0 disables clipping
     precision: str = "auto"  # auto | fp32 | amp_bf16 | bf16
     seed: int = 0
@@ -342,6 +353,14 @@ def validate(cfg: Config, where: str = "config") -> None:
     for key, value in nonneg.items():
         if value < 0:
             raise ConfigError(f"{where}: '{key}' must be >= 0, got {value}")
+    if not 0.0 <= t.warmup_share < 1.0:
+        raise ConfigError(f"{where}: 'train.warmup_share' must be in [0, 1), got {t.warmup_share}")
+    if not cfg.data.augment and cfg.objective == "simclr":
+        raise ConfigError(f"{where}: 'data.augment' false applies to CLIP only; SimCLR's views are set "
+                          f"under simclr.* (crop, colour jitter)")
+    if cfg.data.cache_decoded and cfg.data.augment:
+        raise ConfigError(f"{where}: 'data.cache_decoded' needs 'data.augment' false (an augmented sample "
+                          f"differs every epoch, a cached one would not)")
     if not 0.0 <= cfg.data.max_bad_fraction <= 1.0:
         raise ConfigError(f"{where}: 'data.max_bad_fraction' must be in [0, 1], got {cfg.data.max_bad_fraction}")
     if t.global_batch_size % t.accum_freq:

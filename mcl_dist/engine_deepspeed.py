@@ -50,7 +50,7 @@ import torch
 
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import ConfigError, TrainConfig
-from mcl_dist.engine import autocast_dtype, cosine_lr, param_groups
+from mcl_dist.engine import autocast_dtype, cosine_lr, param_groups, warmup_steps
 
 log = logging.getLogger("mcl_dist")
 
@@ -251,7 +251,7 @@ class DeepSpeedEngine:
         self.ds.backward(loss, scale_wrt_gas=False)  # the trainer already divided by accum_freq
 
     def step(self) -> float:
-        self._lr = cosine_lr(self.step_count, self.base_lr, self.tcfg.warmup_steps, self.total_steps)
+        self._lr = cosine_lr(self.step_count, self.base_lr, warmup_steps(self.tcfg, self.total_steps), self.total_steps)
         for g in self.optimizer.param_groups:  # the base optimizer ZeRO steps on its flat partitions
             g["lr"] = self._lr
         self.ds.set_gradient_accumulation_boundary(True)
@@ -414,7 +414,7 @@ class DeepSpeedEngine:
                 for k in _ADAM_KEYS:
                     self._set_moment(p, entry[k].to(self.device, torch.float32), k)
         self.step_count = int(state["scheduler"]["step"])
-        self._lr = cosine_lr(max(0, self.step_count - 1), self.base_lr, self.tcfg.warmup_steps, self.total_steps)
+        self._lr = cosine_lr(max(0, self.step_count - 1), self.base_lr, warmup_steps(self.tcfg, self.total_steps), self.total_steps)
         if self.step_count >= self.total_steps:
             self.finish()
 

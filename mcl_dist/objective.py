@@ -26,9 +26,11 @@ def train_decoder(cfg: Config, bundle: dict):
         from mcl_dist.simclr import TwoViewDecoder
 
         return TwoViewDecoder(bundle["preprocess_train"], cfg.data.image_ext)
-    from mcl_dist.data.decode import ClipDecoder
+    from mcl_dist.data.decode import CachedDecode, ClipDecoder
 
-    return ClipDecoder(bundle["preprocess_train"], bundle["tokenizer"], cfg.data.image_ext, cfg.data.caption_ext)
+    transform = bundle["preprocess_train" if cfg.data.augment else "preprocess_val"]
+    decoder = ClipDecoder(transform, bundle["tokenizer"], cfg.data.image_ext, cfg.data.caption_ext)
+    return CachedDecode(decoder) if cfg.data.cache_decoded else decoder
 
 
 _CLIP_LOSS = ClipLoss()

@@ -78,6 +78,24 @@ class ClipDecoder:
         return out
 
 
+class CachedDecode:
+    """Memoise a deterministic decoder by sample key (data.cache_decoded): after the first pass
+    over a small data set, a step costs no PNG decoding and no tokenising. Each process that
+    decodes keeps its own cache; it starts empty when pickled into a DataLoader worker."""
+
+    def __init__(self, decode: Callable[[dict], dict]):
+        self.decode, self.cache = decode, {}
+
+    def __getstate__(self) -> dict:
+        return {"decode": self.decode, "cache": {}}
+
+    def __call__(self, raw: dict) -> dict[str, Any]:
+        hit = self.cache.get(raw["__key__"])
+        if hit is None:
+            hit = self.cache[raw["__key__"]] = self.decode(raw)
+        return dict(hit)  # a new dict: callers may add fields; the tensors are only read (stacked)
+
+
 def collate(samples: list[dict]) -> dict[str, Any]:
     batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples]),
                              "key": [s["key"] for s in samples]}
