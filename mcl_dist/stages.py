@@ -106,19 +106,21 @@ def _clusters_in_index_order(pipe, s: int, index) -> np.ndarray:
 
 def labels_step(pipe, s: int) -> dict:
     from mcl_dist.labels import compose_labels, label_stats, load_labels, save_labels
+    from mcl_dist.stop_signal import split_signal
 
     index = shard_index(pipe)
     path = os.path.join(pipe.stage_dir(s), "labels.npz")
     stats: dict = {}
     if pipe.info.is_main:
-        rows = []
+        rows, current = [], np.zeros(len(index), np.int64)  # stage 1 splits the root label
         if s > 1:
             prev = load_labels(os.path.join(pipe.stage_dir(s - 1), "labels.npz"), index.fingerprint())
-            rows = list(prev["cluster_ids"])
+            rows, current = list(prev["cluster_ids"]), prev["labels"]
         rows.append(_clusters_in_index_order(pipe, s, index))
         labels = compose_labels(rows, min_label_size=pipe.cfg.cluster.min_label_size)
         save_labels(path, index.keys, labels, np.stack(rows), index.fingerprint())
-        stats = label_stats(labels)
+        signal = split_signal(current, rows[-1], pipe.cfg.cluster.min_label_size)
+        stats = {**label_stats(labels), **{f"signal/{k}": v for k, v in signal.items()}}
         log.info("stage %d labels: %s", s, stats)
     return dist_utils.broadcast_object(stats)
 

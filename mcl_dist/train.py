@@ -172,7 +172,7 @@ class StageTrainer:
             stats = self._step(it, step)
             samples_since += stats["samples"] * self.info.world_size
             done = step + 1
-            if done % self.cfg.train.log_every == 0 or done == total:
+            if done % self.cfg.train.log_every == 0 or done == total or done == 1:  # step 1: the start loss
                 bad = self._check_bad_samples()
                 now = time.perf_counter()
                 last = {"loss": stats["loss"], "lr": self.engine.lr, "samples_per_s": samples_since / (now - t_last),

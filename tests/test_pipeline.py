@@ -155,3 +155,12 @@ def test_killed_during_kmeans_and_training_resumes_to_the_same_weights(finished,
     a = torch.load(ref_dir / "stage_1" / "checkpoint.pt", weights_only=True)["state_dict"]
     b = torch.load(run_dir / "stage_1" / "checkpoint.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_labels_step_records_the_stopping_signal(finished):
+    """stage_1/labels logs how much the new clusters split the current (root) label."""
+    _, run_dir, _ = finished
+    out = json.load(open(run_dir / "manifest.json"))["steps"]["stage_1/labels"]["outputs"]
+    assert out["signal/labels_before"] == 1 and out["signal/split_labels"] == 1.0
+    assert out["signal/labels_after"] == out["num_labels"] > 1
+    assert out["signal/nmi"] == 0.0  # the root label carries no information
