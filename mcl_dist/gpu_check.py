@@ -49,10 +49,12 @@ from mcl_dist.memprobe import InProcess, Polled
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                 "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-GPU = dict(model="ViT-B-32", batch_per_gpu=256, steps=40, warmup=10, k=32, group_size=32, kmeans_n=2_000_000,
-           kmeans_d=512, kmeans_k=100, kmeans_iters=20, allreduce_mb=256, copy_mb=1024)
-SMOKE = dict(model="tiny-vit", batch_per_gpu=16, steps=6, warmup=2, k=4, group_size=8, kmeans_n=20_000,
-             kmeans_d=32, kmeans_k=10, kmeans_iters=5, allreduce_mb=1, copy_mb=16)
+# sizes: steps (and the first `warmup` logged steps left out) per trainer, synthetic samples =
+# epoch_steps global batches, stage 1's k and group_size, the k-means matrix, buffer sizes
+GPU = dict(model="ViT-B-32", batch_per_gpu=256, steps=40, warmup=10, epoch_steps=32, k=32, group_size=32,
+           kmeans_n=2_000_000, kmeans_d=512, kmeans_k=100, kmeans_iters=20, allreduce_mb=256, copy_mb=1024)
+SMOKE = dict(model="tiny-vit", batch_per_gpu=16, steps=6, warmup=2, epoch_steps=8, k=4, group_size=8,
+             kmeans_n=20_000, kmeans_d=32, kmeans_k=10, kmeans_iters=5, allreduce_mb=1, copy_mb=16)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -71,6 +73,11 @@ def parse(argv=None) -> argparse.Namespace:
         if getattr(a, key) is None:
             setattr(a, key, value)
     return a
+
+
+def cpus() -> int:
+    """CPU cores this process may use (a SLURM allocation's, not the node's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def sync(device: torch.device) -> None:
@@ -181,26 +188,39 @@ def child_env(cpu: bool, nproc: int) -> dict:
            if k not in TORCHRUN_ENV and not k.startswith(("TORCHELASTIC_", "PET_"))}
     env.update(PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")])))
     if cpu:  # more OpenMP threads than cores make gloo ranks spin against each other (10x slower)
-        env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))
+        env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(max(1, cpus() // nproc)))
     return env
 
 
+def _write_part(job: tuple) -> str:
+    from mcl_dist.synthetic import shard_pattern, write_shards
+
+    out_dir, n, per_shard, seed = job
+    return shard_pattern(write_shards(out_dir, n_samples=n, samples_per_shard=per_shard, seed=seed, progress=False))
+
+
 def prepare_data(a, work: str, nproc: int) -> tuple[str, int]:
-    """(shard pattern, samples): the given shards, or synthetic ones with enough shards for every
-    worker of every rank and about 8 optimizer steps per epoch."""
+    """(shard pattern, samples): the given shards, or synthetic ones, `epoch_steps` optimizer steps
+    per epoch, with two shards for every worker of every rank. Written by one process per CPU core
+    (a folder and seed each, so keys never collide) and joined with '::'."""
     if a.shards:
         if not a.samples:
             from mcl_dist.data.shards import count_samples, expand_urls
 
             a.samples = count_samples(expand_urls(a.shards))
         return a.shards, a.samples
-    from mcl_dist.synthetic import ensure_demo_data
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    n = a.samples or max(256, 8 * a.batch_per_gpu * nproc)
-    shards = 2 * nproc * a.workers
-    data = ensure_demo_data(os.path.join(work, "data"), n_train=n, n_test=16, seed=0,
-                            samples_per_shard=max(1, -(-n // shards)), mmvp_pairs=0, progress=False)
-    return data["train"], n
+    n, shards = a.samples or a.epoch_steps * a.batch_per_gpu * nproc, 2 * nproc * a.workers
+    jobs = max(1, min(shards, cpus()))
+    shards_per_job = -(-shards // jobs)
+    per_shard = max(1, -(-n // (jobs * shards_per_job)))
+    todo = [(os.path.join(work, "data", f"part{j}"), shards_per_job * per_shard, per_shard, j) for j in range(jobs)]
+    # fork: the children only draw and encode images, and spawning would re-import torch in each
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        patterns = list(pool.map(_write_part, todo))
+    return "::".join(patterns), jobs * shards_per_job * per_shard
 
 
 def part_kmeans(a, device: torch.device, work: str, env: dict) -> dict:
@@ -208,7 +228,7 @@ def part_kmeans(a, device: torch.device, work: str, env: dict) -> dict:
             "copy_bytes": a.copy_mb << 20}
     out = os.path.join(work, "kmeans.json")
     proc = subprocess.run([sys.executable, "-m", "mcl_dist.kmeans_check", "--args", json.dumps(args), "--out", out],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     if proc.returncode:
         raise RuntimeError(f"mcl_dist.kmeans_check failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return read_json(out)
@@ -285,7 +305,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     device, waiter = start(a)
     nproc = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    a.workers = a.workers or (1 if a.cpu_smoke else max(1, min(8, (os.cpu_count() or 2) // nproc - 1)))
+    a.workers = a.workers or (1 if a.cpu_smoke else max(1, min(8, cpus() // nproc - 1)))
     result = {"mode": "cpu-smoke" if a.cpu_smoke else "gpu", "world_size": dist.get_world_size(), "nproc_per_node": nproc,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "backend": dist.get_backend(), "torch": torch.__version__, "targets_judged": not a.cpu_smoke,
