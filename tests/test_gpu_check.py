@@ -1,6 +1,7 @@
 """tools/gpu_check.py: its --cpu-smoke run under a real torchrun (2 gloo ranks, real shards, real
 open_clip_train peer, real k-means and faiss), plus the report and memory probes on their own."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -84,3 +85,17 @@ def test_polled_probe_sees_a_child_process_memory():
     assert 0.28 < mem.gib < 2.0, mem.gib
     assert mem.peak_between(start, end) == pytest.approx(mem.gib, rel=0.2)
     assert mem.peak_between(end + 100, end + 200) is None
+
+
+def test_one_process_without_torchrun_still_starts_a_process_group():
+    """`python -m mcl_dist.gpu_check` (no torchrun): a world of one, so part 1 still runs its
+    collectives and the loss check through a real process group."""
+    code = ("import torch.distributed as dist; from mcl_dist.gpu_check import parse, start, part_collectives; "
+            "a = parse(['--cpu-smoke']); device, waiter = start(a); out = part_collectives(a, device); "
+            "dist.barrier(group=waiter); print(dist.get_world_size(), dist.get_backend(), out['ok'], "
+            "out['allreduce_busbw_gbs']); dist.destroy_process_group()")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**env, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["1", "gloo", "True", "None"]
