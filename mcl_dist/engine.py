@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import TrainConfig
+from mcl_dist.lr_schedule import stage_lr
 
 
 def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
@@ -61,9 +62,10 @@ class DDPEngine:
         if dist_utils.is_distributed():
             ids = [device.index] if device.type == "cuda" else None
             # buffers only need re-broadcasting every step when they change (BatchNorm statistics);
-            # CLIP's other buffers (attention masks) are constant
+            # CLIP's other buffers (attention masks) are constant. torch >= 2.13 names the flag
+            # forward_sync_buffers (broadcast_buffers warns as deprecated); buffers still sync at init.
             has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-            self.model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=has_bn)
+            self.model = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=has_bn)
         self.optimizer = make_optimizer(model, tcfg, base_lr)
         self.dtype = autocast_dtype(tcfg.precision, device)
         self.step_count = 0
@@ -90,7 +92,7 @@ class DDPEngine:
         loss.backward()
 
     def step(self) -> float:
-        lr = cosine_lr(self.step_count, self.base_lr, self.tcfg.warmup_steps, self.total_steps)
+        lr = stage_lr(self.tcfg, self.step_count, self.total_steps, self.base_lr)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         norm = float("nan")
