@@ -126,7 +126,7 @@ def weights_notes(cfg: Config) -> list[str]:
 
     from mcl_dist.config import ConfigError
 
-    out = []
+    keys: dict[str, list[str]] = {}
     for key, tag in (("model.pretrained", cfg.model.pretrained), ("stages.0.pretrained", cfg.stages[0].pretrained)):
         if not tag or cfg.objective != "clip" or os.path.exists(tag) or cfg.model.config_file:
             continue
@@ -134,8 +134,9 @@ def weights_notes(cfg: Config) -> list[str]:
         if tag not in tags:
             raise ConfigError(f"'{key}': '{tag}' is neither a local file nor an open_clip tag of {cfg.model.name} "
                               f"(tags: {', '.join(tags) or 'none'})")
-        out.append(f"{key}: open_clip weights '{tag}' (downloaded into open_clip's cache on first use)")
-    return sorted(set(out), key=out.index)
+        keys.setdefault(tag, []).append(key)
+    return [f"{' and '.join(k)}: open_clip weights '{tag}' (downloaded into open_clip's cache on first use)"
+            for tag, k in keys.items()]
 
 
 def planned_paths(cfg: Config, run_dir: str, world: int) -> list[str]:
