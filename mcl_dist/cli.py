@@ -33,10 +33,15 @@ def guarded(fn: Callable[[], Optional[int]]) -> int:
         return 3
 
 
-def main(config: str, run_dir: Optional[str], overrides: list[str]) -> int:
+def main(config: str, run_dir: Optional[str], overrides: list[str], dry_run: bool = False,
+         world_size: Optional[int] = None) -> int:
     setup_logging()
 
     def run() -> int:
+        if dry_run:
+            from mcl_dist.dry_run import dry_run as plan
+
+            return plan(config, run_dir, overrides, world_size)
         from mcl_dist.pipeline import run_pipeline
 
         return run_pipeline(config, run_dir, overrides)

@@ -55,8 +55,9 @@ class ModelConfig:
     lock_image_freeze_bn_stats: bool = False
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
-    lock_text_freeze_layer_norm: bool = False
+    lock_text_freeze_layer_norm: bool = True  # open_clip's CLIP.lock_text_tower accepts only True
     grad_checkpointing: bool = False
+    force_quick_gelu: bool = False  # QuickGELU as OpenAI's CLIP weights need (open_clip's --force-quick-gelu)
 
 
 @dataclass
@@ -75,6 +76,10 @@ class TrainConfig:
     # otherwise spend a fixed warmup_steps each: 3 stages x 20 of 240 steps)
     warmup_share: float = 0.0
     grad_clip_norm: float = 0.0  # 0 disables clipping
+    lr_scheduler: str = "cosine"  # cosine | const | const-cooldown (open_clip_train's --lr-scheduler)
+    lr_cooldown_steps: int = 0  # const-cooldown: the last steps of each stage that cool down
+    lr_cooldown_power: float = 1.0  # 1 = linear cool-down (open_clip_train's --lr-cooldown-power)
+    lr_cooldown_end: float = 0.0  # lr at the end of the cool-down (--lr-cooldown-end)
     precision: str = "auto"  # auto | fp32 | amp_bf16 | bf16
     seed: int = 0
     gather_with_grad: bool = True
@@ -173,6 +178,7 @@ _CHOICES = {
     "train.precision": ("auto", "fp32", "amp_bf16", "bf16"),
     "train.engine": ("ddp", "deepspeed"),
     "train.optimizer": ("adamw", "lars"),
+    "train.lr_scheduler": ("cosine", "const", "const-cooldown"),
     "stages.init": ("previous", "base", "scratch"),
     "cluster.embed": ("image", "text", "joint"),
     "cluster.backend": ("torch", "faiss"),
@@ -366,6 +372,9 @@ def validate(cfg: Config, where: str = "config") -> None:
     if t.global_batch_size % t.accum_freq:
         raise ConfigError(f"{where}: 'train.global_batch_size' ({t.global_batch_size}) must be divisible by "
                           f"'train.accum_freq' ({t.accum_freq})")
+    if t.lr_scheduler == "const-cooldown" and t.lr_cooldown_steps <= 0:
+        raise ConfigError(f"{where}: 'train.lr_scheduler' const-cooldown needs 'train.lr_cooldown_steps' > 0, "
+                          f"got {t.lr_cooldown_steps}")
     if t.engine == "deepspeed" and t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"{where}: 'train.zero_stage' must be 0, 1, 2 or 3, got {t.zero_stage}")
     if cfg.objective not in ("clip", "simclr"):
