@@ -19,10 +19,12 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
     p.add_argument("--run-dir", default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("--redo", default="", metavar="STEP",
+                   help="recompute STEP (e.g. stage_1/kmeans) and every step after it")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 stages.1.k=64")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse(sys.argv[1:])
-    sys.exit(main(args.config, args.run_dir, args.overrides))
+    sys.exit(main(args.config, args.run_dir, args.overrides, redo=args.redo))

@@ -26,19 +26,21 @@ def guarded(fn: Callable[[], Optional[int]]) -> int:
     try:
         return fn() or 0
     except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # an error every rank raises alike (data checks, a busy run directory) is printed once
+        if not (getattr(e, "all_ranks", False) and os.environ.get("RANK", "0") != "0"):
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
 
 
-def main(config: str, run_dir: Optional[str], overrides: list[str]) -> int:
+def main(config: str, run_dir: Optional[str], overrides: list[str], redo: str = "") -> int:
     setup_logging()
 
     def run() -> int:
         from mcl_dist.pipeline import run_pipeline
 
-        return run_pipeline(config, run_dir, overrides)
+        return run_pipeline(config, run_dir, overrides, redo=redo)
 
     return guarded(run)

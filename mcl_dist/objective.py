@@ -25,10 +25,12 @@ def train_decoder(cfg: Config, bundle: dict):
     if cfg.objective == "simclr":
         from mcl_dist.simclr import TwoViewDecoder
 
-        return TwoViewDecoder(bundle["preprocess_train"], cfg.data.image_ext)
+        return TwoViewDecoder(bundle["preprocess_train"], cfg.data.image_ext, cfg.data.max_image_pixels,
+                              cfg.data.max_member_bytes)
     from mcl_dist.data.decode import ClipDecoder
 
-    return ClipDecoder(bundle["preprocess_train"], bundle["tokenizer"], cfg.data.image_ext, cfg.data.caption_ext)
+    return ClipDecoder(bundle["preprocess_train"], bundle["tokenizer"], cfg.data.image_ext, cfg.data.caption_ext,
+                       max_pixels=cfg.data.max_image_pixels, max_bytes=cfg.data.max_member_bytes)
 
 
 _CLIP_LOSS = ClipLoss()
