@@ -46,15 +46,14 @@ def data_identity(urls: list[str]) -> list:
 def resolve_data(cfg: Config) -> list[str]:
     """Make the synthetic demo data on first use (rank 0 only), then expand the shard list."""
     if cfg.data.synthetic:
-        if dist_utils.info().is_main:
+        def make() -> dict:
             from mcl_dist.synthetic import ensure_demo_data
 
-            paths = ensure_demo_data(cfg.data.synthetic_dir, n_train=cfg.data.synthetic_train,
-                                     n_test=cfg.data.synthetic_test, seed=0,
-                                     samples_per_shard=cfg.data.synthetic_samples_per_shard)
-        else:
-            paths = None
-        paths = dist_utils.broadcast_object(paths)
+            return ensure_demo_data(cfg.data.synthetic_dir, n_train=cfg.data.synthetic_train,
+                                    n_test=cfg.data.synthetic_test, seed=0,
+                                    samples_per_shard=cfg.data.synthetic_samples_per_shard)
+
+        paths = dist_utils.run_on_main("synthetic-data", make)  # the others wait outside collectives
         cfg.data.train_shards = cfg.data.train_shards or paths["train"]
         cfg.eval.test_shards = cfg.eval.test_shards or paths["test"]
         cfg.eval.mmvp_dir = cfg.eval.mmvp_dir or paths["mmvp"]

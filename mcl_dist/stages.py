@@ -98,8 +98,10 @@ def kmeans_step(pipe, s: int) -> dict:
                      backend=c.cluster.backend, device=info.device, progress=info.is_main,
                      on_iter=(lambda it: it == kill_at and dist_utils.kill_launcher()) if kill_at else None)
     except ValueError as e:  # every rank raises the same: NaN/inf rows, k larger than the data, ...
-        raise _redo_hint(ValueError(f"stage_{s}/kmeans on {os.path.join(pipe.stage_dir(s), 'embed')}: {e}"),
-                         f"stage_{s}/embed") from None
+        from mcl_dist.data.preflight import DataError
+
+        msg = f"stage_{s}/kmeans on {os.path.join(pipe.stage_dir(s), 'embed')}: {e}"
+        raise (_redo_hint(ValueError(msg), f"stage_{s}/embed") if "NaN or inf" in str(e) else DataError(msg)) from None
     out = os.path.join(pipe.stage_dir(s), "kmeans")
     save_npz(os.path.join(out, f"assign{info.rank:04d}-of{info.world_size:04d}.npz"), keys=keys,
              clusters=res.assignments.numpy().astype(np.int32))
