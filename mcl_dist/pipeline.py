@@ -106,10 +106,12 @@ class Pipeline:
         `main_only` steps run on rank 0 alone while the others wait outside any collective."""
         self.fps[name] = fingerprint(settings)
         self.manifest = Manifest(self.run_dir)  # re-read: rank 0 may have written it
-        self.redoing = self.redoing or name == self.redo
-        if self.redoing:
+        if name == self.redo and not self.redoing:
+            self.redoing = True
             if self.info.is_main:
-                self._clear(name)
+                self._clear_from(name)
+        if self.redoing:
+            pass  # recomputed whatever the manifest says
         elif self.manifest.is_done(name, settings):
             log.info("step %s: done already, skipped", name)
             return self.manifest.step(name)["outputs"]
@@ -139,17 +141,22 @@ class Pipeline:
         self.manifest.finish(name, outputs)
         return outputs
 
-    def _clear(self, name: str) -> None:
-        """--redo: forget the step's record and remove its outputs (resume would reuse them)."""
+    def _clear_from(self, name: str) -> None:
+        """--redo: forget the records and remove the outputs of `name` and every later step, all
+        at once, so that a launch killed during the redo cannot reuse any of them."""
         import shutil
 
-        for path in step_outputs(self.run_dir, name):
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-        if self.manifest.step(name):
-            log.info("step %s: recomputing (--redo %s)", name, self.redo)
+        names = step_names(self.cfg)
+        for later in names[names.index(name):]:
+            for path in step_outputs(self.run_dir, later):
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+            if self.manifest.data["steps"].pop(later, None) is not None:
+                self.manifest.data["order"].remove(later)
+        self.manifest.save()
+        log.info("step %s: recomputing it and every later step (--redo %s)", name, self.redo)
 
     # -- settings per step (what each step's result depends on) ---------------------------
     def train_settings(self, s: int, upstream: list[str]) -> dict:

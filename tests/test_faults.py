@@ -190,6 +190,21 @@ def test_second_launch_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, caps
     assert not orphan.exists() and not (run_dir / "run.lock").exists()  # swept; released at the end
 
 
+def test_redo_forgets_the_step_and_every_later_one_at_once(tmp_path, capsys):
+    urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=8)
+    cfg = tiny_config(tmp_path, urls, **{"train.max_steps": 1, "train.checkpoint_every": 1})
+    assert launch_here(cfg, tmp_path / "run") == 0
+    before = json.load(open(tmp_path / "run" / "manifest.json"))["steps"]
+    assert launch_here(cfg, tmp_path / "run", "debug.kill_at=nothing", redo="stage_1/embed") == 2
+    assert "error: --redo stage_1/embed: no such step; the steps of this run are stage_0/train, integrate, report" \
+        in capsys.readouterr().err
+    assert launch_here(cfg, tmp_path / "run", redo="stage_0/train") == 0
+    assert "step stage_0/train: recomputing it and every later step (--redo stage_0/train)" in capsys.readouterr().err
+    after = json.load(open(tmp_path / "run" / "manifest.json"))["steps"]
+    assert set(after) == set(before) == {"stage_0/train", "integrate", "report"}
+    assert all(after[k]["finished_at"] > before[k]["finished_at"] for k in before)
+
+
 def test_running_step_with_changed_settings_is_refused(tmp_path):
     from mcl_dist.config import ConfigError
     from mcl_dist.manifest import Manifest
@@ -240,6 +255,20 @@ def test_labels_of_other_shards_name_the_step_to_redo(tmp_path):
         train_step(pipe, 1, "fp")
     assert str(e.value).startswith(f"{tmp_path}/stage_1/labels.npz: these labels belong to different shards")
     assert str(e.value).endswith("; recover with --redo stage_1/labels (it recomputes that step and every later one)")
+
+
+def test_infinite_stream_of_only_bad_samples_ends_after_one_pass(tmp_path):
+    from mcl_dist.data.streaming import ShardStream, make_loader
+
+    def decode(raw):
+        return {"image": torch.zeros(1), "key": decode_image(raw, ("png",)) and raw["__key__"]}
+
+    urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=8, corrupt=tuple(range(16)))
+    stream = ShardStream(urls, decode, batch_size=4, rank=0, world=1, seed=0, shuffle_buffer=4, infinite=True)
+    batches = list(make_loader(stream, 0))  # before: an endless loop over the same bad samples
+    assert len(batches) == 1 and batches[0]["key"] == []
+    meta = batches[0]["meta"]
+    assert meta["exhausted"] and meta["bad"] == 16 and meta["reasons"] == {"corrupt_image": 16}
 
 
 def test_wrong_caption_extension_is_refused_before_training(tmp_path, capsys):
@@ -369,7 +398,7 @@ def test_redo_after_broken_embeddings_recomputes_the_same_weights(reference, tmp
     out = run2(cfg, run, "eval.enabled=false", redo="stage_1/embed")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step stage_0/train: done already, skipped" in out.stderr
-    assert "step stage_1/embed: recomputing (--redo stage_1/embed)" in out.stderr
+    assert "step stage_1/embed: recomputing it and every later step (--redo stage_1/embed)" in out.stderr
     assert np.isfinite(np.load(part).astype(np.float32)).all()
     same_weights(ref, run)
 
