@@ -199,7 +199,6 @@ def test_redo_forgets_the_step_and_every_later_one_at_once(tmp_path, capsys):
     assert "error: --redo stage_1/embed: no such step; the steps of this run are stage_0/train, integrate, report" \
         in capsys.readouterr().err
     assert launch_here(cfg, tmp_path / "run", redo="stage_0/train") == 0
-    assert "step stage_0/train: recomputing it and every later step (--redo stage_0/train)" in capsys.readouterr().err
     after = json.load(open(tmp_path / "run" / "manifest.json"))["steps"]
     assert set(after) == set(before) == {"stage_0/train", "integrate", "report"}
     assert all(after[k]["finished_at"] > before[k]["finished_at"] for k in before)
