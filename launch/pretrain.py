@@ -24,10 +24,13 @@ def parse(argv):
                    help="print the plan (stages, steps, batch per rank, memory, paths) and exit; writes nothing")
     p.add_argument("--world-size", type=int, default=None,
                    help="with --dry-run: plan for this many ranks (default: torchrun's WORLD_SIZE or 1)")
+    p.add_argument("--redo", default="", metavar="STEP",
+                   help="recompute STEP (e.g. stage_1/kmeans) and every step after it")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 stages.1.k=64")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse(sys.argv[1:])
-    sys.exit(main(args.config, args.run_dir, args.overrides, dry_run=args.dry_run, world_size=args.world_size))
+    sys.exit(main(args.config, args.run_dir, args.overrides, dry_run=args.dry_run, world_size=args.world_size,
+                  redo=args.redo))

@@ -26,7 +26,9 @@ def guarded(fn: Callable[[], Optional[int]]) -> int:
     try:
         return fn() or 0
     except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # an error every rank raises alike (data checks, a busy run directory) is printed once
+        if not (getattr(e, "all_ranks", False) and os.environ.get("RANK", "0") != "0"):
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -34,7 +36,7 @@ def guarded(fn: Callable[[], Optional[int]]) -> int:
 
 
 def main(config: str, run_dir: Optional[str], overrides: list[str], dry_run: bool = False,
-         world_size: Optional[int] = None) -> int:
+         world_size: Optional[int] = None, redo: str = "") -> int:
     setup_logging()
 
     def run() -> int:
@@ -44,6 +46,6 @@ def main(config: str, run_dir: Optional[str], overrides: list[str], dry_run: boo
             return plan(config, run_dir, overrides, world_size)
         from mcl_dist.pipeline import run_pipeline
 
-        return run_pipeline(config, run_dir, overrides)
+        return run_pipeline(config, run_dir, overrides, redo=redo)
 
     return guarded(run)

@@ -43,6 +43,10 @@ class DataConfig:
     # epoch. The cache lives in the process that decodes: use data.workers=0 for stages >= 1,
     # whose DataLoader workers start afresh every epoch
     cache_decoded: bool = False
+    # decode guards: an image over this many pixels, or a member over this many bytes, is a bad
+    # sample (a 97 KB PNG of 97 M pixels decodes to ~1 GB); 0 turns a guard off
+    max_image_pixels: int = 40_000_000
+    max_member_bytes: int = 64 << 20
 
 
 @dataclass
@@ -150,6 +154,11 @@ class SimCLRConfig:
 
 
 @dataclass
+class DistConfig:
+    timeout_min: int = 30  # collective timeout; rank-0-only work (index, eval) waits outside collectives
+
+
+@dataclass
 class DebugConfig:
     log_batches: bool = False  # write <run_dir>/stage_<s>/batches/rank<r>.jsonl
     # tests: SIGKILL the launcher at a point, e.g. "stage_1/kmeans" (its work done, not yet
@@ -166,6 +175,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     objective: str = "clip"  # clip | simclr
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     run_dir: str = ""
@@ -300,7 +310,12 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"command line: override '{item}' must look like key=value (e.g. train.lr=1e-4)")
         key, text = item.split("=", 1)
         # YAML scalar rules: 1e-4 is a float, true a bool, [a, b] a list.
-        value = yaml.safe_load(text) if text != "" else ""
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError as e:
+            why = str(e).splitlines()[0]
+            raise ConfigError(f"command line: override '{item}': the value is not valid YAML ({why}); "
+                              f"quote it or close its brackets (e.g. {key}=[1, 2])") from None
         if isinstance(value, str) and _looks_float(text):
             value = float(text)
         pairs.append((key.strip(), value))
@@ -348,6 +363,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         "cluster.kmeans_iters": cfg.cluster.kmeans_iters,
         "data.shuffle_buffer": cfg.data.shuffle_buffer,
         "data.synthetic_samples_per_shard": cfg.data.synthetic_samples_per_shard,
+        "dist.timeout_min": cfg.dist.timeout_min,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -355,7 +371,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     nonneg = {"train.epochs": t.epochs, "train.max_steps": t.max_steps, "train.lr": t.lr,
               "train.wd": t.wd, "train.warmup_steps": t.warmup_steps,
               "train.grad_clip_norm": t.grad_clip_norm, "data.workers": cfg.data.workers,
-              "data.num_samples": cfg.data.num_samples, "cluster.min_label_size": cfg.cluster.min_label_size}
+              "data.num_samples": cfg.data.num_samples, "cluster.min_label_size": cfg.cluster.min_label_size,
+              "data.max_image_pixels": cfg.data.max_image_pixels, "data.max_member_bytes": cfg.data.max_member_bytes}
     for key, value in nonneg.items():
         if value < 0:
             raise ConfigError(f"{where}: '{key}' must be >= 0, got {value}")
