@@ -8,6 +8,7 @@ WEBDATASET = "webdataset==1.0.2"
 FAISS_CPU = "faiss-cpu==1.15.1"
 FAISS_GPU = "faiss-gpu==1.15.1"
 DEEPSPEED = "deepspeed==0.19.8"
+CLIP_BENCHMARK = "clip_benchmark==1.6.2"  # python -m mcl_dist.clip_benchmark
 
 setup(
     name="mcl_dist",
@@ -22,6 +23,7 @@ setup(
         "faiss-gpu": [FAISS_GPU],
         "deepspeed": [DEEPSPEED],
         "bench": ["scikit-learn", "pandas"],
-        "dev": ["pytest", "scikit-learn", "pandas", FAISS_CPU],
+        "eval": [CLIP_BENCHMARK],
+        "dev": ["pytest", "scikit-learn", "pandas", FAISS_CPU, CLIP_BENCHMARK],
     },
 )

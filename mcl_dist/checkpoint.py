@@ -44,10 +44,13 @@ def latest(stage_dir: str, fingerprint: Optional[str] = None) -> Optional[dict[s
             log.warning("skipping unreadable checkpoint %s (%s)", path, e)
             continue
         if fingerprint is not None and state.get("fingerprint") != fingerprint:
-            raise RuntimeError(
-                f"{path} was written by a different configuration or data than this run "
-                f"(fingerprint {state.get('fingerprint')} != {fingerprint}); use a new --run-dir or "
-                f"delete {checkpoint_dir(stage_dir)} to start this stage afresh")
+            from mcl_dist.config import ConfigError
+
+            step = f"{os.path.basename(os.path.normpath(stage_dir))}/train"
+            raise ConfigError(
+                f"{path} was written by a different configuration, data or world size than this run "
+                f"(fingerprint {state.get('fingerprint')} != {fingerprint}); revert the change to resume, "
+                f"or add --redo {step} to train this stage afresh (or use a new --run-dir)")
         state["path"] = path
         return state
     return None

@@ -26,19 +26,26 @@ def guarded(fn: Callable[[], Optional[int]]) -> int:
     try:
         return fn() or 0
     except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # an error every rank raises alike (data checks, a busy run directory) is printed once
+        if not (getattr(e, "all_ranks", False) and os.environ.get("RANK", "0") != "0"):
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
 
 
-def main(config: str, run_dir: Optional[str], overrides: list[str]) -> int:
+def main(config: str, run_dir: Optional[str], overrides: list[str], dry_run: bool = False,
+         world_size: Optional[int] = None, redo: str = "") -> int:
     setup_logging()
 
     def run() -> int:
+        if dry_run:
+            from mcl_dist.dry_run import dry_run as plan
+
+            return plan(config, run_dir, overrides, world_size)
         from mcl_dist.pipeline import run_pipeline
 
-        return run_pipeline(config, run_dir, overrides)
+        return run_pipeline(config, run_dir, overrides, redo=redo)
 
     return guarded(run)

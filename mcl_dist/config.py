@@ -43,6 +43,10 @@ class DataConfig:
     # epoch. The cache lives in the process that decodes: use data.workers=0 for stages >= 1,
     # whose DataLoader workers start afresh every epoch
     cache_decoded: bool = False
+    # decode guards: an image over this many pixels, or a member over this many bytes, is a bad
+    # sample (a 97 KB PNG of 97 M pixels decodes to ~1 GB); 0 turns a guard off
+    max_image_pixels: int = 40_000_000
+    max_member_bytes: int = 64 << 20
 
 
 @dataclass
@@ -55,8 +59,9 @@ class ModelConfig:
     lock_image_freeze_bn_stats: bool = False
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
-    lock_text_freeze_layer_norm: bool = False
+    lock_text_freeze_layer_norm: bool = True  # open_clip's CLIP.lock_text_tower accepts only True
     grad_checkpointing: bool = False
+    force_quick_gelu: bool = False  # QuickGELU as OpenAI's CLIP weights need (open_clip's --force-quick-gelu)
 
 
 @dataclass
@@ -75,6 +80,10 @@ class TrainConfig:
     # otherwise spend a fixed warmup_steps each: 3 stages x 20 of 240 steps)
     warmup_share: float = 0.0
     grad_clip_norm: float = 0.0  # 0 disables clipping
+    lr_scheduler: str = "cosine"  # cosine | const | const-cooldown (open_clip_train's --lr-scheduler)
+    lr_cooldown_steps: int = 0  # const-cooldown: the last steps of each stage that cool down
+    lr_cooldown_power: float = 1.0  # 1 = linear cool-down (open_clip_train's --lr-cooldown-power)
+    lr_cooldown_end: float = 0.0  # lr at the end of the cool-down (--lr-cooldown-end)
     precision: str = "auto"  # auto | fp32 | amp_bf16 | bf16
     seed: int = 0
     gather_with_grad: bool = True
@@ -145,6 +154,11 @@ class SimCLRConfig:
 
 
 @dataclass
+class DistConfig:
+    timeout_min: int = 30  # collective timeout; rank-0-only work (index, eval) waits outside collectives
+
+
+@dataclass
 class DebugConfig:
     log_batches: bool = False  # write <run_dir>/stage_<s>/batches/rank<r>.jsonl
     # tests: SIGKILL the launcher at a point, e.g. "stage_1/kmeans" (its work done, not yet
@@ -161,6 +175,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     objective: str = "clip"  # clip | simclr
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     run_dir: str = ""
@@ -173,6 +188,7 @@ _CHOICES = {
     "train.precision": ("auto", "fp32", "amp_bf16", "bf16"),
     "train.engine": ("ddp", "deepspeed"),
     "train.optimizer": ("adamw", "lars"),
+    "train.lr_scheduler": ("cosine", "const", "const-cooldown"),
     "stages.init": ("previous", "base", "scratch"),
     "cluster.embed": ("image", "text", "joint"),
     "cluster.backend": ("torch", "faiss"),
@@ -294,7 +310,12 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"command line: override '{item}' must look like key=value (e.g. train.lr=1e-4)")
         key, text = item.split("=", 1)
         # YAML scalar rules: 1e-4 is a float, true a bool, [a, b] a list.
-        value = yaml.safe_load(text) if text != "" else ""
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError as e:
+            why = str(e).splitlines()[0]
+            raise ConfigError(f"command line: override '{item}': the value is not valid YAML ({why}); "
+                              f"quote it or close its brackets (e.g. {key}=[1, 2])") from None
         if isinstance(value, str) and _looks_float(text):
             value = float(text)
         pairs.append((key.strip(), value))
@@ -342,6 +363,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         "cluster.kmeans_iters": cfg.cluster.kmeans_iters,
         "data.shuffle_buffer": cfg.data.shuffle_buffer,
         "data.synthetic_samples_per_shard": cfg.data.synthetic_samples_per_shard,
+        "dist.timeout_min": cfg.dist.timeout_min,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -349,7 +371,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     nonneg = {"train.epochs": t.epochs, "train.max_steps": t.max_steps, "train.lr": t.lr,
               "train.wd": t.wd, "train.warmup_steps": t.warmup_steps,
               "train.grad_clip_norm": t.grad_clip_norm, "data.workers": cfg.data.workers,
-              "data.num_samples": cfg.data.num_samples, "cluster.min_label_size": cfg.cluster.min_label_size}
+              "data.num_samples": cfg.data.num_samples, "cluster.min_label_size": cfg.cluster.min_label_size,
+              "data.max_image_pixels": cfg.data.max_image_pixels, "data.max_member_bytes": cfg.data.max_member_bytes}
     for key, value in nonneg.items():
         if value < 0:
             raise ConfigError(f"{where}: '{key}' must be >= 0, got {value}")
@@ -366,6 +389,9 @@ def validate(cfg: Config, where: str = "config") -> None:
     if t.global_batch_size % t.accum_freq:
         raise ConfigError(f"{where}: 'train.global_batch_size' ({t.global_batch_size}) must be divisible by "
                           f"'train.accum_freq' ({t.accum_freq})")
+    if t.lr_scheduler == "const-cooldown" and t.lr_cooldown_steps <= 0:
+        raise ConfigError(f"{where}: 'train.lr_scheduler' const-cooldown needs 'train.lr_cooldown_steps' > 0, "
+                          f"got {t.lr_cooldown_steps}")
     if t.engine == "deepspeed" and t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"{where}: 'train.zero_stage' must be 0, 1, 2 or 3, got {t.zero_stage}")
     if cfg.objective not in ("clip", "simclr"):

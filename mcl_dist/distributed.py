@@ -120,3 +120,70 @@ def kill_launcher() -> None:
     if rank() == 0 and os.environ.get("TORCHELASTIC_RUN_ID"):
         os.kill(os.getppid(), signal.SIGKILL)
     os._exit(137)
+
+
+def kill_job_now() -> None:
+    """Tests only: SIGKILL the launcher and every rank at once, from wherever this rank is (no
+    barrier: the others may be inside a collective), like a job killed mid-write."""
+    import signal
+
+    launcher = os.getppid()
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        siblings = []
+        for entry in os.listdir("/proc"):  # find them before the launcher dies and they are re-parented
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == launcher and int(entry) != os.getpid():
+                        siblings.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+        os.kill(launcher, signal.SIGKILL)
+        for pid in siblings:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    os._exit(137)
+
+
+# -- waiting for rank-0-only work outside any collective --------------------------------------
+# Long rank-0 work (index build, labels, evaluation) would otherwise leave the other ranks in a
+# barrier that times out after dist.timeout_min. They poll a marker file instead; if rank 0 dies,
+# torchrun stops them.
+_SYNC: dict = {"dir": "", "token": ""}
+
+
+def setup_sync(directory: str) -> None:
+    """Call on every rank once: agree on a per-launch token so old markers never count."""
+    import uuid
+
+    _SYNC["dir"] = directory
+    _SYNC["token"] = broadcast_object(uuid.uuid4().hex[:12] if rank() == 0 else None)
+
+
+def run_on_main(name: str, fn, poll_s: float = 0.5):
+    """`fn()` on rank 0 only; every rank returns its (JSON-able) result. No collective."""
+    import json
+    import logging
+    import time
+
+    if not is_distributed() or not _SYNC["dir"]:
+        if rank() == 0:
+            return fn()
+        raise RuntimeError("run_on_main needs setup_sync() first")
+    marker = os.path.join(_SYNC["dir"], f"{_SYNC['token']}-{name.replace('/', '_')}.json")
+    if rank() == 0:
+        from mcl_dist.io import write_json
+
+        result = fn()
+        write_json({"result": result}, marker)
+        return result
+    t0, told = time.time(), 0
+    while not os.path.exists(marker):
+        time.sleep(poll_s)
+        if time.time() - t0 > 600 * (told + 1):
+            told += 1
+            logging.getLogger("mcl_dist").warning("rank %d: waiting for rank 0 (%s) for %d min", rank(), name,
+                                                  10 * told)
+    with open(marker) as f:
+        return json.load(f)["result"]

@@ -56,7 +56,8 @@ def _save_npy(path: str, arr: np.ndarray) -> None:
 
 def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir: str, *, mode: str = "image",
                  batch_size: int = 256, workers: int = 2, image_ext: str = "jpg;png;webp;jpeg",
-                 caption_ext: str = "txt", max_bad_fraction: float = 1.0) -> dict[str, Any]:
+                 caption_ext: str = "txt", max_bad_fraction: float = 1.0, max_pixels: int = 40_000_000,
+                 max_bytes: int = 64 << 20) -> dict[str, Any]:
     info = dist_utils.info()
     feats_path, keys_path = part_paths(out_dir, info.rank, info.world_size)
     if os.path.exists(feats_path) and os.path.exists(keys_path):
@@ -65,7 +66,7 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
         return _summarise({"samples": n, "bad": 0, "seconds": 0.0}, out_dir)
     mine = urls[info.rank::info.world_size]
     decoder = ClipDecoder(bundle["preprocess_val"], bundle["tokenizer"], image_ext, caption_ext,
-                          need_text=mode != "image")
+                          need_text=mode != "image", max_pixels=max_pixels, max_bytes=max_bytes)
     stream = ShardStream(mine, decoder, batch_size=batch_size, rank=0, world=1, seed=None, infinite=False)
     n_workers = min(workers, len(mine))
     model.eval()
@@ -97,6 +98,16 @@ def _summarise(stats: dict, out_dir: str) -> dict[str, Any]:
     total = {"samples": sum(s["samples"] for s in all_stats), "bad": sum(s["bad"] for s in all_stats),
              "seconds": max(s["seconds"] for s in all_stats)}
     total["samples_per_s"] = total["samples"] / total["seconds"] if total["seconds"] else 0.0
+    if total["samples"] == 0:  # every rank raises the same error (k-means would get no rows)
+        from mcl_dist.data.preflight import DataError
+
+        reasons = {}
+        for s in all_stats:
+            for r, n in s.get("reasons", {}).items():
+                reasons[r] = reasons.get(r, 0) + n
+        told = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "the shards are empty"
+        raise DataError(f"{out_dir}: no sample could be embedded ({total['bad']} bad: {told}); check the "
+                        "shards and data.image_ext / data.caption_ext, then re-run")
     if dist_utils.info().is_main:
         write_json(total, os.path.join(out_dir, "embed_stats.json"))
         log.info("embedded %d samples (%d bad skipped) in %.1fs, %.0f samples/s", total["samples"], total["bad"],

@@ -14,13 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import TrainConfig
-
-
-def warmup_steps(tcfg: TrainConfig, total: int) -> int:
-    """A stage's warm-up: train.warmup_share of its steps when set, else train.warmup_steps."""
-    if tcfg.warmup_share > 0:
-        return max(1, math.ceil(tcfg.warmup_share * total))
-    return tcfg.warmup_steps
+from mcl_dist.lr_schedule import stage_lr
 
 
 def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
@@ -73,9 +67,10 @@ class DDPEngine:
         if dist_utils.is_distributed():
             ids = [device.index] if device.type == "cuda" else None
             # buffers only need re-broadcasting every step when they change (BatchNorm statistics);
-            # CLIP's other buffers (attention masks) are constant
+            # CLIP's other buffers (attention masks) are constant. torch >= 2.13 names the flag
+            # forward_sync_buffers (broadcast_buffers warns as deprecated); buffers still sync at init.
             has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-            self.model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=has_bn)
+            self.model = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=has_bn)
         self.optimizer = make_optimizer(model, tcfg, base_lr)
         self.dtype = autocast_dtype(tcfg.precision, device)
         self.step_count = 0
@@ -102,7 +97,7 @@ class DDPEngine:
         loss.backward()
 
     def step(self) -> float:
-        lr = cosine_lr(self.step_count, self.base_lr, warmup_steps(self.tcfg, self.total_steps), self.total_steps)
+        lr = stage_lr(self.tcfg, self.step_count, self.total_steps, self.base_lr)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         norm = float("nan")

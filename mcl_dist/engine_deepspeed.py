@@ -10,7 +10,7 @@ file to keep in sync:
 | `bf16.enabled` | `train.precision` (`auto`: bf16 on GPU, fp32 on CPU) |
 | `gradient_clipping` | `train.grad_clip_norm` |
 | optimizer | our AdamW with `mcl_dist.engine.param_groups` (no decay on gains, biases, logit scale) |
-| learning rate | `mcl_dist.engine.cosine_lr`, set before every optimizer step |
+| learning rate | `mcl_dist.lr_schedule.stage_lr`, set before every optimizer step |
 
 An optional raw DeepSpeed JSON (`train.deepspeed_config`) is merged over that (e.g. for
 `zero_optimization.offload_optimizer` or bucket sizes). Keys the trainer owns (the batch sizes and
@@ -50,7 +50,8 @@ import torch
 
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import ConfigError, TrainConfig
-from mcl_dist.engine import autocast_dtype, cosine_lr, param_groups, warmup_steps
+from mcl_dist.engine import autocast_dtype, param_groups
+from mcl_dist.lr_schedule import stage_lr
 
 log = logging.getLogger("mcl_dist")
 
@@ -251,7 +252,7 @@ class DeepSpeedEngine:
         self.ds.backward(loss, scale_wrt_gas=False)  # the trainer already divided by accum_freq
 
     def step(self) -> float:
-        self._lr = cosine_lr(self.step_count, self.base_lr, warmup_steps(self.tcfg, self.total_steps), self.total_steps)
+        self._lr = stage_lr(self.tcfg, self.step_count, self.total_steps, self.base_lr)
         for g in self.optimizer.param_groups:  # the base optimizer ZeRO steps on its flat partitions
             g["lr"] = self._lr
         self.ds.set_gradient_accumulation_boundary(True)
@@ -414,7 +415,7 @@ class DeepSpeedEngine:
                 for k in _ADAM_KEYS:
                     self._set_moment(p, entry[k].to(self.device, torch.float32), k)
         self.step_count = int(state["scheduler"]["step"])
-        self._lr = cosine_lr(max(0, self.step_count - 1), self.base_lr, warmup_steps(self.tcfg, self.total_steps), self.total_steps)
+        self._lr = stage_lr(self.tcfg, max(0, self.step_count - 1), self.total_steps, self.base_lr)
         if self.step_count >= self.total_steps:
             self.finish()
 

@@ -41,9 +41,11 @@ def eval_step(pipe) -> dict:
     if pipe.info.is_main:
         from mcl_dist.eval import evaluate_model
 
-        for name, path in _models(pipe):
+        for i, (name, path) in enumerate(_models(pipe)):
             log.info("evaluating %s", name)
             results[name] = evaluate_model(path, pipe.cfg, pipe.urls, device=pipe.info.device)
+            if pipe.cfg.debug.kill_at == f"eval:{i + 1}":  # tests: killed half-way through evaluation
+                dist_utils.kill_job_now()
         write_json(results, os.path.join(pipe.run_dir, "eval", "results.json"))
     return {"results": os.path.join(pipe.run_dir, "eval", "results.json")}
 
@@ -77,12 +79,12 @@ def report_step(pipe) -> dict:
 
 def finish_run(pipe) -> None:
     ups = [pipe.fps[f"stage_{s}/train"] for s in range(len(pipe.cfg.stages))]
-    pipe.run_step("integrate", {"upstream": ups}, lambda: integrate_step(pipe))
+    pipe.run_step("integrate", {"upstream": ups}, lambda: integrate_step(pipe), main_only=True)
     if pipe.cfg.eval.enabled:
         ev = json.loads(json.dumps(pipe.cfg.eval.__dict__, default=str))
-        pipe.run_step("eval", {"upstream": [pipe.fps["integrate"]], "eval": ev}, lambda: eval_step(pipe))
+        pipe.run_step("eval", {"upstream": [pipe.fps["integrate"]], "eval": ev}, lambda: eval_step(pipe), main_only=True)
     up = [pipe.fps["integrate"]] + ([pipe.fps["eval"]] if "eval" in pipe.fps else [])
-    out = pipe.run_step("report", {"upstream": up}, lambda: report_step(pipe))
+    out = pipe.run_step("report", {"upstream": up}, lambda: report_step(pipe), main_only=True)
     if pipe.info.is_main:
         print(f"\nMCL run finished. Report: {out.get('report')}\nIntegrated model: {integrated_path(pipe.run_dir)} "
               f"(load with mcl_dist.load_model)", flush=True)

@@ -16,6 +16,23 @@ import numpy as np
 import torch
 
 
+KILL_ON_WRITE = ""  # tests (debug.kill_at=write:NAME): the job dies with NAME's temp file written
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename durable: the new directory entry survives a power loss, not only the data."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and Windows) cannot fsync a directory
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path next to `path`; rename it onto `path` only on success."""
@@ -32,7 +49,12 @@ def atomic_path(path: str) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if KILL_ON_WRITE and KILL_ON_WRITE in os.path.basename(path):
+            from mcl_dist.distributed import kill_job_now
+
+            kill_job_now()
         os.replace(tmp, path)
+        fsync_dir(directory)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

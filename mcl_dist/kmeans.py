@@ -249,7 +249,7 @@ def _progress(iters, enabled):
 def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, tol: float = 1e-4, seed: int = 0,
            spherical: bool = False, init: str | torch.Tensor = "kmeans++", init_sample: int = 0,
            chunk_size: int = 65536, backend: str = "torch", device: str | torch.device | None = None,
-           progress: bool = False) -> KMeansResult:
+           progress: bool = False, on_iter=None) -> KMeansResult:
     """Lloyd's k-means over all ranks' rows (see the module docstring).
 
     init_sample=0 samples min(N, max(64 k, 10000)) rows for k-means++. Stops after `iters`
@@ -286,6 +286,8 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, tol: float = 1e-4, seed:
             new[empty] = _farthest(x, aux, st.sq, len(empty), offset, spherical, device)
         st.low -= (new - c).norm(dim=1).max()  # no centroid came closer than its largest move
         c, it = new, it + 1
+        if on_iter is not None:  # tests kill the job here (debug.kill_at=stage_s/kmeans:N)
+            on_iter(it)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(inertia=f"{inertia[-1]:.6g}")

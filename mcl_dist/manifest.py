@@ -72,9 +72,23 @@ class Manifest:
             raise ConfigError(
                 f"{self.path}: step '{name}' already finished with different settings ({shown}). "
                 f"Refusing to mix outputs of different configs or data in one run directory. "
-                f"To start fresh, use a new --run-dir (or delete {self.run_dir}); to keep the old "
-                f"results, revert the change.")
+                f"To start fresh, use a new --run-dir (or delete {self.run_dir}); to recompute this "
+                f"step and every later one here, add --redo {name}; to keep the old results, revert "
+                f"the change.")
         return True
+
+    def check_running(self, name: str, settings: dict) -> None:
+        """An interrupted step resumes from its partial outputs (parts, checkpoints): only with the
+        settings it started with."""
+        rec = self.step(name)
+        if rec is None or rec.get("status") != "running" or rec["fingerprint"] == fingerprint(settings):
+            return
+        changes = diff_settings(rec.get("settings", {}), settings)
+        shown = "; ".join(changes[:8]) or "its inputs (an earlier step) changed"
+        raise ConfigError(
+            f"{self.path}: step '{name}' was interrupted while running with different settings ({shown}); "
+            f"resuming would reuse its partial outputs. Revert the change to resume it, or add "
+            f"--redo {name} to recompute it (and every later step) with the new settings.")
 
     def start(self, name: str, settings: dict) -> None:
         self.data["steps"][name] = {"status": "running", "fingerprint": fingerprint(settings),

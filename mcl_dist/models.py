@@ -48,11 +48,15 @@ def create(mcfg: ModelConfig, device: torch.device, pretrained: Optional[str] = 
     weights = mcfg.pretrained if pretrained is None else pretrained
     try:
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-            name, pretrained=weights or None, device=device, output_dict=True)
+            name, pretrained=weights or None, device=device, output_dict=True,
+            force_quick_gelu=mcfg.force_quick_gelu)
     except RuntimeError as e:
         if weights:
             raise ConfigError(f"'model.pretrained': cannot load '{weights}' for {name}: {e}") from e
         raise
+    if mcfg.force_quick_gelu:
+        # the checkpoint must say so, or a later load would rebuild the model with plain GELU
+        cfg_dict = {**(cfg_dict or open_clip.get_model_config(name)), "quick_gelu": True}
     apply_locks(model, mcfg)
     if mcfg.grad_checkpointing:
         model.set_grad_checkpointing(True)

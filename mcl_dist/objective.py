@@ -25,11 +25,13 @@ def train_decoder(cfg: Config, bundle: dict):
     if cfg.objective == "simclr":
         from mcl_dist.simclr import TwoViewDecoder
 
-        return TwoViewDecoder(bundle["preprocess_train"], cfg.data.image_ext)
+        return TwoViewDecoder(bundle["preprocess_train"], cfg.data.image_ext, cfg.data.max_image_pixels,
+                              cfg.data.max_member_bytes)
     from mcl_dist.data.decode import CachedDecode, ClipDecoder
 
     transform = bundle["preprocess_train" if cfg.data.augment else "preprocess_val"]
-    decoder = ClipDecoder(transform, bundle["tokenizer"], cfg.data.image_ext, cfg.data.caption_ext)
+    decoder = ClipDecoder(transform, bundle["tokenizer"], cfg.data.image_ext, cfg.data.caption_ext,
+                          max_pixels=cfg.data.max_image_pixels, max_bytes=cfg.data.max_member_bytes)
     return CachedDecode(decoder) if cfg.data.cache_decoded else decoder
 
 

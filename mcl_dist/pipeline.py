@@ -16,7 +16,7 @@ import os
 from typing import Any, Callable
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist.config import Config, check_world, load_config, save_config
+from mcl_dist.config import Config, ConfigError, check_world, load_config, save_config
 from mcl_dist.data.shards import expand_urls, is_local, local_path
 from mcl_dist.manifest import Manifest, fingerprint
 
@@ -46,15 +46,14 @@ def data_identity(urls: list[str]) -> list:
 def resolve_data(cfg: Config) -> list[str]:
     """Make the synthetic demo data on first use (rank 0 only), then expand the shard list."""
     if cfg.data.synthetic:
-        if dist_utils.info().is_main:
+        def make() -> dict:
             from mcl_dist.synthetic import ensure_demo_data
 
-            paths = ensure_demo_data(cfg.data.synthetic_dir, n_train=cfg.data.synthetic_train,
-                                     n_test=cfg.data.synthetic_test, seed=0,
-                                     samples_per_shard=cfg.data.synthetic_samples_per_shard)
-        else:
-            paths = None
-        paths = dist_utils.broadcast_object(paths)
+            return ensure_demo_data(cfg.data.synthetic_dir, n_train=cfg.data.synthetic_train,
+                                    n_test=cfg.data.synthetic_test, seed=0,
+                                    samples_per_shard=cfg.data.synthetic_samples_per_shard)
+
+        paths = dist_utils.run_on_main("synthetic-data", make)  # the others wait outside collectives
         cfg.data.train_shards = cfg.data.train_shards or paths["train"]
         cfg.eval.test_shards = cfg.eval.test_shards or paths["test"]
         cfg.eval.mmvp_dir = cfg.eval.mmvp_dir or paths["mmvp"]
@@ -63,25 +62,63 @@ def resolve_data(cfg: Config) -> list[str]:
     return expand_urls(cfg.data.train_shards)
 
 
+def step_names(cfg: Config) -> list[str]:
+    """Every step of a run, in order; each depends on all before it (the chain is linear)."""
+    names = ["stage_0/train"]
+    for s in range(1, len(cfg.stages)):
+        names += [f"stage_{s}/{step}" for step in ("embed", "kmeans", "labels", "train")]
+    return names + ["integrate"] + (["eval"] if cfg.eval.enabled else []) + ["report"]
+
+
+def step_outputs(run_dir: str, name: str) -> list[str]:
+    """What `--redo` removes before recomputing a step (so no part of the old result is reused)."""
+    stage, _, step = name.partition("/")
+    sd = os.path.join(run_dir, stage)
+    return {"train": [os.path.join(sd, p) for p in ("checkpoints", "checkpoint.pt", "metrics.jsonl", "tb", "batches")],
+            "embed": [os.path.join(sd, "embed")], "kmeans": [os.path.join(sd, "kmeans")],
+            "labels": [os.path.join(sd, "labels.npz")]}.get(step, []) if step else \
+        {"integrate": [os.path.join(run_dir, "integrated")], "eval": [os.path.join(run_dir, "eval")]}.get(name, [])
+
+
 class Pipeline:
-    def __init__(self, cfg: Config, run_dir: str):
+    def __init__(self, cfg: Config, run_dir: str, redo: str = ""):
         self.cfg, self.run_dir = cfg, run_dir
         self.info = dist_utils.info()
         self.urls = resolve_data(cfg)
         self.manifest = Manifest(run_dir)
         self.data_fp = fingerprint({"shards": data_identity(self.urls)})
         self.fps: dict[str, str] = {}
+        self.redo, self.redoing = redo, False
+        if redo and redo not in step_names(cfg):
+            raise ConfigError(f"--redo {redo}: no such step; the steps of this run are {', '.join(step_names(cfg))}")
+        kill = cfg.debug.kill_at
+        if kill.startswith("write:"):  # tests: die while writing this file (temp written, not renamed)
+            from mcl_dist import io
+
+            io.KILL_ON_WRITE = kill[len("write:"):]
 
     def stage_dir(self, s: int) -> str:
         return os.path.join(self.run_dir, f"stage_{s}")
 
-    def run_step(self, name: str, settings: dict, fn: Callable[[], dict]) -> dict:
-        """Run `fn` unless the manifest has it done with these settings; all ranks agree."""
+    def run_step(self, name: str, settings: dict, fn: Callable[[], dict], main_only: bool = False) -> dict:
+        """Run `fn` unless the manifest has it done with these settings; all ranks agree.
+
+        `main_only` steps run on rank 0 alone while the others wait outside any collective."""
         self.fps[name] = fingerprint(settings)
         self.manifest = Manifest(self.run_dir)  # re-read: rank 0 may have written it
-        if self.manifest.is_done(name, settings):
+        if name == self.redo and not self.redoing:
+            self.redoing = True
+            if self.info.is_main:
+                self._clear_from(name)
+        if self.redoing:
+            pass  # recomputed whatever the manifest says
+        elif self.manifest.is_done(name, settings):
             log.info("step %s: done already, skipped", name)
             return self.manifest.step(name)["outputs"]
+        else:
+            self.manifest.check_running(name, settings)
+        if main_only:
+            return dist_utils.run_on_main(f"step-{name}", lambda: self._main_only(name, settings, fn))
         dist_utils.barrier()
         if self.info.is_main:
             self.manifest.start(name, settings)
@@ -95,6 +132,32 @@ class Pipeline:
         dist_utils.barrier()
         return outputs
 
+    def _main_only(self, name: str, settings: dict, fn: Callable[[], dict]) -> dict:
+        self.manifest.start(name, settings)
+        log.info("step %s: running (rank 0)", name)
+        outputs = fn() or {}
+        if self.cfg.debug.kill_at == name:
+            dist_utils.kill_job_now()
+        self.manifest.finish(name, outputs)
+        return outputs
+
+    def _clear_from(self, name: str) -> None:
+        """--redo: forget the records and remove the outputs of `name` and every later step, all
+        at once, so that a launch killed during the redo cannot reuse any of them."""
+        import shutil
+
+        names = step_names(self.cfg)
+        for later in names[names.index(name):]:
+            for path in step_outputs(self.run_dir, later):
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+            if self.manifest.data["steps"].pop(later, None) is not None:
+                self.manifest.data["order"].remove(later)
+        self.manifest.save()
+        log.info("step %s: recomputing it and every later step (--redo %s)", name, self.redo)
+
     # -- settings per step (what each step's result depends on) ---------------------------
     def train_settings(self, s: int, upstream: list[str]) -> dict:
         c = self.cfg
@@ -102,9 +165,41 @@ class Pipeline:
                 "train": _results_only(c.train), "stage": _results_only(c.stages[s]),
                 "world_size": self.info.world_size, "upstream": [self.fps[u] for u in upstream]}
 
+    def preflight(self) -> None:
+        """Refuse data that would hang, idle a rank or fail at a late step (mcl_dist/data/preflight.py)."""
+        from mcl_dist.data.preflight import DataError, check_shard_count
+
+        check_shard_count(len(self.urls), self.info.world_size, stage0_trains=not self.cfg.stages[0].pretrained)
+        if not all(is_local(u) for u in self.urls):
+            return  # remote shards cannot be indexed: streaming counts their bad samples
+        result = dist_utils.run_on_main("preflight", self._check_data)
+        if "error" in result:
+            raise DataError(result["error"])
+
+    def _check_data(self) -> dict:
+        from mcl_dist.data.preflight import DataError, check_index
+        from mcl_dist.data.tar_index import build_or_load_index
+        from mcl_dist.io import write_json
+        from mcl_dist.stages import index_dir
+
+        c = self.cfg
+        try:
+            index = build_or_load_index([local_path(u) for u in self.urls], index_dir(self), progress=True)
+            stats = check_index(index, image_exts=c.data.image_ext, caption_ext=c.data.caption_ext,
+                                need_caption=c.objective == "clip", max_member_bytes=c.data.max_member_bytes,
+                                max_bad_fraction=c.data.max_bad_fraction)
+        except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
+            return {"error": str(e)}
+        write_json(stats, os.path.join(self.run_dir, "data_check.json"))
+        if stats["bad"]:
+            log.warning("data check: %d of %d samples unusable (%s); they are skipped and counted",
+                        stats["bad"], stats["samples"], stats["reasons"])
+        return {"stats": stats}
+
     def run(self) -> int:
         from mcl_dist.stage0 import train_stage0
 
+        self.preflight()
         settings = self.train_settings(0, [])
         fp = fingerprint(settings)
         self.run_step("stage_0/train", settings,
@@ -132,20 +227,43 @@ def default_run_dir(config_path: str) -> str:
     return os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
 
 
-def run_pipeline(config_path: str, run_dir: str | None, overrides: list[str]) -> int:
+def _lock_run_dir(run_dir: str) -> str:
+    """Rank 0 takes the run directory's lock and sweeps what a killed launch left; all ranks agree."""
+    from mcl_dist import rundir
+
+    lock, err = "", None
+    if dist_utils.info().is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        try:
+            lock = rundir.acquire(run_dir)
+            rundir.sweep(run_dir)
+        except ConfigError as e:
+            err = str(e)
+    err = dist_utils.broadcast_object(err)
+    if err:
+        raise rundir.RunDirBusy(err)
+    dist_utils.setup_sync(os.path.join(run_dir, rundir.SYNC_DIR))
+    return lock
+
+
+def run_pipeline(config_path: str, run_dir: str | None, overrides: list[str], redo: str = "") -> int:
+    from mcl_dist import rundir
+
     cfg = load_config(config_path, overrides)
-    info = dist_utils.init_distributed()
+    info = dist_utils.init_distributed(timeout_min=cfg.dist.timeout_min)
     check_world(cfg, info.world_size, config_path)
     run_dir = run_dir or cfg.run_dir or default_run_dir(config_path)
     cfg.run_dir = run_dir
-    if info.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-    pipe = Pipeline(cfg, run_dir)
-    if info.is_main:
-        save_config(cfg, os.path.join(run_dir, "config.yaml"))
-        log.info("run directory: %s (%d shards, world size %d, device %s)", run_dir, len(pipe.urls),
-                 info.world_size, info.device)
+    lock = ""
     try:
+        lock = _lock_run_dir(run_dir)
+        pipe = Pipeline(cfg, run_dir, redo=redo)
+        if info.is_main:
+            save_config(cfg, os.path.join(run_dir, "config.yaml"))
+            log.info("run directory: %s (%d shards, world size %d, device %s)", run_dir, len(pipe.urls),
+                     info.world_size, info.device)
         return pipe.run()
     finally:
+        if lock:
+            rundir.release(lock)
         dist_utils.destroy()

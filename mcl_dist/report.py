@@ -21,25 +21,69 @@ def _order(name: str) -> tuple:
     return (0, int(m.group(1)), "") if m else (1 if name == "integrated" else 2, 0, str(name))
 
 
-def _flatten(res: Any, prefix: str = "") -> dict[str, float]:
-    """{"zero_shot/color top1": 0.8, "mmvp mean": 0.9, ...} from one model's nested results."""
-    out: dict[str, float] = {}
-    if not isinstance(res, dict):
-        return out
-    for k, v in res.items():
-        if k in ("per_category", "notes", "model"):
-            continue
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        elif k in SCORE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"{prefix.rstrip('/')} {k}".strip()] = float(v)
+_GROUPS = ("zero_shot", "linear_probe", "knn")  # evaluation groups keyed by attribute, in table order
+_TITLES = {"zero_shot": "Zero-shot", "linear_probe": "Linear probe", "knn": "k-NN"}
+
+
+def _score(res: dict, group: str, attr: str, leaf: str) -> Optional[float]:
+    v = ((res.get(group) or {}).get(attr) or {}).get(leaf) if isinstance(res.get(group), dict) else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _metric_tables(results: dict, models: list[str]) -> list[str]:
+    """One table per metric (zero-shot top-1, top-5, linear probe, k-NN, ...): rows = models,
+    columns = attributes. The old single table was 27 columns wide."""
+    groups = [g for g in _GROUPS if any(isinstance(results[m].get(g), dict) for m in models)]
+    groups += sorted({g for m in models for g, v in results[m].items()
+                      if g not in _GROUPS and g not in ("mmvp", "notes", "model") and isinstance(v, dict)
+                      and any(isinstance(x, dict) for x in v.values())})
+    out = []
+    for g in groups:
+        attrs = sorted({a for m in models for a, v in (results[m].get(g) or {}).items() if isinstance(v, dict)})
+        for leaf in SCORE_KEYS:
+            if not any(_score(results[m], g, a, leaf) is not None for m in models for a in attrs):
+                continue
+            title = f"{_TITLES.get(g, g)} {leaf.replace('top', 'top-')}"
+            rows = [[m] + [_fmt(_score(results[m], g, a, leaf)) for a in attrs] for m in models]
+            out.append(f"### {title}\n\n" + _table(["model"] + attrs, rows) + "\n")
     return out
 
 
-def _column_order(col: str) -> tuple:
-    group = re.split(r"[/ ]", col, maxsplit=1)[0]
-    groups = ("zero_shot", "linear_probe", "knn", "mmvp")
-    return (groups.index(group) if group in groups else len(groups), col)
+def _summary(results: dict, models: list[str]) -> list[str]:
+    """Five lines: MMVP mean and the per-attribute linear probe, best stage and integrated vs stage 0."""
+    stages = [m for m in models if re.fullmatch(r"stage_\d+", m)]
+    stages = [m for m in stages if m != "stage_0"] or stages  # "best" = best of the MCL stages
+    mm = {m: (results[m].get("mmvp") or {}).get("mean") for m in models}
+    mm = {m: v for m, v in mm.items() if isinstance(v, (int, float))}
+    lines = []
+    if "stage_0" in mm:
+        best = max((m for m in stages if m in mm), key=lambda m: mm[m], default="stage_0")
+        integ = f"; integrated {mm['integrated']:.3f} ({mm['integrated'] - mm['stage_0']:+.3f})" if "integrated" in mm else ""
+        lines.append(f"- MMVP mean: stage_0 {mm['stage_0']:.3f}; best later stage {best} {mm[best]:.3f} "
+                     f"({mm[best] - mm['stage_0']:+.3f}){integ}")
+    else:
+        lines.append("- MMVP mean: no MMVP results for stage_0")
+    attrs = sorted({a for m in models for a, v in (results[m].get("linear_probe") or {}).items() if isinstance(v, dict)})
+    base = {a: _score(results.get("stage_0", {}), "linear_probe", a, "top1") for a in attrs}
+    attrs = [a for a in attrs if base[a] is not None]
+    if attrs:
+        best = {}
+        for a in attrs:
+            scored = [(m, _score(results[m], "linear_probe", a, "top1")) for m in stages]
+            best[a] = max(((m, v) for m, v in scored if v is not None), key=lambda mv: mv[1])
+        lines.append("- linear probe top-1 of stage_0: " + ", ".join(f"{a} {base[a]:.3f}" for a in attrs))
+        lines.append("- best later stage per attribute: " + ", ".join(
+            f"{a} {best[a][0]} {best[a][1]:.3f} ({best[a][1] - base[a]:+.3f})" for a in attrs))
+        integ = {a: _score(results.get("integrated", {}), "linear_probe", a, "top1") for a in attrs}
+        if all(v is not None for v in integ.values()):
+            wins = sum(integ[a] > base[a] for a in attrs)
+            lines.append("- integrated vs stage_0: " + ", ".join(f"{a} {integ[a] - base[a]:+.3f}" for a in attrs))
+            lines.append(f"- integrated beats stage_0 on {wins} of {len(attrs)} probed attributes")
+        else:
+            lines.append("- integrated: no linear-probe results")
+    else:
+        lines.append("- linear probe: no per-attribute results for stage_0")
+    return lines
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -119,13 +163,13 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
     matplotlib.use("Agg")  # no display on cluster nodes
     results = {k: v for k, v in (results or {}).items() if isinstance(v, dict)}
     models = sorted(results, key=_order)
-    md = [f"# MCL run report\n\nRun directory: `{os.path.abspath(run_dir)}`\n", "## Evaluation\n"]
-
-    flat = {m: _flatten(results[m]) for m in models}
-    cols = sorted({c for f in flat.values() for c in f}, key=_column_order)
-    if cols:
-        md.append(_table(["model"] + cols, [[m] + [_fmt(flat[m].get(c)) for c in cols] for m in models]))
-        md.append("\nAccuracies are fractions (1.0 = all correct); MMVP counts a pair only if both statements "
+    md = [f"# MCL run report\n\nRun directory: `{os.path.abspath(run_dir)}`\n", "## Summary\n"]
+    md.append("\n".join(_summary(results, models)) + "\n" if models else "No evaluation results.\n")
+    md.append("## Evaluation\n")
+    tables = _metric_tables(results, models)
+    if tables:
+        md += tables
+        md.append("Accuracies are fractions (1.0 = all correct); MMVP counts a pair only if both statements "
                   "pick their own image.\n")
     else:
         md.append("No evaluation results (evaluation disabled or not run).\n")
@@ -134,9 +178,9 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
     md.append("## MMVP-VLM pairs\n")
     if mmvp:
         cats = sorted({c for r in mmvp.values() for c in r.get("per_category", {})})
-        rows = [[c] + [_fmt(mmvp[m].get("per_category", {}).get(c)) for m in mmvp] for c in cats]
-        rows.append(["**mean**"] + [_fmt(mmvp[m].get("mean")) for m in mmvp])
-        md.append(_table(["category"] + list(mmvp), rows) + "\n")
+        rows = [[m] + [_fmt(mmvp[m].get("per_category", {}).get(c)) for c in cats] + [_fmt(mmvp[m].get("mean"))]
+                for m in mmvp]
+        md.append(_table(["model"] + cats + ["**mean**"], rows) + "\n")
         if _plot_mmvp(os.path.join(run_dir, "mmvp_by_stage.png"), mmvp):
             md.append("![MMVP by stage](mmvp_by_stage.png)\n")
     else:

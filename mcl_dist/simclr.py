@@ -89,12 +89,14 @@ def model_from_checkpoint(ck: dict, device: torch.device = torch.device("cpu")) 
 class TwoViewDecoder:
     """Image-only sample -> two independently augmented views (no caption needed)."""
 
-    def __init__(self, transform, image_exts: str = "jpg;png;webp;jpeg"):
+    def __init__(self, transform, image_exts: str = "jpg;png;webp;jpeg", max_pixels: int = 40_000_000,
+                 max_bytes: int = 64 << 20):
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes
         self.transform = transform
         self.image_exts = tuple(e.strip().lower() for e in image_exts.split(";") if e.strip())
 
     def __call__(self, raw: dict) -> dict[str, Any]:
         from mcl_dist.data.decode import decode_image
 
-        img = decode_image(raw, self.image_exts)  # decoded once, augmented twice
+        img = decode_image(raw, self.image_exts, self.max_pixels, self.max_bytes)  # decoded once, augmented twice
         return {"image": self.transform(img), "image2": self.transform(img), "key": raw["__key__"]}

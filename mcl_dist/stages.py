@@ -27,17 +27,29 @@ def index_dir(pipe) -> str:
     return pipe.cfg.data.index_dir or os.path.join(pipe.run_dir, "index")
 
 
-def shard_index(pipe):
-    """Rank 0 builds (or validates) the cached tar index first; the others then load it."""
+def _paths(pipe) -> list[str]:
+    return [u[len("file://"):] if u.startswith("file://") else u for u in pipe.urls]
+
+
+def shard_index(pipe, step: str):
+    """Rank 0 builds (or validates) the cached tar index first, the others wait outside any
+    collective (a long build must not run into dist.timeout_min), then load it."""
     from mcl_dist.data.tar_index import build_or_load_index
 
-    paths = [u[len("file://"):] if u.startswith("file://") else u for u in pipe.urls]
-    if pipe.info.is_main:
-        index = build_or_load_index(paths, index_dir(pipe), progress=True)
-    dist_utils.barrier()
-    if not pipe.info.is_main:
-        index = build_or_load_index(paths, index_dir(pipe), progress=False)
-    return index
+    built: dict = {}
+
+    def build() -> bool:
+        built["index"] = build_or_load_index(_paths(pipe), index_dir(pipe))
+        return True
+
+    dist_utils.run_on_main(f"index-{step}", build)
+    return built["index"] if built else build_or_load_index(_paths(pipe), index_dir(pipe), progress=False)
+
+
+def _redo_hint(e: Exception, step: str) -> ConfigError:
+    from mcl_dist.data.preflight import DataError
+
+    return DataError(f"{e}; recover with --redo {step} (it recomputes that step and every later one)")
 
 
 def load_stage_model(pipe, s: int) -> dict[str, Any]:
@@ -68,7 +80,8 @@ def embed_step(pipe, s: int) -> dict:
     c = pipe.cfg
     return embed_shards(bundle["model"], bundle, pipe.urls, os.path.join(pipe.stage_dir(s), "embed"),
                         mode=c.cluster.embed, batch_size=c.cluster.embed_batch_size, workers=c.data.workers,
-                        image_ext=c.data.image_ext, caption_ext=c.data.caption_ext)
+                        image_ext=c.data.image_ext, caption_ext=c.data.caption_ext,
+                        max_pixels=c.data.max_image_pixels, max_bytes=c.data.max_member_bytes)
 
 
 def kmeans_step(pipe, s: int) -> dict:
@@ -78,9 +91,17 @@ def kmeans_step(pipe, s: int) -> dict:
     c, info = pipe.cfg, pipe.info
     remove_stale(os.path.join(pipe.stage_dir(s), "kmeans"), "assign*-of*.npz", info.world_size)
     feats, keys = load_share(os.path.join(pipe.stage_dir(s), "embed"), info.rank, info.world_size)
-    res = kmeans(torch.from_numpy(np.ascontiguousarray(feats)), c.stages[s].k, iters=c.cluster.kmeans_iters,
-                 tol=c.cluster.kmeans_tol, seed=c.train.seed + s, spherical=c.cluster.spherical,
-                 backend=c.cluster.backend, device=info.device, progress=info.is_main)
+    kill_at = kill_step(c, f"stage_{s}/kmeans")
+    try:
+        res = kmeans(torch.from_numpy(np.ascontiguousarray(feats)), c.stages[s].k, iters=c.cluster.kmeans_iters,
+                     tol=c.cluster.kmeans_tol, seed=c.train.seed + s, spherical=c.cluster.spherical,
+                     backend=c.cluster.backend, device=info.device, progress=info.is_main,
+                     on_iter=(lambda it: it == kill_at and dist_utils.kill_launcher()) if kill_at else None)
+    except ValueError as e:  # every rank raises the same: NaN/inf rows, k larger than the data, ...
+        from mcl_dist.data.preflight import DataError
+
+        msg = f"stage_{s}/kmeans on {os.path.join(pipe.stage_dir(s), 'embed')}: {e}"
+        raise (_redo_hint(ValueError(msg), f"stage_{s}/embed") if "NaN or inf" in str(e) else DataError(msg)) from None
     out = os.path.join(pipe.stage_dir(s), "kmeans")
     save_npz(os.path.join(out, f"assign{info.rank:04d}-of{info.world_size:04d}.npz"), keys=keys,
              clusters=res.assignments.numpy().astype(np.int32))
@@ -105,24 +126,27 @@ def _clusters_in_index_order(pipe, s: int, index) -> np.ndarray:
 
 
 def labels_step(pipe, s: int) -> dict:
+    """Rank 0 only (a main_only step): the others wait outside any collective."""
+    from mcl_dist.data.tar_index import build_or_load_index
     from mcl_dist.labels import compose_labels, label_stats, load_labels, save_labels
     from mcl_dist.stop_signal import split_signal
 
-    index = shard_index(pipe)
+    index = build_or_load_index(_paths(pipe), index_dir(pipe))
     path = os.path.join(pipe.stage_dir(s), "labels.npz")
-    stats: dict = {}
-    if pipe.info.is_main:
-        rows, current = [], np.zeros(len(index), np.int64)  # stage 1 splits the root label
-        if s > 1:
+    rows, current = [], np.zeros(len(index), np.int64)  # stage 1 splits the root label
+    if s > 1:
+        try:
             prev = load_labels(os.path.join(pipe.stage_dir(s - 1), "labels.npz"), index.fingerprint())
-            rows, current = list(prev["cluster_ids"]), prev["labels"]
-        rows.append(_clusters_in_index_order(pipe, s, index))
-        labels = compose_labels(rows, min_label_size=pipe.cfg.cluster.min_label_size)
-        save_labels(path, index.keys, labels, np.stack(rows), index.fingerprint())
-        signal = split_signal(current, rows[-1], pipe.cfg.cluster.min_label_size)
-        stats = {**label_stats(labels), **{f"signal/{k}": v for k, v in signal.items()}}
-        log.info("stage %d labels: %s", s, stats)
-    return dist_utils.broadcast_object(stats)
+        except (ValueError, RuntimeError, FileNotFoundError) as e:
+            raise _redo_hint(e, f"stage_{s - 1}/labels") from None
+        rows, current = list(prev["cluster_ids"]), prev["labels"]
+    rows.append(_clusters_in_index_order(pipe, s, index))
+    labels = compose_labels(rows, min_label_size=pipe.cfg.cluster.min_label_size)
+    save_labels(path, index.keys, labels, np.stack(rows), index.fingerprint())
+    signal = split_signal(current, rows[-1], pipe.cfg.cluster.min_label_size)
+    stats = {**label_stats(labels), **{f"signal/{k}": v for k, v in signal.items()}}
+    log.info("stage %d labels: %s", s, stats)
+    return stats
 
 
 def init_weights(pipe, s: int) -> dict[str, Any]:
@@ -150,8 +174,11 @@ def train_step(pipe, s: int, fp: str) -> dict:
     from mcl_dist.train import StageSpec, StageTrainer
 
     c, info, st = pipe.cfg, pipe.info, pipe.cfg.stages[s]
-    index = shard_index(pipe)
-    labels = load_labels(os.path.join(pipe.stage_dir(s), "labels.npz"), index.fingerprint())["labels"]
+    index = shard_index(pipe, f"stage_{s}/train")
+    try:
+        labels = load_labels(os.path.join(pipe.stage_dir(s), "labels.npz"), index.fingerprint())["labels"]
+    except (ValueError, RuntimeError, FileNotFoundError) as e:  # labels of other shards, damaged file
+        raise _redo_hint(e, f"stage_{s}/labels") from None
     bundle = init_weights(pipe, s)
     decoder = train_decoder(c, bundle)
     micro = micro_batch_size(c, info.world_size)
@@ -189,7 +216,7 @@ def run_mcl_stage(pipe, s: int) -> None:
     pipe.run_step(f"stage_{s}/kmeans", km_set, lambda: kmeans_step(pipe, s))
     up = [pipe.fps[f"stage_{s}/kmeans"]] + ([pipe.fps[f"stage_{s - 1}/labels"]] if s > 1 else [])
     lab_set = {"upstream": up, "min_label_size": c.cluster.min_label_size}
-    pipe.run_step(f"stage_{s}/labels", lab_set, lambda: labels_step(pipe, s))
+    pipe.run_step(f"stage_{s}/labels", lab_set, lambda: labels_step(pipe, s), main_only=True)
     train_set = pipe.train_settings(s, [f"stage_{s}/labels", prev_train])
     from mcl_dist.manifest import fingerprint
 

@@ -118,7 +118,12 @@ class StageTrainer:
     def _next(self, it) -> tuple[dict, float]:
         t0 = time.perf_counter()
         while True:
-            batch = next(it)
+            try:
+                batch = next(it)
+            except StopIteration:  # every worker read a whole pass without one usable sample
+                urls = getattr(self.spec.source, "urls", [])
+                mine = len(urls[self.info.rank::self.info.world_size])
+                raise TrainingError(f"stage {self.spec.stage}: {self.monitor.no_sample_message(mine, len(urls))}") from None
             self.monitor.update(batch["meta"], len(batch["key"]))
             if batch["key"]:
                 return batch, time.perf_counter() - t0

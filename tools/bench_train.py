@@ -44,9 +44,11 @@ def model_args(model: str) -> tuple[str, str]:
     return (model, path) if os.path.exists(path) else (model, "")
 
 
-def run_ours(a, shards: str, n: int, work: str, env: dict) -> list[float]:
+def run_ours(a, shards: str, n: int, work: str, env: dict, extra: tuple = (), run_dir: str = "") -> list[float]:
+    """Stage-0 samples/s after the warm-up; `extra` overrides are appended (tools/gpu_check.py
+    adds an MCL stage to the same run and reads it from `run_dir`)."""
     name, cfg_file = model_args(a.model)
-    run_dir = tempfile.mkdtemp(dir=work, prefix="ours-")
+    run_dir = run_dir or tempfile.mkdtemp(dir=work, prefix="ours-")
     model = [f"model.config_file={cfg_file}"] if cfg_file else [f"model.name={name}"]
     torchrun(a.nproc, ["launch/pretrain.py", "--config", os.path.join(ROOT, "configs/demo.yaml"), "--run-dir", run_dir,
                        "data.synthetic=false", f"data.train_shards={shards}", f"data.num_samples={n}",
@@ -54,10 +56,15 @@ def run_ours(a, shards: str, n: int, work: str, env: dict) -> list[float]:
                        f"train.max_steps={a.steps}", "train.log_every=1", "train.checkpoint_every=100000",
                        f"train.precision={a.precision}", "stages=[{}]", "eval.enabled=false",
                        # the same optimisation as the open_clip_train command below (no clipping)
-                       "train.lr=1e-3", "train.wd=0.2", "train.warmup_steps=10", "train.grad_clip_norm=0"], env)
-    with open(os.path.join(run_dir, "stage_0", "metrics.jsonl")) as f:
+                       "train.lr=1e-3", "train.wd=0.2", "train.warmup_steps=10", "train.grad_clip_norm=0", *extra], env)
+    return stage_rates(run_dir, 0, a.warmup)
+
+
+def stage_rates(run_dir: str, stage: int, warmup: int) -> list[float]:
+    """samples/s of each logged step of a stage after the first `warmup` steps."""
+    with open(os.path.join(run_dir, f"stage_{stage}", "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
-    return [r["samples_per_s"] for r in rows if r["step"] > a.warmup]
+    return [r["samples_per_s"] for r in rows if r["step"] > warmup]
 
 
 def run_open_clip(a, shards: str, n: int, work: str, env: dict) -> list[float]:

@@ -24,12 +24,26 @@ def _first(raw: dict, exts: tuple[str, ...]) -> Optional[bytes]:
     return None
 
 
-def decode_image(raw: dict, exts: tuple[str, ...]) -> Image.Image:
+MAX_IMAGE_PIXELS = 40_000_000  # data.max_image_pixels' default
+MAX_MEMBER_BYTES = 64 << 20  # data.max_member_bytes' default
+
+
+def decode_image(raw: dict, exts: tuple[str, ...], max_pixels: int = MAX_IMAGE_PIXELS,
+                 max_bytes: int = MAX_MEMBER_BYTES) -> Image.Image:
     data = _first(raw, exts)
     if data is None:
         raise BadSample("missing_image", f"{raw.get('__key__')} has none of {'/'.join(exts)}")
+    if max_bytes and len(data) > max_bytes:
+        raise BadSample("too_large", f"{raw.get('__key__')}: {len(data)} bytes > data.max_member_bytes={max_bytes}")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only: the size is known before decoding
+    except Exception as e:
+        raise BadSample("corrupt_image", f"{raw.get('__key__')}: {type(e).__name__}") from e
+    # a small file can decode to gigabytes (PIL only warns below 2x its own limit of 89 M pixels)
+    if max_pixels and img.width * img.height > max_pixels:
+        raise BadSample("too_large", f"{raw.get('__key__')}: {img.width}x{img.height} pixels > "
+                                     f"data.max_image_pixels={max_pixels}")
+    try:
         img.load()  # force the full decode now: truncated JPEGs fail here, not in the model
         return img.convert("RGB")
     except Exception as e:
@@ -63,7 +77,9 @@ class ClipDecoder:
     """Image + caption -> (image tensor, token ids). Picklable, so DataLoader workers can use it."""
 
     def __init__(self, preprocess: Callable, tokenizer: Optional[Callable], image_exts: str = "jpg;png;webp;jpeg",
-                 caption_ext: str = "txt", need_text: bool = True):
+                 caption_ext: str = "txt", need_text: bool = True, max_pixels: int = MAX_IMAGE_PIXELS,
+                 max_bytes: int = MAX_MEMBER_BYTES):
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.image_exts = tuple(e.strip().lower() for e in image_exts.split(";") if e.strip())
@@ -71,7 +87,7 @@ class ClipDecoder:
         self.need_text = need_text
 
     def __call__(self, raw: dict) -> dict[str, Any]:
-        image = self.preprocess(decode_image(raw, self.image_exts))
+        image = self.preprocess(decode_image(raw, self.image_exts, self.max_pixels, self.max_bytes))
         out = {"image": image, "key": raw["__key__"]}
         if self.need_text:
             out["text"] = self.tokenizer([decode_caption(raw, self.caption_ext)])[0]

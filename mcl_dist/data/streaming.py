@@ -25,6 +25,12 @@ from webdataset import tariterators
 from mcl_dist.data.decode import BadSample, collate
 
 
+def dist_rank() -> int:
+    from mcl_dist.distributed import rank
+
+    return rank()
+
+
 class _ErrorLog:
     """webdataset exception handler that counts instead of raising."""
 
@@ -93,7 +99,8 @@ class ShardStream(IterableDataset):
         # `rotate`; renaming workers keeps the batch order of the uninterrupted run
         return (wid + self.rotate) % workers, workers
 
-    def _raw(self, logical: int, workers: int, errors: _ErrorLog) -> Iterator[dict]:
+    def _raw(self, logical: int, workers: int, errors: _ErrorLog) -> Iterator[Optional[dict]]:
+        """Raw samples pass after pass; None marks the end of each pass."""
         epoch = 0
         while True:
             shards = worker_shards(self.urls, self.rank, self.world, logical, workers, self.seed, epoch)
@@ -102,6 +109,7 @@ class ShardStream(IterableDataset):
                 rng = random.Random(f"{self.seed}-{self.rank}-{logical}-{epoch}")
                 stream = shuffled(stream, self.shuffle_buffer, rng)
             yield from stream
+            yield None
             epoch += 1
             if not self.infinite or not shards:
                 return
@@ -112,12 +120,22 @@ class ShardStream(IterableDataset):
         skip = self.start_positions.get(logical, 0)
         pos, bad, reasons, shards_bad = 0, 0, Counter(), Counter()
         samples: list[dict] = []
+        good_in_pass, pass_start = 0, 0
         for raw in self._raw(logical, workers, errors):
+            if raw is None:  # end of a pass over this worker's shards
+                if good_in_pass == 0 and pass_start >= skip:
+                    # nothing readable in a whole pass: another pass would read the same bad
+                    # samples forever (100% CPU, no batch); hand the counts over and stop
+                    yield self._batch([], logical, pos, bad, reasons, shards_bad, errors, exhausted=True)
+                    return
+                good_in_pass, pass_start = 0, pos
+                continue
             pos += 1
             if pos <= skip:
                 continue  # replayed for an exact resume; never decoded
             try:
                 samples.append(self._decode(raw, logical, pos))
+                good_in_pass += 1
             except BadSample as e:
                 bad += 1
                 reasons[e.reason] += 1
@@ -141,12 +159,12 @@ class ShardStream(IterableDataset):
             return self.decode(raw)
 
     @staticmethod
-    def _batch(samples, logical, pos, bad, reasons, shards_bad, errors) -> dict[str, Any]:
+    def _batch(samples, logical, pos, bad, reasons, shards_bad, errors, exhausted=False) -> dict[str, Any]:
         batch = collate(samples) if samples else {"key": []}
         damaged = dict(errors.damaged)
         errors.damaged.clear()
         batch["meta"] = {"worker": logical, "raw_pos": pos, "bad": bad, "reasons": dict(reasons),
-                         "bad_shards": dict(shards_bad), "damaged_shards": damaged}
+                         "bad_shards": dict(shards_bad), "damaged_shards": damaged, "exhausted": exhausted}
         return batch
 
 
@@ -191,6 +209,14 @@ class BadSampleMonitor:
     def summary(self) -> dict:
         return {"seen": self.seen, "bad": self.bad, "reasons": dict(self.reasons),
                 "shards": dict(self.shards), "damaged": dict(self.damaged)}
+
+    def no_sample_message(self, shards: int, of: int) -> str:
+        """Why a rank's stream ended: one pass over its `shards` (of `of`) gave no usable sample."""
+        reasons = ", ".join(f"{r} {n}" for r, n in self.reasons.most_common()) or "the shards are empty"
+        damaged = f"; damaged tars: {', '.join(sorted(self.damaged))}" if self.damaged else ""
+        return (f"no readable sample in {shards} shard{'s' if shards != 1 else ''} (rank {dist_rank()}'s "
+                f"share of {of}: {reasons}{damaged}); check data.image_ext / data.caption_ext "
+                f"against the members of the shards")
 
     def check(self, total: dict, counts_only: bool = False) -> Optional[str]:
         """A message when the share of bad samples is too high, else None."""

@@ -1,0 +1,146 @@
+"""Part 4 of the GPU check: our Lloyd k-means vs faiss on one generated matrix, and the memory
+bandwidth ours reaches.
+
+    python -m mcl_dist.kmeans_check --args '{"n": 2000000, "d": 512, "k": 100, "iters": 20}' --out km.json
+
+It runs in a process of its own (gpu_check starts it on the first GPU while the other ranks
+wait): `mcl_dist.kmeans` all-reduces over whatever process group exists, and the comparison with
+faiss is one device against one device.
+
+The matrix is made on the device in fp16 (what the embed step writes): K=100 random centres plus
+0.8 x N(0, I) noise. Both methods start from the same k-means++ centroids (ours, iters=0) and run
+exactly `iters` iterations (tol=0); both times include the labels of every row (faiss: train +
+one search). faiss's Kmeans API takes host float32 arrays, so faiss-gpu pages the rows to the GPU
+in every iteration; that is how faiss-gpu k-means is used. Both inertias are recomputed with one
+formula on the same float32 values.
+
+Bandwidth: each of our passes (the input check and iters + 1 assignment passes) reads the fp16
+matrix once, so achieved GB/s = passes x N x D x 2 bytes / time; the peak is the data-sheet value
+of the device when known (PEAK_GBS), else a measured device-to-device copy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from mcl_dist.io import write_json
+from mcl_dist.kmeans import kmeans
+from mcl_dist.memprobe import InProcess, Polled
+
+# data-sheet memory bandwidth in GB/s; first match wins, so the more specific names come first
+PEAK_GBS = [("GH200", 4000), ("H200", 4800), ("H100 NVL", 3900), ("H100 PCIe", 2000), ("H100", 3350),
+            ("B200", 8000), ("B100", 8000), ("A100-SXM4-80GB", 2039), ("A100 80GB PCIe", 1935), ("A100", 1555),
+            ("L40S", 864), ("L40", 864), ("L4", 300), ("A10G", 600), ("A10", 600), ("V100", 900),
+            ("RTX 4090", 1008), ("RTX 3090", 936), ("RTX A6000", 768)]
+
+
+def table_peak(device_name: str) -> float | None:
+    return next((float(gbs) for key, gbs in PEAK_GBS if key in device_name), None)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int, reps: int = 5) -> float:
+    """GB/s of a device-to-device copy (bytes read + bytes written)."""
+    a = torch.ones(nbytes // 4, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        b.copy_(a)
+    sync(device)
+    return 2 * nbytes * reps / (time.perf_counter() - t) / 1e9
+
+
+def make_matrix(n: int, d: int, k_true: int, seed: int, device: torch.device, chunk: int = 1 << 18) -> torch.Tensor:
+    g = torch.Generator(device=device).manual_seed(seed)
+    centres = torch.randn(k_true, d, generator=g, device=device)
+    x = torch.empty(n, d, dtype=torch.float16, device=device)
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        lab = torch.randint(k_true, (m,), generator=g, device=device)
+        x[s: s + m] = centres[lab] + 0.8 * torch.randn(m, d, generator=g, device=device)
+    return x
+
+
+def inertia(x: torch.Tensor, c, chunk: int = 1 << 16) -> float:
+    """Sum over all rows of the squared distance to the nearest centroid (float64 total)."""
+    c = torch.as_tensor(c).to(x.device, torch.float32)
+    cc, total = (c * c).sum(1), 0.0
+    for s in range(0, x.shape[0], chunk):
+        xc = x[s: s + chunk].float()
+        best = torch.addmm(cc, xc, c.T, alpha=-2).min(1).values + (xc * xc).sum(1)
+        total += float(best.clamp_min(0).sum(dtype=torch.float64))
+    return total
+
+
+def run_faiss(x: torch.Tensor, init: torch.Tensor, iters: int, seed: int, device: torch.device) -> dict:
+    try:
+        import faiss
+    except ImportError:
+        return {"faiss": None, "faiss_error": "faiss is not installed (pip install faiss-gpu, or faiss-cpu on CPU)"}
+    gpu = device.type == "cuda"
+    if gpu and not hasattr(faiss, "StandardGpuResources"):
+        return {"faiss": None, "faiss_error": "faiss-gpu is not importable (only faiss-cpu is installed)"}
+    n, d = x.shape
+    k = init.shape[0]
+    xf = x.float().cpu().numpy()
+    fk = faiss.Kmeans(d, k, niter=iters, seed=seed, max_points_per_centroid=n // k + 1, gpu=1 if gpu else False)
+    if gpu:
+        torch.cuda.empty_cache()  # so that the device-wide probe sees faiss's own allocations
+    with (Polled(device) if gpu else InProcess(device)) as mem:
+        t = time.perf_counter()
+        fk.train(xf, init_centroids=init.numpy())
+        fk.index.search(xf, 1)
+        sec = time.perf_counter() - t
+    kind = "faiss-gpu" if gpu else "faiss-cpu"
+    return {"faiss": f"{kind} {faiss.__version__}", "faiss_s": sec, "faiss_inertia": inertia(x, fk.centroids),
+            "faiss_peak_mem_gb": mem.gib}
+
+
+def run(n: int, d: int, k: int, iters: int, device: str, seed: int = 0, copy_bytes: int = 1 << 30) -> dict:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    x = make_matrix(n, d, 100, seed, dev)
+    init = kmeans(x, k, iters=0, seed=seed, device=dev).centroids  # our k-means++ seeds, for both
+    sync(dev)
+    with InProcess(dev) as mem:
+        t = time.perf_counter()
+        res = kmeans(x, k, iters=iters, tol=0, init=init, device=dev)
+        sync(dev)
+        ours_s = time.perf_counter() - t
+    passes = iters + 2  # the input check + (iters + 1) assignment passes
+    bandwidth = passes * x.numel() * x.element_size() / ours_s / 1e9
+    copy_gbs = copy_bandwidth(dev, copy_bytes)
+    peak = table_peak(name)
+    out = {"n": n, "d": d, "k": k, "iters": iters, "device_name": name, "ours_s": ours_s,
+           "ours_inertia": inertia(x, res.centroids), "ours_peak_mem_gb": mem.gib, "bandwidth_gbs": bandwidth,
+           "copy_bandwidth_gbs": copy_gbs, "peak_bandwidth_gbs": peak if peak else copy_gbs,
+           "peak_source": "data sheet" if peak else "measured device copy"}
+    out["bandwidth_fraction"] = bandwidth / out["peak_bandwidth_gbs"]
+    out.update(run_faiss(x, init, iters, seed, dev))
+    if out.get("faiss_s"):
+        out["time_ratio"] = ours_s / out["faiss_s"]
+        out["inertia_ratio"] = out["ours_inertia"] / out["faiss_inertia"]
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--args", required=True, help="JSON object: the keyword arguments of run()")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    write_json(run(**json.loads(a.args)), a.out)
+
+
+if __name__ == "__main__":
+    main()

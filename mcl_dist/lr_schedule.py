@@ -1,0 +1,46 @@
+"""Learning-rate schedules, named as open_clip_train names them (`--lr-scheduler`).
+
+    cosine          linear warm-up, then cosine decay to 0 over the rest of the stage
+    const           linear warm-up, then the base lr until the end (the MCL paper's recipe)
+    const-cooldown  const, then a decay to `cooldown_end` over the last `cooldown_steps` steps
+                    ((1 - t)^power, t = share of the cool-down done; power 1 = linear)
+
+`lr_at` takes the warm-up as a number of steps, so a caller that derives it another way (a share
+of the stage, say) only changes what it passes in.
+"""
+from __future__ import annotations
+
+import math
+
+SCHEDULERS = ("cosine", "const", "const-cooldown")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, kind: str = "cosine", base_lr: float = 1.0,
+          cooldown_steps: int = 0, cooldown_power: float = 1.0, cooldown_end: float = 0.0) -> float:
+    """The lr of optimizer step `step` (0-based) of a stage of `total_steps` steps."""
+    if kind not in SCHEDULERS:
+        raise ValueError(f"unknown lr scheduler {kind!r}; use one of {', '.join(SCHEDULERS)}")
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps  # open_clip_train's _warmup_lr
+    if kind == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * base_lr
+    start = total_steps - min(cooldown_steps, total_steps) if kind == "const-cooldown" else total_steps
+    if step < start:
+        return base_lr
+    done = min(1.0, (step - start) / max(1, total_steps - start))
+    return (1 - done) ** cooldown_power * (base_lr - cooldown_end) + cooldown_end
+
+
+def warmup_steps(tcfg, total_steps: int) -> int:
+    """A stage's warm-up: train.warmup_share of its steps when set, else train.warmup_steps."""
+    if tcfg.warmup_share > 0:
+        return max(1, math.ceil(tcfg.warmup_share * total_steps))
+    return tcfg.warmup_steps
+
+
+def stage_lr(tcfg, step: int, total_steps: int, base_lr: float, warmup: int | None = None) -> float:
+    """`lr_at` with a TrainConfig's scheduler settings (warm-up: `warmup_steps(tcfg, total_steps)`)."""
+    warmup = warmup_steps(tcfg, total_steps) if warmup is None else warmup
+    return lr_at(step, total_steps, warmup, tcfg.lr_scheduler, base_lr, tcfg.lr_cooldown_steps,
+                 tcfg.lr_cooldown_power, tcfg.lr_cooldown_end)

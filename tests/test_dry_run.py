@@ -1,0 +1,107 @@
+"""`launch/pretrain.py --dry-run` on the real-run configs: the plan, checked against a hand
+computation, and nothing written. Shard lists point at small test shards (CC12M is not here);
+samples per epoch come from data.num_samples, as for remote shards."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from mcl_dist.config import load_config
+from mcl_dist.dry_run import build_plan, format_plan
+
+REAL = ["configs/cc12m_vit_l14_paper.yaml", "configs/cc12m_vit_b32.yaml", "configs/cc12m_rn50.yaml"]
+N = 10_000_000  # samples per epoch (CC12M as downloaded is about this size)
+
+
+def files_under(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
+
+
+def overrides(shards, *extra):
+    return [f"data.train_shards={'::'.join(shards)}", f"data.num_samples={N}", *extra]
+
+
+def test_paper_config_cli_prints_the_hand_computed_plan_and_writes_nothing(tmp_path, shards):
+    work = tmp_path / "cwd"
+    work.mkdir()
+    before = files_under(os.path.dirname(shards[0]))
+    cmd = [sys.executable, os.path.join(ROOT, "launch/pretrain.py"), "--config", os.path.join(ROOT, REAL[0]),
+           "--dry-run", "--world-size", "8", *overrides(shards)]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    # by hand: 1,000 per step over 8 ranks, no accumulation -> 125 per rank;
+    # 10,000,000 // 1,000 = 10,000 steps an epoch x 20 epochs = 200,000 steps per stage
+    assert "global batch 1000 = 8 ranks x micro-batch 125 x accumulation 1" in out
+    assert re.search(r"^0\s+pretrained 'openai' taken as stage 0", out, re.M)
+    for s in (1, 2):  # K = 10, the group is the whole global micro-batch: features gathered
+        assert re.search(rf"^{s}\s+<=200,000\s+200,000,000\s+1e-05\s+10\s+1000\s+base\s+yes\s", out, re.M), out
+    assert "ViT-L-14, 427,616,513 parameters, feature dim 768" in out
+    # 10,000,000 / 8 ranks x 768 dims x 2 bytes (fp16)
+    assert f"embeddings 1,250,000 x 768 fp16 = {1_250_000 * 768 * 2 / 2**30:.1f} GiB" in out
+    assert "runs/cc12m_vit_l14_paper/stage_2/embed/part{0000..0007}-of0008.npy" in out
+    assert "runs/cc12m_vit_l14_paper/integrated/model.pt" in out
+    # no download in a dry run; one note for the tag both keys name
+    assert "note: model.pretrained and stages.0.pretrained: open_clip weights 'openai' (downloaded" in out
+    assert proc.stderr.strip() == "", proc.stderr
+    assert files_under(work) == [] and files_under(os.path.dirname(shards[0])) == before
+
+
+@pytest.mark.parametrize("config", REAL)
+def test_every_real_config_plans_without_pretrained_weights(config, shards):
+    path = os.path.join(ROOT, config)
+    cfg = load_config(path, overrides(shards, "model.pretrained=", "stages.0.pretrained="))
+    plan = build_plan(cfg, path, "runs/x", world=8)
+    text = format_plan(plan)
+    gb = cfg.train.global_batch_size
+    assert plan["micro"] == gb // 8 and plan["accum"] == 1
+    steps = 20 * (N // gb)  # every config trains 20 epochs a stage
+    assert [st["steps"] for st in plan["stages"]] == [steps] * len(cfg.stages)
+    assert plan["stages"][0]["exact"] and not any(st["exact"] for st in plan["stages"][1:])
+    assert re.search(rf"^0\s+{steps:,}\s+{steps * gb:,}\s", text, re.M), text
+    if config != REAL[0]:  # our recommendation: K 32, groups of 32 inside a rank's micro-batch
+        assert [(st["k"], st["group_size"], st["init"], st["gather"]) for st in plan["stages"][1:]] == \
+            [(32, 32, "previous", False)] * 2
+    assert plan["stages"][1]["trainable"] < plan["model"]["params"]  # text tower locked
+
+
+def test_demo_dry_run_makes_no_synthetic_data(tmp_path, monkeypatch, capsys):
+    from mcl_dist.dry_run import dry_run
+
+    monkeypatch.chdir(tmp_path)
+    assert dry_run(os.path.join(ROOT, "configs/demo.yaml"), None, ["model.config_file=" +
+                   os.path.join(ROOT, "configs/models/tiny-vit.json")], world=2) == 0
+    out = capsys.readouterr().out
+    # 2,048 synthetic samples, batch 128: 16 steps an epoch x 3 epochs; 64 per rank
+    assert "2 ranks x micro-batch 64 x accumulation 1" in out
+    assert re.search(r"^0\s+48\s+6,144\s", out, re.M) and re.search(r"^2\s+<=48\s", out, re.M)
+    assert files_under(tmp_path) == []
+
+
+def test_img2dataset_stats_files_count_the_samples(tmp_path):
+    """img2dataset writes <shard>_stats.json; its 'successes' is used instead of reading the tars."""
+    import json
+
+    from conftest import write_test_shards
+    from mcl_dist.dry_run import data_plan
+
+    urls = write_test_shards(str(tmp_path), n_shards=2, per_shard=8)
+    cfg = load_config(None, [f"data.train_shards={'::'.join(urls)}"])
+    assert data_plan(cfg) == {"shards": 2, "samples": 16, "source": "tar headers"}  # no stats yet
+    for u, n in zip(urls, (700, 300)):
+        with open(u[:-len(".tar")] + "_stats.json", "w") as f:
+            json.dump({"count": 1000, "successes": n, "failed_to_download": 1000 - n}, f)
+    assert data_plan(cfg) == {"shards": 2, "samples": 1000, "source": "img2dataset *_stats.json"}
+
+
+def test_unknown_pretrained_tag_is_a_clear_error(shards):
+    from mcl_dist.config import ConfigError
+
+    path = os.path.join(ROOT, REAL[1])
+    cfg = load_config(path, overrides(shards, "model.pretrained=opena"))
+    with pytest.raises(ConfigError, match=r"'model.pretrained': 'opena' is neither a local file nor an open_clip tag"):
+        build_plan(cfg, path, "runs/x", world=8)
