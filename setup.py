@@ -9,6 +9,7 @@ FAISS_CPU = "faiss-cpu==1.15.1"
 FAISS_GPU = "faiss-gpu==1.15.1"
 DEEPSPEED = "deepspeed==0.19.8"
 CLIP_BENCHMARK = "clip_benchmark==1.6.2"  # python -m mcl_dist.clip_benchmark
+CLIP_BENCHMARK_DEPS = ["requests"]  # imported by clip_benchmark 1.6.2 but missing from its metadata
 
 setup(
     name="mcl_dist",
@@ -23,7 +24,7 @@ setup(
         "faiss-gpu": [FAISS_GPU],
         "deepspeed": [DEEPSPEED],
         "bench": ["scikit-learn", "pandas"],
-        "eval": [CLIP_BENCHMARK],
-        "dev": ["pytest", "scikit-learn", "pandas", FAISS_CPU, CLIP_BENCHMARK],
+        "eval": [CLIP_BENCHMARK, *CLIP_BENCHMARK_DEPS],
+        "dev": ["pytest", "scikit-learn", "pandas", FAISS_CPU, CLIP_BENCHMARK, *CLIP_BENCHMARK_DEPS],
     },
 )
