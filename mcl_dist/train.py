@@ -88,6 +88,8 @@ class StageTrainer:
     def _resume(self) -> tuple[int, Optional[dict]]:
         state = checkpoint.latest(self.spec.stage_dir, self.spec.fingerprint)
         if state is None:
+            if self.info.is_main:  # a run killed before its first checkpoint left records: it restarts at 0
+                truncate_after(self.spec.stage_dir, 0)
             return 0, None
         unwrap(self.model).load_state_dict(state["state_dict"])
         self.engine.load_state_dict(state)
