@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -179,9 +180,6 @@ class Config:
     objective: str = "clip"  # clip | simclr
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     run_dir: str = ""
-
-    def stage(self, s: int) -> StageConfig:
-        return self.stages[s]
 
 
 _CHOICES = {
@@ -440,8 +438,29 @@ def check_groups(cfg: Config, world_size: int, where: str = "config") -> None:
                 f"one label per step, features gathered)")
 
 
+def default_run_dir(config_path: str) -> str:
+    return os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
+
+
 def micro_batch_size(cfg: Config, world_size: int) -> int:
     return cfg.train.global_batch_size // (world_size * cfg.train.accum_freq)
+
+
+def stage_steps(cfg: Config, stage: int, num_samples: int) -> int:
+    """Optimizer steps of a stage: its max_steps, else train.max_steps, else epochs over the data."""
+    st = cfg.stages[stage]
+    max_steps = st.max_steps if st.max_steps is not None else cfg.train.max_steps
+    if max_steps:
+        return max_steps
+    epochs = st.epochs if st.epochs is not None else cfg.train.epochs
+    steps_per_epoch = max(1, num_samples // cfg.train.global_batch_size)
+    return max(1, math.ceil(epochs * steps_per_epoch))
+
+
+def stage_lr(cfg: Config, stage: int) -> float:
+    """A stage's peak learning rate: its own lr, else train.lr."""
+    lr = cfg.stages[stage].lr
+    return lr if lr is not None else cfg.train.lr
 
 
 def to_dict(cfg: Config) -> dict:

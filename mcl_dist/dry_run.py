@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from mcl_dist.config import Config, check_world, load_config, micro_batch_size
+from mcl_dist.config import Config, check_world, default_run_dir, load_config, micro_batch_size, stage_steps
 from mcl_dist.data.shards import count_samples, expand_urls, is_local, local_path
 from mcl_dist.lr_schedule import warmup_steps
-from mcl_dist.stage0 import stage_steps
+
 
 KMEANS_CHUNK = 65536  # kmeans()'s default chunk of rows on a GPU
 
@@ -195,8 +195,6 @@ def format_plan(p: dict[str, Any]) -> str:
 
 
 def dry_run(config_path: str, run_dir: str | None, overrides: list[str], world: int | None = None) -> int:
-    from mcl_dist.pipeline import default_run_dir
-
     cfg = load_config(config_path, overrides)
     world = world or int(os.environ.get("WORLD_SIZE", "1"))
     run_dir = run_dir or cfg.run_dir or default_run_dir(config_path)

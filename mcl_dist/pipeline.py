@@ -1,9 +1,11 @@
-"""The whole MCL run as a list of resumable steps recorded in the manifest.
+"""The whole MCL run as one list of resumable steps recorded in the manifest.
 
     stage_0/train
     stage_s/embed -> stage_s/kmeans -> stage_s/labels -> stage_s/train      (s = 1 .. S-1)
     integrate -> eval -> report
 
+`Pipeline.plan()` lists every step with the settings its result depends on (each step's
+settings include the fingerprints of the steps it reads); the bodies live in mcl_dist/steps.py.
 Every rank walks the same list. A step that the manifest records as done with the same
 fingerprint is skipped; one whose settings changed is refused; an interrupted one is redone
 (training steps resume from their last checkpoint).
@@ -11,14 +13,21 @@ fingerprint is skipped; one whose settings changed is refused; an interrupted on
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import shutil
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist.config import Config, ConfigError, check_world, load_config, save_config
+from mcl_dist import io, rundir, steps
+from mcl_dist.config import Config, ConfigError, check_world, default_run_dir, load_config, save_config
+from mcl_dist.data.preflight import DataError, check_index, check_shard_count
 from mcl_dist.data.shards import expand_urls, is_local, local_path
+from mcl_dist.data.tar_index import build_or_load_index
 from mcl_dist.manifest import Manifest, fingerprint
+from mcl_dist.synthetic import ensure_demo_data
 
 log = logging.getLogger("mcl_dist")
 
@@ -47,8 +56,6 @@ def resolve_data(cfg: Config) -> list[str]:
     """Make the synthetic demo data on first use (rank 0 only), then expand the shard list."""
     if cfg.data.synthetic:
         def make() -> dict:
-            from mcl_dist.synthetic import ensure_demo_data
-
             return ensure_demo_data(cfg.data.synthetic_dir, n_train=cfg.data.synthetic_train,
                                     n_test=cfg.data.synthetic_test, seed=0,
                                     samples_per_shard=cfg.data.synthetic_samples_per_shard)
@@ -62,12 +69,16 @@ def resolve_data(cfg: Config) -> list[str]:
     return expand_urls(cfg.data.train_shards)
 
 
-def step_names(cfg: Config) -> list[str]:
-    """Every step of a run, in order; each depends on all before it (the chain is linear)."""
-    names = ["stage_0/train"]
-    for s in range(1, len(cfg.stages)):
-        names += [f"stage_{s}/{step}" for step in ("embed", "kmeans", "labels", "train")]
-    return names + ["integrate"] + (["eval"] if cfg.eval.enabled else []) + ["report"]
+@dataclass
+class Step:
+    name: str
+    settings: dict  # what the step's result depends on; its fingerprint is recorded in the manifest
+    body: Callable[[str], dict]  # body(fingerprint) -> outputs
+    main_only: bool = False  # rank 0 alone, the others wait outside any collective
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.settings)
 
 
 def step_outputs(run_dir: str, name: str) -> list[str]:
@@ -87,24 +98,28 @@ class Pipeline:
         self.urls = resolve_data(cfg)
         self.manifest = Manifest(run_dir)
         self.data_fp = fingerprint({"shards": data_identity(self.urls)})
-        self.fps: dict[str, str] = {}
+        self.steps = self.plan()
         self.redo, self.redoing = redo, False
-        if redo and redo not in step_names(cfg):
-            raise ConfigError(f"--redo {redo}: no such step; the steps of this run are {', '.join(step_names(cfg))}")
+        names = [st.name for st in self.steps]
+        if redo and redo not in names:
+            raise ConfigError(f"--redo {redo}: no such step; the steps of this run are {', '.join(names)}")
         kill = cfg.debug.kill_at
         if kill.startswith("write:"):  # tests: die while writing this file (temp written, not renamed)
-            from mcl_dist import io
-
             io.KILL_ON_WRITE = kill[len("write:"):]
 
     def stage_dir(self, s: int) -> str:
         return os.path.join(self.run_dir, f"stage_{s}")
 
-    def run_step(self, name: str, settings: dict, fn: Callable[[], dict], main_only: bool = False) -> dict:
-        """Run `fn` unless the manifest has it done with these settings; all ranks agree.
+    def kill_step(self, step: str) -> int:
+        """debug.kill_at="stage_1/train:3" -> 3 for that step, else 0."""
+        name, _, at = self.cfg.debug.kill_at.partition(":")
+        return int(at) if name == step and at.isdigit() else 0
 
-        `main_only` steps run on rank 0 alone while the others wait outside any collective."""
-        self.fps[name] = fingerprint(settings)
+    def run_step(self, step: Step) -> dict:
+        """Run the step's body unless the manifest has it done with these settings; all ranks agree."""
+        name, settings = step.name, step.settings
+        fn = lambda: step.body(step.fingerprint)  # noqa: E731
+        main_only = step.main_only
         self.manifest = Manifest(self.run_dir)  # re-read: rank 0 may have written it
         if name == self.redo and not self.redoing:
             self.redoing = True
@@ -144,9 +159,7 @@ class Pipeline:
     def _clear_from(self, name: str) -> None:
         """--redo: forget the records and remove the outputs of `name` and every later step, all
         at once, so that a launch killed during the redo cannot reuse any of them."""
-        import shutil
-
-        names = step_names(self.cfg)
+        names = [st.name for st in self.steps]
         for later in names[names.index(name):]:
             for path in step_outputs(self.run_dir, later):
                 if os.path.isdir(path):
@@ -158,17 +171,43 @@ class Pipeline:
         self.manifest.save()
         log.info("step %s: recomputing it and every later step (--redo %s)", name, self.redo)
 
-    # -- settings per step (what each step's result depends on) ---------------------------
-    def train_settings(self, s: int, upstream: list[str]) -> dict:
-        c = self.cfg
-        return {"data": self.data_fp, "data_cfg": _results_only(c.data), "model": _results_only(c.model),
-                "train": _results_only(c.train), "stage": _results_only(c.stages[s]),
-                "world_size": self.info.world_size, "upstream": [self.fps[u] for u in upstream]}
+    # -- the step list, with what each step's result depends on ---------------------------
+    def plan(self) -> list[Step]:
+        c, out, fps = self.cfg, [], {}
+
+        def add(name: str, settings: dict, body: Callable[[str], dict], main_only: bool = False) -> None:
+            out.append(Step(name, settings, body, main_only))
+            fps[name] = out[-1].fingerprint
+
+        def train(s: int, upstream: list[str]) -> dict:
+            return {"data": self.data_fp, "data_cfg": _results_only(c.data), "model": _results_only(c.model),
+                    "train": _results_only(c.train), "stage": _results_only(c.stages[s]),
+                    "world_size": self.info.world_size, "upstream": [fps[u] for u in upstream]}
+
+        add("stage_0/train", train(0, []), lambda fp: steps.train_step(self, 0, fp))
+        for s in range(1, len(c.stages)):
+            d = f"stage_{s}/"
+            add(d + "embed", {"upstream": [fps[f"stage_{s - 1}/train"]], "data": self.data_fp, "mode": c.cluster.embed},
+                lambda fp, s=s: steps.embed_step(self, s))
+            add(d + "kmeans", {"upstream": [fps[d + "embed"]], "k": c.stages[s].k, "iters": c.cluster.kmeans_iters,
+                               "tol": c.cluster.kmeans_tol, "spherical": c.cluster.spherical,
+                               "backend": c.cluster.backend, "seed": c.train.seed},
+                lambda fp, s=s: steps.kmeans_step(self, s))
+            up = [fps[d + "kmeans"]] + ([fps[f"stage_{s - 1}/labels"]] if s > 1 else [])
+            add(d + "labels", {"upstream": up, "min_label_size": c.cluster.min_label_size},
+                lambda fp, s=s: steps.labels_step(self, s), main_only=True)
+            add(d + "train", train(s, [d + "labels", f"stage_{s - 1}/train"]), lambda fp, s=s: steps.train_step(self, s, fp))
+        add("integrate", {"upstream": [fps[f"stage_{s}/train"] for s in range(len(c.stages))]},
+            lambda fp: steps.integrate_step(self), main_only=True)
+        if c.eval.enabled:
+            ev = json.loads(json.dumps(c.eval.__dict__, default=str))
+            add("eval", {"upstream": [fps["integrate"]], "eval": ev}, lambda fp: steps.eval_step(self), main_only=True)
+        add("report", {"upstream": [fps["integrate"]] + ([fps["eval"]] if "eval" in fps else [])},
+            lambda fp: steps.report_step(self), main_only=True)
+        return out
 
     def preflight(self) -> None:
         """Refuse data that would hang, idle a rank or fail at a late step (mcl_dist/data/preflight.py)."""
-        from mcl_dist.data.preflight import DataError, check_shard_count
-
         check_shard_count(len(self.urls), self.info.world_size, stage0_trains=not self.cfg.stages[0].pretrained)
         if not all(is_local(u) for u in self.urls):
             return  # remote shards cannot be indexed: streaming counts their bad samples
@@ -177,60 +216,34 @@ class Pipeline:
             raise DataError(result["error"])
 
     def _check_data(self) -> dict:
-        from mcl_dist.data.preflight import DataError, check_index
-        from mcl_dist.data.tar_index import build_or_load_index
-        from mcl_dist.io import write_json
-        from mcl_dist.stages import index_dir
-
         c = self.cfg
         try:
-            index = build_or_load_index([local_path(u) for u in self.urls], index_dir(self), progress=True)
+            index = build_or_load_index([local_path(u) for u in self.urls], steps.index_dir(self), progress=True)
             stats = check_index(index, image_exts=c.data.image_ext, caption_ext=c.data.caption_ext,
                                 need_caption=c.objective == "clip", max_member_bytes=c.data.max_member_bytes,
                                 max_bad_fraction=c.data.max_bad_fraction)
         except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
             return {"error": str(e)}
-        write_json(stats, os.path.join(self.run_dir, "data_check.json"))
+        io.write_json(stats, os.path.join(self.run_dir, "data_check.json"))
         if stats["bad"]:
             log.warning("data check: %d of %d samples unusable (%s); they are skipped and counted",
                         stats["bad"], stats["samples"], stats["reasons"])
         return {"stats": stats}
 
     def run(self) -> int:
-        from mcl_dist.stage0 import train_stage0
-
         self.preflight()
-        settings = self.train_settings(0, [])
-        fp = fingerprint(settings)
-        self.run_step("stage_0/train", settings,
-                      lambda: {"final": train_stage0(self.cfg, self.urls, self.stage_dir(0), fp,
-                                                     kill_after_step=kill_step(self.cfg, "stage_0/train")),
-                               "checkpoint": os.path.join(self.stage_dir(0), "checkpoint.pt")})
-        for s in range(1, len(self.cfg.stages)):
-            from mcl_dist.stages import run_mcl_stage
-
-            run_mcl_stage(self, s)
-        if len(self.cfg.stages) > 0:
-            from mcl_dist.finish import finish_run
-
-            finish_run(self)
+        outputs: dict[str, dict] = {}
+        for step in self.steps:
+            outputs[step.name] = self.run_step(step)
+        if self.info.is_main:
+            print(f"\nMCL run finished. Report: {outputs['report'].get('report')}\nIntegrated model: "
+                  f"{steps.integrated_path(self.run_dir)} (load with mcl_dist.load_model)", flush=True)
+        dist_utils.barrier()
         return 0
-
-
-def kill_step(cfg: Config, step: str) -> int:
-    """debug.kill_at="stage_1/train:3" -> 3 for that step, else 0."""
-    name, _, at = cfg.debug.kill_at.partition(":")
-    return int(at) if name == step and at.isdigit() else 0
-
-
-def default_run_dir(config_path: str) -> str:
-    return os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
 
 
 def _lock_run_dir(run_dir: str) -> str:
     """Rank 0 takes the run directory's lock and sweeps what a killed launch left; all ranks agree."""
-    from mcl_dist import rundir
-
     lock, err = "", None
     if dist_utils.info().is_main:
         os.makedirs(run_dir, exist_ok=True)
@@ -247,8 +260,6 @@ def _lock_run_dir(run_dir: str) -> str:
 
 
 def run_pipeline(config_path: str, run_dir: str | None, overrides: list[str], redo: str = "") -> int:
-    from mcl_dist import rundir
-
     cfg = load_config(config_path, overrides)
     info = dist_utils.init_distributed(timeout_min=cfg.dist.timeout_min)
     check_world(cfg, info.world_size, config_path)

@@ -70,9 +70,9 @@ def run2(cfg: str, run_dir, *overrides, redo: str = "") -> subprocess.CompletedP
 
 def launch_here(cfg: str, run_dir, *overrides, redo: str = "") -> int:
     """The real entry point in this process (world size 1): what `python launch/pretrain.py` does."""
-    from mcl_dist.cli import main
+    from mcl_dist.launcher import launch
 
-    return main(cfg, str(run_dir), list(overrides), redo=redo)
+    return launch(cfg, str(run_dir), list(overrides), redo=redo)
 
 
 def error_lines(text: str) -> list[str]:
@@ -220,7 +220,7 @@ def test_running_step_with_changed_settings_is_refused(tmp_path):
 def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
     from mcl_dist.config import load_config
     from mcl_dist.embed import part_paths
-    from mcl_dist.stages import kmeans_step
+    from mcl_dist.steps import kmeans_step
 
     feats = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float16)
     feats[3, 1] = np.nan
@@ -231,7 +231,7 @@ def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
     cfg = load_config(None, ["data.synthetic=true", "stages=[{}, {k: 3}]"])
     pipe = types.SimpleNamespace(cfg=cfg, info=types.SimpleNamespace(rank=0, world_size=1, is_main=True,
                                                                      device=torch.device("cpu")),
-                                 stage_dir=lambda s: str(tmp_path / f"stage_{s}"))
+                                 stage_dir=lambda s: str(tmp_path / f"stage_{s}"), kill_step=lambda name: 0)
     with pytest.raises(DataError) as e:
         kmeans_step(pipe, 1)
     assert str(e.value) == (f"stage_1/kmeans on {tmp_path}/stage_1/embed: 1 of 20 rows contain NaN or inf (or "
@@ -242,7 +242,7 @@ def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
 def test_labels_of_other_shards_name_the_step_to_redo(tmp_path):
     from mcl_dist.config import load_config
     from mcl_dist.labels import save_labels
-    from mcl_dist.stages import train_step
+    from mcl_dist.steps import train_step
 
     urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=8)
     cfg = load_config(None, [f"data.train_shards={urls[0]}::{urls[1]}", "stages=[{}, {k: 3}]"])

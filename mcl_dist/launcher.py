@@ -1,0 +1,78 @@
+"""The `mcl-pretrain` command (also `launch/pretrain.py`): run, resume or plan a whole MCL run.
+
+    torchrun --nproc_per_node N launch/pretrain.py --config FILE [--run-dir DIR] [key=value ...]
+    mcl-pretrain --config FILE --dry-run [--world-size N] [key=value ...]
+
+Re-running the same command resumes where it stopped (see <run_dir>/manifest.json). Bad input
+ends in one `error:` line and exit code 2 (3 when training stopped on purpose), not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Optional
+
+from mcl_dist.config import ConfigError
+from mcl_dist.dry_run import dry_run as plan
+from mcl_dist.pipeline import run_pipeline
+from mcl_dist.train import TrainingError
+
+
+def setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    # root at WARNING: open_clip logs every model creation at INFO on the root logger
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("mcl_dist").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    # open_clip warns once per model creation that no weights were loaded; that is expected here
+    logging.getLogger().addFilter(lambda r: "No pretrained weights loaded" not in r.getMessage())
+
+
+def guarded(fn: Callable[[], Optional[int]]) -> int:
+    """Run `fn`; bad input becomes one 'error:' line and exit code 2, not a traceback."""
+    try:
+        return fn() or 0
+    except (ConfigError, FileNotFoundError) as e:
+        # an error every rank raises alike (data checks, a busy run directory) is printed once
+        if not (getattr(e, "all_ranks", False) and os.environ.get("RANK", "0") != "0"):
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+
+
+def launch(config: str, run_dir: Optional[str], overrides: list[str], dry_run: bool = False,
+           world_size: Optional[int] = None, redo: str = "") -> int:
+    """What the command does, callable in-process (tests run it at world size 1)."""
+    setup_logging()
+    if dry_run:
+        return guarded(lambda: plan(config, run_dir, overrides, world_size))
+    return guarded(lambda: run_pipeline(config, run_dir, overrides, redo=redo))
+
+
+def parse(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="mcl-pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
+    p.add_argument("--run-dir", default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (stages, steps, batch per rank, memory, paths) and exit; writes nothing")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="with --dry-run: plan for this many ranks (default: torchrun's WORLD_SIZE or 1)")
+    p.add_argument("--redo", default="", metavar="STEP",
+                   help="recompute STEP (e.g. stage_1/kmeans) and every step after it")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 stages.1.k=64")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse(argv)
+    return launch(args.config, args.run_dir, args.overrides, dry_run=args.dry_run, world_size=args.world_size,
+                  redo=args.redo)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
