@@ -19,6 +19,17 @@ setup(
     python_requires=">=3.10",
     install_requires=[TORCH, TORCHVISION, OPEN_CLIP, WEBDATASET, "wids", "pyyaml", "numpy", "pillow", "tqdm",
                       "braceexpand", "matplotlib", "tensorboard"],
+    entry_points={"console_scripts": [
+        "mcl-pretrain = mcl_dist.launcher:main",
+        "mcl-evaluate = mcl_dist.commands.evaluate:main",
+        "mcl-build-index = mcl_dist.commands.build_index:main",
+        "mcl-export-labels = mcl_dist.commands.export_labels:main",
+        "mcl-inspect-clusters = mcl_dist.commands.inspect_clusters:main",
+        "mcl-make-shards = mcl_dist.commands.make_shards:main",
+        "mcl-make-synthetic = mcl_dist.commands.make_synthetic:main",
+        "mcl-gpu-check = mcl_dist.gpu_check:command",
+        "mcl-clip-benchmark = mcl_dist.clip_benchmark:main",
+    ]},
     extras_require={
         "faiss": [FAISS_CPU],
         "faiss-gpu": [FAISS_GPU],

@@ -338,7 +338,12 @@ def main(argv=None) -> int:
     return 0 if result["ok"] else 1
 
 
-if __name__ == "__main__":
+def command() -> int:
+    """`mcl-gpu-check`: main(), then the process group is torn down."""
     code = main()
     dist_utils.destroy()
-    sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(command())

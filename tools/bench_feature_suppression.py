@@ -47,14 +47,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_suppression_report as report  # noqa: E402
-from bench_suppression_report import ATTRS, HARD, SIMCLR_HARD, SUPPRESSED, mean  # noqa: E402
+import bench_suppression_report as report
+from bench_suppression_report import ATTRS, HARD, SIMCLR_HARD, SUPPRESSED, mean
 
 # most important first: a benchmark cut short still has the headline comparison
 ARMS = ["baseline", "mcl4_prev", "reference", "mcl4_noclust", "mcl3_prev", "mcl5_prev", "mcl2_prev",

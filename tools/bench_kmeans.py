@@ -28,9 +28,8 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mcl_dist.io import load_npz, save_npz, write_json  # noqa: E402
-from mcl_dist.kmeans import kmeans  # noqa: E402
+from mcl_dist.io import load_npz, save_npz, write_json
+from mcl_dist.kmeans import kmeans
 
 BLOCK = 65536
 

@@ -1,31 +1,8 @@
 #!/usr/bin/env python
-"""Export a stage's pseudo-labels as CSV (`key,label`), e.g. for inspection in a spreadsheet.
-
-    python tools/export_labels.py runs/demo/stage_2/labels.npz stage2_labels.csv
-"""
-import argparse
-import os
+"""`mcl-export-labels` as a script (mcl_dist/commands/export_labels.py); `mcl-export-labels --help` lists its options."""
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("labels", help="labels.npz written by the labels step")
-    p.add_argument("out_csv", help="CSV file to write (atomic)")
-    args = p.parse_args(argv)
-    from mcl_dist.labels import export_csv, label_stats, load_labels
-
-    try:
-        n = export_csv(args.labels, args.out_csv)
-        stats = label_stats(load_labels(args.labels)["labels"])
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {n} rows to {args.out_csv}; {stats}")
-    return 0
-
+from mcl_dist.commands.export_labels import main
 
 if __name__ == "__main__":
     sys.exit(main())

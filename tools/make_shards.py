@@ -1,56 +1,8 @@
 #!/usr/bin/env python
-"""Write webdataset shards (img2dataset's CC12M layout) from a folder or a CSV/TSV.
-
-    python tools/make_shards.py --csv data.csv --out shards/ [--image-col filepath --caption-col title]
-    python tools/make_shards.py --folder images/ --out shards/   # a.jpg + a.txt pairs
-    python tools/make_shards.py --synthetic --out data/demo      # the demo's synthetic data
-
-Prints the brace-expanded shard pattern to put into `data.train_shards`.
-"""
-import argparse
-import os
+"""`mcl-make-shards` as a script (mcl_dist/commands/make_shards.py); `mcl-make-shards --help` lists its options."""
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--csv", help="CSV/TSV with an image-path column and a caption column")
-    src.add_argument("--folder", help="folder of images with same-named .txt captions")
-    src.add_argument("--synthetic", action="store_true", help="write the synthetic multi-attribute data")
-    p.add_argument("--out", required=True)
-    p.add_argument("--samples-per-shard", type=int, default=10000)
-    p.add_argument("--prefix", default="")
-    p.add_argument("--image-col", default="filepath")
-    p.add_argument("--caption-col", default="title")
-    p.add_argument("--train", type=int, default=2048, help="synthetic: training samples")
-    p.add_argument("--test", type=int, default=512, help="synthetic: test samples")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
-    if a.synthetic:
-        from mcl_dist.synthetic import ensure_demo_data
-
-        paths = ensure_demo_data(a.out, n_train=a.train, n_test=a.test, seed=a.seed,
-                                 samples_per_shard=a.samples_per_shard)
-        for k, v in paths.items():
-            print(f"{k}: {v}")
-        return 0
-    from mcl_dist.data.writer import pairs_from_folder, pairs_from_table, write_shards
-
-    try:
-        pairs = pairs_from_table(a.csv, a.image_col, a.caption_col) if a.csv else pairs_from_folder(a.folder)
-        res = write_shards(pairs, a.out, samples_per_shard=a.samples_per_shard, prefix=a.prefix)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    n = len(res["shards"])
-    print(f"wrote {res['samples']} samples into {n} shards ({res['skipped']} skipped: missing or not an image)")
-    if n:
-        print(f"data.train_shards: {os.path.join(a.out, a.prefix)}{{00000..{n - 1:05d}}}.tar")
-    return 0
-
+from mcl_dist.commands.make_shards import main
 
 if __name__ == "__main__":
     sys.exit(main())
