@@ -95,7 +95,7 @@ class Pipeline:
         if kill.startswith("write:"):  # tests: die while writing this file (temp written, not renamed)
             from mcl_dist import io
 
-            io.KILL_ON_WRITE = kill[len("write:"):]
+            io.kill_on_write(kill[len("write:"):], dist_utils.kill_job_now)
 
     def stage_dir(self, s: int) -> str:
         return os.path.join(self.run_dir, f"stage_{s}")
