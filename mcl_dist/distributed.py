@@ -2,15 +2,30 @@
 
 NCCL on GPU, gloo on CPU. A plain `python launch/pretrain.py` (no torchrun environment) runs as
 world size 1 without a process group, and every helper here degrades to a no-op.
+
+Gathers concatenate along dim 0 in rank order. Ranks may hold different numbers of rows (bad
+samples are dropped after loading): pass every rank's length (`gather_sizes`) and the rows are
+padded to the longest before the collective and cut back after.
 """
 from __future__ import annotations
 
 import datetime
+import json
+import logging
 import os
+import signal
+import socket
+import time
+import uuid
+import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+
+from mcl_dist.io import write_json
 
 
 @dataclass
@@ -45,6 +60,23 @@ def init_distributed(device: str = "auto", timeout_min: int = 30) -> DistInfo:
                                 timeout=datetime.timedelta(minutes=timeout_min))
     _INFO = DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
     return _INFO
+
+
+def ensure_process_group(device: torch.device) -> None:
+    """A process group even for one process (DeepSpeed needs one; our world-size-1 runs have none)."""
+    for key in ("RANK", "LOCAL_RANK"):  # DeepSpeed reads them even for one process
+        os.environ.setdefault(key, "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+        dist.init_process_group(backend, init_method="env://", rank=0, world_size=1)
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
 def info() -> DistInfo:
@@ -91,19 +123,55 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def gather_no_grad(t: torch.Tensor) -> torch.Tensor:
+def comm_device() -> torch.device:
+    """Where a tensor must be for a collective: the GPU under NCCL, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def gather_sizes(n: int, device: torch.device) -> list[int]:
+    """Every rank's number of rows, in rank order (`device`: where the collective runs)."""
+    if not is_distributed():
+        return [n]
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
+    return [int(s.item()) for s in sizes]
+
+
+def _padded(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    pad = max(sizes) - t.shape[0]
+    return torch.cat([t, t.new_zeros((pad,) + tuple(t.shape[1:]))]) if pad else t
+
+
+def gather_no_grad(t: torch.Tensor, sizes: Optional[list[int]] = None) -> torch.Tensor:
+    """`t` from every rank; gradient flows only into this rank's own rows (open_clip's default).
+
+    `sizes`: every rank's row count when they may differ (None: all as long as `t`)."""
     if not is_distributed():
         return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts, dim=0)
+    sizes = sizes or [t.shape[0]] * world_size()
+    padded = _padded(t, sizes)
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    parts[rank()] = padded  # the local block keeps its gradient
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+def gather_with_grad(t: torch.Tensor, sizes: Optional[list[int]] = None) -> torch.Tensor:
+    """`t` from every rank, with gradient back to every rank's rows (open_clip's --gather-with-grad)."""
+    if not is_distributed():
+        return t
+    sizes = sizes or [t.shape[0]] * world_size()
+    with warnings.catch_warnings():  # deprecated in 2.14 in favour of a private API; still correct
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = list(dist_nn.all_gather(_padded(t, sizes)))
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
 def any_rank(flag: bool) -> bool:
     """True if `flag` is true on any rank (used to stop all ranks together)."""
-    t = torch.tensor([1.0 if flag else 0.0])
-    if is_distributed() and dist.get_backend() == "nccl":
-        t = t.cuda()
+    t = torch.tensor([1.0 if flag else 0.0], device=comm_device())
     return bool(all_reduce_sum(t).item() > 0)
 
 
@@ -114,8 +182,6 @@ def destroy() -> None:
 
 def kill_launcher() -> None:
     """Tests only: die like a SIGKILLed job (launcher first, then every rank, no clean-up)."""
-    import signal
-
     barrier()
     if rank() == 0 and os.environ.get("TORCHELASTIC_RUN_ID"):
         os.kill(os.getppid(), signal.SIGKILL)
@@ -125,8 +191,6 @@ def kill_launcher() -> None:
 def kill_job_now() -> None:
     """Tests only: SIGKILL the launcher and every rank at once, from wherever this rank is (no
     barrier: the others may be inside a collective), like a job killed mid-write."""
-    import signal
-
     launcher = os.getppid()
     if os.environ.get("TORCHELASTIC_RUN_ID"):
         siblings = []
@@ -155,26 +219,18 @@ _SYNC: dict = {"dir": "", "token": ""}
 
 def setup_sync(directory: str) -> None:
     """Call on every rank once: agree on a per-launch token so old markers never count."""
-    import uuid
-
     _SYNC["dir"] = directory
     _SYNC["token"] = broadcast_object(uuid.uuid4().hex[:12] if rank() == 0 else None)
 
 
 def run_on_main(name: str, fn, poll_s: float = 0.5):
     """`fn()` on rank 0 only; every rank returns its (JSON-able) result. No collective."""
-    import json
-    import logging
-    import time
-
     if not is_distributed() or not _SYNC["dir"]:
         if rank() == 0:
             return fn()
         raise RuntimeError("run_on_main needs setup_sync() first")
     marker = os.path.join(_SYNC["dir"], f"{_SYNC['token']}-{name.replace('/', '_')}.json")
     if rank() == 0:
-        from mcl_dist.io import write_json
-
         result = fn()
         write_json({"result": result}, marker)
         return result

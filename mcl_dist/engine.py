@@ -1,7 +1,9 @@
 """Training engines: one interface for plain DDP and (optionally) DeepSpeed.
 
 An engine owns the wrapped model, the optimizer and the learning-rate schedule and offers
-forward / backward / step / state_dict. The trainer never touches DDP or DeepSpeed directly.
+forward / accumulating / backward / step / state_dict / load_state_dict, and finish() once the
+stage's last step is saved. The trainer never touches DDP or DeepSpeed directly; the optimizer
+both engines build comes from `optim.py`.
 """
 from __future__ import annotations
 
@@ -14,45 +16,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import TrainConfig
+from mcl_dist.engine_deepspeed import DeepSpeedEngine
 from mcl_dist.lr_schedule import stage_lr
-
-
-def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to zero (open_clip_train's `cosine` schedule)."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * base_lr
-
-
-def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
-    """No weight decay on gains, biases and the logit scale (as open_clip_train does)."""
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exclude = p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
-        (no_decay if exclude else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}]
-
-
-def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig, base_lr: float) -> torch.optim.Optimizer:
-    if tcfg.optimizer == "lars":
-        from mcl_dist.lars import LARS
-
-        return LARS(param_groups(model, tcfg.wd), lr=base_lr, momentum=tcfg.beta1, weight_decay=tcfg.wd)
-    groups = param_groups(model, tcfg.wd)
-    # the fused kernel does one pass over all parameters: ~9x faster than foreach on CPU for the tiny
-    # models (whose 49k-token embedding dominates), and supported on CUDA too
-    params = [p for g in groups for p in g["params"]]
-    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(groups, lr=base_lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps, fused=fused or None)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        precision = "amp_bf16" if device.type == "cuda" else "fp32"
-    return torch.bfloat16 if precision in ("amp_bf16", "bf16") else None
+from mcl_dist.optim import autocast_dtype, make_optimizer
 
 
 class DDPEngine:
@@ -126,11 +92,12 @@ class DDPEngine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step_count = int(state["scheduler"]["step"])
 
+    def finish(self) -> None:
+        """End of stage: the module is already a plain model, nothing to hand back."""
+
 
 def build_engine(model: torch.nn.Module, tcfg: TrainConfig, device: torch.device, total_steps: int,
                  base_lr: float):
     if tcfg.engine == "deepspeed":
-        from mcl_dist.engine_deepspeed import DeepSpeedEngine
-
         return DeepSpeedEngine(model, tcfg, device, total_steps, base_lr)
     return DDPEngine(model, tcfg, device, total_steps, base_lr)

@@ -1,41 +1,23 @@
 """DeepSpeed engine (ZeRO stage 0-3) behind the same interface as `mcl_dist.engine.DDPEngine`.
 
-Everything DeepSpeed needs comes from our own `train.*` settings, so there is no second config
-file to keep in sync:
+The DeepSpeed config is derived from our `train.*` settings (`build_ds_config`; the mapping is
+tabled in docs/cluster.md), so there is no second config file to keep in sync. The optimizer is
+the DDP engine's AdamW with `optim.param_groups`; the lr is `lr_schedule.stage_lr`, set before
+every step. An optional raw DeepSpeed JSON (`train.deepspeed_config`) is merged over that; keys
+the trainer owns (batch sizes, accumulation steps) must agree with ours, and `optimizer` /
+`scheduler` sections are refused: they would silently replace the schedule the trainer logs.
 
-| DeepSpeed key | from |
-| --- | --- |
-| `train_batch_size`, `train_micro_batch_size_per_gpu`, `gradient_accumulation_steps` | `train.global_batch_size`, world size, `train.accum_freq` |
-| `zero_optimization.stage` | `train.zero_stage` |
-| `bf16.enabled` | `train.precision` (`auto`: bf16 on GPU, fp32 on CPU) |
-| `gradient_clipping` | `train.grad_clip_norm` |
-| optimizer | our AdamW with `mcl_dist.engine.param_groups` (no decay on gains, biases, logit scale) |
-| learning rate | `mcl_dist.lr_schedule.stage_lr`, set before every optimizer step |
-
-An optional raw DeepSpeed JSON (`train.deepspeed_config`) is merged over that (e.g. for
-`zero_optimization.offload_optimizer` or bucket sizes). Keys the trainer owns (the batch sizes and
-the accumulation steps) must agree with ours, and `optimizer` / `scheduler` sections are refused:
-they would silently replace the schedule the trainer logs.
-
-Gradient accumulation: the trainer runs `accum_freq` micro-batches inside
-`engine.accumulating(last)`; we map that onto `set_gradient_accumulation_boundary(last)`, so
-DeepSpeed reduces gradients only on the last micro-batch (ZeRO-2/3 reduce-scatter as they go) and
-`engine.step()` applies exactly one optimizer step per trainer step. The trainer already divides
+Gradient accumulation: `engine.accumulating(last)` maps onto
+`set_gradient_accumulation_boundary(last)`, so DeepSpeed reduces gradients only on the last
+micro-batch and `step()` applies one optimizer step per trainer step. The trainer already divides
 the loss by `accum_freq`, so `backward` passes `scale_wrt_gas=False`.
 
-Checkpoints are *consolidated*: `state_dict()` (a collective: every rank calls it) assembles the
-full fp32 master weights and the full AdamW moments from the ZeRO partitions, in exactly the layout
-`torch.optim.AdamW.state_dict()` has under DDP. The trainer writes them into its one atomic
-checkpoint file, next to the open_clip `state_dict`. So a checkpoint written by either engine
-resumes under either engine, at any world size and any ZeRO stage, and open_clip loads it as is.
-The price is that rank 0 holds one full copy of weights + moments in host memory while saving,
-as DDP does; that is fine for CLIP-sized models (ViT-bigG is 2.5B parameters, ~30 GB). For models
-beyond that, DeepSpeed's own sharded `save_checkpoint` would be the tool.
-
-After the last step of a stage the engine hands the module back as a plain fp32 model holding the
-full master weights (ZeRO-3 partitions gathered, bf16 copies replaced), so the stage checkpoint
-that the pipeline writes from the model, and anything else that uses it, sees an ordinary
-open_clip model.
+Checkpoints are *consolidated*: `state_dict()` (a collective) assembles the full fp32 master
+weights and AdamW moments from the ZeRO partitions in `torch.optim.AdamW.state_dict()`'s layout,
+so a checkpoint of either engine resumes under either, at any world size and ZeRO stage, and
+open_clip loads it as is. `finish()`, which the trainer calls after the stage's last step, hands
+the module back as a plain fp32 model with the full master weights (ZeRO-3 partitions gathered,
+bf16 copies replaced), so the stage checkpoint the pipeline writes sees an ordinary model.
 """
 from __future__ import annotations
 
@@ -50,8 +32,8 @@ import torch
 
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import ConfigError, TrainConfig
-from mcl_dist.engine import autocast_dtype, param_groups
 from mcl_dist.lr_schedule import stage_lr
+from mcl_dist.optim import adamw, autocast_dtype, param_groups
 
 log = logging.getLogger("mcl_dist")
 
@@ -75,10 +57,9 @@ def import_deepspeed(device: torch.device):
     # DeepSpeed logs every config key at INFO on its own logger; keep warnings
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     if device.type == "cpu" and os.environ.get("MCL_DS_SHM_COMM", "0") != "1":
-        # On CPU, DeepSpeed's communication backend JIT-compiles a shared-memory all-reduce op with
-        # the C++ compiler on first use (1-2 minutes, cached in ~/.cache/torch_extensions). CPU runs
-        # are tests and demos, where gloo is fast enough: mark the op unavailable so DeepSpeed uses
-        # torch.distributed (gloo) as it does everywhere else. MCL_DS_SHM_COMM=1 keeps the op.
+        # On CPU, DeepSpeed JIT-compiles a shared-memory all-reduce op on first use (1-2 minutes,
+        # cached in ~/.cache/torch_extensions). CPU runs are tests and demos, where gloo is fast
+        # enough: mark the op unavailable so DeepSpeed uses gloo. MCL_DS_SHM_COMM=1 keeps the op.
         from deepspeed import ops
 
         ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -138,40 +119,16 @@ def build_ds_config(tcfg: TrainConfig, world_size: int, device: torch.device) ->
     return cfg
 
 
-def _ensure_process_group(device: torch.device) -> None:
-    """DeepSpeed needs a process group even for one process (our world-size-1 runs have none)."""
-    import torch.distributed as dist
-
-    for key in ("RANK", "LOCAL_RANK"):  # DeepSpeed reads them even for one process
-        os.environ.setdefault(key, "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    if dist.is_initialized():
-        return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
-        dist.init_process_group(backend, init_method="env://", rank=0, world_size=1)
-        return
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-
-
 class DeepSpeedEngine:
     name = "deepspeed"
 
     def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, device: torch.device, total_steps: int,
                  base_lr: float):
         self.deepspeed = import_deepspeed(device)
-        from deepspeed.utils import (safe_get_full_fp32_param, safe_get_full_optimizer_state,
-                                     safe_set_full_fp32_param, safe_set_full_optimizer_state)
-
-        self._get_fp32, self._set_fp32 = safe_get_full_fp32_param, safe_set_full_fp32_param
-        self._get_state, self._set_state = safe_get_full_optimizer_state, safe_set_full_optimizer_state
-        self.module = model
-        self.device = device
+        utils = self.deepspeed.utils
+        self._get_fp32, self._set_fp32 = utils.safe_get_full_fp32_param, utils.safe_set_full_fp32_param
+        self._get_state, self._set_state = utils.safe_get_full_optimizer_state, utils.safe_set_full_optimizer_state
+        self.module, self.device = model, device
         self.tcfg, self.total_steps, self.base_lr = tcfg, total_steps, base_lr
         self.ds_config = build_ds_config(tcfg, dist_utils.world_size(), device)
         self.zero_stage = int(self.ds_config["zero_optimization"].get("stage", 0))
@@ -181,11 +138,11 @@ class DeepSpeedEngine:
         self._ordered = [p for g in groups for p in g["params"]]
         self._names = {id(p): n for n, p in model.named_parameters()}
         self._shapes = {n: p.shape for n, p in model.named_parameters()}
-        self.optimizer = torch.optim.AdamW(groups, lr=base_lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
+        self.optimizer = adamw(groups, tcfg, base_lr)
         self._group_meta = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self._group_sizes = [len(g["params"]) for g in groups]
         self._hooks = self._promote_scalars()
-        _ensure_process_group(device)
+        dist_utils.ensure_process_group(device)  # DeepSpeed needs one even for one process
         self.ds, ds_opt, _, _ = self.deepspeed.initialize(model=model, optimizer=self.optimizer,
                                                            config=self.ds_config, dist_init_required=False)
         self.ds_optimizer = ds_opt
@@ -337,7 +294,8 @@ class DeepSpeedEngine:
 
     # -- end of stage ---------------------------------------------------------------------
     def finish(self) -> None:
-        """Give the module back as a plain fp32 model with the full master weights (collective)."""
+        """End of stage: give the module back as a plain fp32 model with the full master weights
+        (a collective). The engine cannot train on after it."""
         if self.finished:
             return
         values = {n: self._full_fp32(p) for n, p in self.module.named_parameters()}
@@ -354,8 +312,7 @@ class DeepSpeedEngine:
     # -- checkpoints ----------------------------------------------------------------------
     def _step_tensor(self) -> torch.Tensor | None:
         """AdamW's step count (ZeRO keys our AdamW's state by its flat fp32 partitions)."""
-        base = self.optimizer
-        for st in base.state.values():
+        for st in self.optimizer.state.values():
             if "step" in st:
                 return st["step"].detach().cpu().clone() if torch.is_tensor(st["step"]) else torch.tensor(float(st["step"]))
         return None
@@ -378,8 +335,6 @@ class DeepSpeedEngine:
                     shape = weights[self._names[id(p)]].shape
                     state[i] = {"step": step.clone(), **{k: v.detach().float().cpu().reshape(shape)
                                                          for k, v in moments.items()}}
-        if self.step_count >= self.total_steps:
-            self.finish()  # the stage is over: the pipeline now saves the module itself
         if not main:
             return {}
         # the module's buffers (and frozen parameters) come with the module's own state_dict
@@ -416,8 +371,6 @@ class DeepSpeedEngine:
                     self._set_moment(p, entry[k].to(self.device, torch.float32), k)
         self.step_count = int(state["scheduler"]["step"])
         self._lr = stage_lr(self.tcfg, max(0, self.step_count - 1), self.total_steps, self.base_lr)
-        if self.step_count >= self.total_steps:
-            self.finish()
 
     def _init_optimizer_state(self, step: torch.Tensor) -> None:
         """Create AdamW's lazily made state on the flat partitions so it can be filled in now."""

@@ -10,13 +10,20 @@ import contextlib
 import json
 import os
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 
-KILL_ON_WRITE = ""  # tests (debug.kill_at=write:NAME): the job dies with NAME's temp file written
+# tests (debug.kill_at=write:NAME): the job dies with NAME's temp file written; see kill_on_write
+_KILL_ON_WRITE: dict = {"name": "", "kill": None}
+
+
+def kill_on_write(name: str, kill: Callable[[], None]) -> None:
+    """Tests: call `kill` (which must not return) once a file named like NAME is written to its
+    temp file, before the rename. The caller passes the kill so that this module needs no other."""
+    _KILL_ON_WRITE.update(name=name, kill=kill)
 
 
 def fsync_dir(directory: str) -> None:
@@ -49,10 +56,8 @@ def atomic_path(path: str) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        if KILL_ON_WRITE and KILL_ON_WRITE in os.path.basename(path):
-            from mcl_dist.distributed import kill_job_now
-
-            kill_job_now()
+        if _KILL_ON_WRITE["name"] and _KILL_ON_WRITE["name"] in os.path.basename(path):
+            _KILL_ON_WRITE["kill"]()
         os.replace(tmp, path)
         fsync_dir(directory)
     finally:

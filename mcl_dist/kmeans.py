@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
-import torch.distributed as dist
+from tqdm import tqdm
 
 from mcl_dist import distributed as mdist
 
@@ -37,7 +37,7 @@ def _comm(t: torch.Tensor, op: str) -> torch.Tensor:
     if not mdist.is_distributed():
         return t
     home = t.device
-    t = t.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+    t = t.to(mdist.comm_device())
     out = mdist.all_reduce_sum(t) if op == "sum" else mdist.gather_no_grad(t)
     return out.to(home)
 
@@ -241,7 +241,6 @@ def _farthest(x, aux, sq, m, offset, spherical, device) -> torch.Tensor:
 def _progress(iters, enabled):
     if not (enabled and mdist.rank() == 0):
         return None
-    from tqdm import tqdm
     return tqdm(total=iters, desc="k-means", unit="it")
 
 

@@ -9,60 +9,36 @@ Weighting: the mean over all rows of the micro-batch (a label group of n rows we
 With labels=None, or every label equal, no mask is applied at all, so the value and gradients are
 exactly open_clip's ClipLoss.
 
-Gathering (gather=True) concatenates features and labels from all ranks, with gradient through
-torch.distributed.nn.functional.all_gather. Ranks may hold micro-batches of different lengths
-(bad samples are dropped after loading), so features are padded to the longest rank's length
-before the collective and the padding is cut away after. Without a process group gather is a
-no-op.
+Gathering (gather=True) concatenates features and labels from all ranks with the gathers of
+`distributed.py` (with gradient through every rank's rows, or only this rank's own); ranks may
+hold micro-batches of different lengths. Without a process group gather is a no-op.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _gather_sizes(n: int, device: torch.device) -> list[int]:
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(_world())]
-    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
-    return [int(s.item()) for s in sizes]
-
-
-def _gather(t: torch.Tensor, sizes: list[int], with_grad: bool) -> torch.Tensor:
-    """Concatenate t (dim 0) from all ranks, given every rank's length."""
-    longest, rank = max(sizes), dist.get_rank()
-    pad = longest - t.shape[0]
-    padded = torch.cat([t, t.new_zeros((pad,) + tuple(t.shape[1:]))]) if pad else t
-    if with_grad and t.requires_grad:
-        import warnings
-
-        import torch.distributed.nn.functional as dnn
-
-        with warnings.catch_warnings():  # deprecated in 2.14 in favour of a private API; still correct
-            warnings.simplefilter("ignore", FutureWarning)
-            parts = list(dnn.all_gather(padded))
-    else:
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous())
-        parts[rank] = padded  # the local block keeps its gradient
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+from mcl_dist import distributed as dist_utils
 
 
 def gather_batch(tensors: list[Optional[torch.Tensor]], with_grad: bool = True) -> tuple[list, int]:
     """All-gather several aligned tensors; returns them and this rank's row offset in the result."""
     ref = next(t for t in tensors if t is not None)
-    if _world() == 1:
+    if dist_utils.world_size() == 1:
         return tensors, 0
-    sizes = _gather_sizes(ref.shape[0], ref.device)
-    out = [None if t is None else _gather(t, sizes, with_grad) for t in tensors]
-    return out, sum(sizes[: dist.get_rank()])
+    sizes = dist_utils.gather_sizes(ref.shape[0], ref.device)
+    out = []
+    for t in tensors:
+        if t is None:
+            out.append(None)
+        elif with_grad and t.requires_grad:
+            out.append(dist_utils.gather_with_grad(t, sizes))
+        else:
+            out.append(dist_utils.gather_no_grad(t, sizes))
+    return out, sum(sizes[: dist_utils.rank()])
 
 
 def negative_mask(row_labels: Optional[torch.Tensor], col_labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -85,7 +61,7 @@ class ClipLoss(nn.Module):
                 labels: Optional[torch.Tensor] = None, gather: bool = False, gather_with_grad: bool = True,
                 local_loss: bool = True) -> torch.Tensor:
         offset, all_labels = 0, labels
-        if gather and _world() > 1:
+        if gather and dist_utils.world_size() > 1:
             (all_image, all_text, all_labels), offset = gather_batch([image_features, text_features, labels],
                                                                      with_grad=gather_with_grad)
             if local_loss:  # this rank's rows against every rank's columns
@@ -116,7 +92,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, labels: Opti
     z1, z2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
     n = z1.shape[0]
     all1, all2, all_labels, offset = z1, z2, labels, 0
-    if gather and _world() > 1:
+    if gather and dist_utils.world_size() > 1:
         (all1, all2, all_labels), offset = gather_batch([z1, z2, labels], with_grad=gather_with_grad)
     m = all1.shape[0]
     rows = torch.cat([z1, z2])

@@ -105,7 +105,7 @@ class Pipeline:
             raise ConfigError(f"--redo {redo}: no such step; the steps of this run are {', '.join(names)}")
         kill = cfg.debug.kill_at
         if kill.startswith("write:"):  # tests: die while writing this file (temp written, not renamed)
-            io.KILL_ON_WRITE = kill[len("write:"):]
+            io.kill_on_write(kill[len("write:"):], dist_utils.kill_job_now)
 
     def stage_dir(self, s: int) -> str:
         return os.path.join(self.run_dir, f"stage_{s}")

@@ -159,8 +159,7 @@ class StageTrainer:
     def _check_bad_samples(self) -> dict:
         """Sum the counts over ranks with one small all-reduce; gather the per-shard details
         (a pickled all_gather) only when the share is over the limit and a message is due."""
-        counts = torch.tensor([float(self.monitor.seen), float(self.monitor.bad)],
-                              device=self.device if dist_utils.is_distributed() and self.device.type == "cuda" else "cpu")
+        counts = torch.tensor([float(self.monitor.seen), float(self.monitor.bad)], device=dist_utils.comm_device())
         seen, bad = dist_utils.all_reduce_sum(counts).tolist()
         total = {"seen": int(seen), "bad": int(bad)}
         if self.monitor.check({**total, "shards": None, "damaged": None, "reasons": {}}, counts_only=True):
@@ -199,4 +198,5 @@ class StageTrainer:
                     dist_utils.kill_launcher()
         bar.close()
         self.metrics.close()
+        self.engine.finish()  # the stage is over: the pipeline saves the (plain) model itself next
         return last

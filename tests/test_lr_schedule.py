@@ -33,7 +33,7 @@ def test_const_cooldown_decays_over_the_last_steps_only():
 
 
 def test_cosine_is_the_previous_schedule():
-    from mcl_dist.engine import cosine_lr
+    from mcl_dist.optim import cosine_lr
 
     for s in range(60):
         assert lr_at(s, 60, 6, "cosine", 5e-4) == pytest.approx(cosine_lr(s, 5e-4, 6, 60), abs=0)
