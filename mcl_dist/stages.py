@@ -15,6 +15,7 @@ import torch
 
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import ConfigError, micro_batch_size
+from mcl_dist.data.shards import local_path
 from mcl_dist.io import load_npz, load_torch, save_npz, save_torch, write_json
 from mcl_dist.models import stage_checkpoint
 from mcl_dist.objective import create_bundle, train_decoder
@@ -28,7 +29,7 @@ def index_dir(pipe) -> str:
 
 
 def _paths(pipe) -> list[str]:
-    return [u[len("file://"):] if u.startswith("file://") else u for u in pipe.urls]
+    return [local_path(u) for u in pipe.urls]
 
 
 def shard_index(pipe, step: str):
@@ -81,7 +82,8 @@ def embed_step(pipe, s: int) -> dict:
     return embed_shards(bundle["model"], bundle, pipe.urls, os.path.join(pipe.stage_dir(s), "embed"),
                         mode=c.cluster.embed, batch_size=c.cluster.embed_batch_size, workers=c.data.workers,
                         image_ext=c.data.image_ext, caption_ext=c.data.caption_ext,
-                        max_pixels=c.data.max_image_pixels, max_bytes=c.data.max_member_bytes)
+                        max_pixels=c.data.max_image_pixels, max_bytes=c.data.max_member_bytes,
+                        max_bad_fraction=c.data.max_bad_fraction)
 
 
 def kmeans_step(pipe, s: int) -> dict:
@@ -195,7 +197,7 @@ def train_step(pipe, s: int, fp: str) -> dict:
         log.info("stage %d: %d steps; plan of epoch 0: %s", s, total, plan.stats)
     spec = StageSpec(stage=s, stage_dir=pipe.stage_dir(s), bundle=bundle, source=source, total_steps=total,
                      base_lr=st.lr if st.lr is not None else c.train.lr,
-                     gather=st.group_size > micro, fingerprint=fp, extra_metrics=plan_stats,
+                     gather=plan.mode == "global", fingerprint=fp, extra_metrics=plan_stats,
                      kill_after_step=kill_step(c, f"stage_{s}/train"))
     final = StageTrainer(c, spec).run()
     if info.is_main:
