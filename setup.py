@@ -17,7 +17,7 @@ setup(
     description="Distributed Multistage Contrastive Learning (MCL) for CLIP on webdataset shards",
     packages=find_packages(include=["mcl_dist", "mcl_dist.*"]),
     python_requires=">=3.10",
-    install_requires=[TORCH, TORCHVISION, OPEN_CLIP, WEBDATASET, "wids", "pyyaml", "numpy", "pillow", "tqdm",
+    install_requires=[TORCH, TORCHVISION, OPEN_CLIP, WEBDATASET, "pyyaml", "numpy", "pillow", "tqdm",
                       "braceexpand", "matplotlib", "tensorboard"],
     entry_points={"console_scripts": [
         "mcl-pretrain = mcl_dist.launcher:main",

@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import yaml
 
+from mcl_dist.data.sampler import group_layout
+
 
 class ConfigError(ValueError):
     """A bad configuration; the message names the key and the source."""
@@ -431,7 +433,7 @@ def check_groups(cfg: Config, world_size: int, where: str = "config") -> None:
     """A group is either inside one rank's micro-batch or exactly the global micro-batch."""
     b = micro_batch_size(cfg, world_size)
     for i, st in enumerate(cfg.stages[1:], start=1):
-        if st.group_size > b and st.group_size != b * world_size:
+        if group_layout(st.group_size, b, world_size) is None:
             raise ConfigError(
                 f"{where}: 'stages.{i}.group_size' ({st.group_size}) must be <= the per-rank micro-batch ({b}: "
                 f"several groups per micro-batch, no gather) or equal the global micro-batch ({b * world_size}: "

@@ -4,7 +4,8 @@ Rank r embeds shards r, r+W, r+2W, ... (every shard by exactly one rank, whateve
 count) and writes `part{r}-of{W}.feats.npy` (fp16, L2-normalised) and `.keys.npy` atomically.
 A part that exists is complete (it was renamed into place at the end), so a re-run skips it; a
 rank killed half-way leaves nothing and redoes its share. Bad samples are skipped and counted,
-exactly as in training; they get no pseudo-label downstream.
+exactly as in training; they get no pseudo-label downstream. Above `data.max_bad_fraction` of
+all ranks' samples the step stops before any part is written.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from mcl_dist import distributed as dist_utils
 from mcl_dist.data.decode import ClipDecoder
+from mcl_dist.data.preflight import DataError
 from mcl_dist.data.streaming import BadSampleMonitor, ShardStream, make_loader
 from mcl_dist.io import atomic_path, write_json
 
@@ -60,9 +62,11 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
                  max_bytes: int = 64 << 20) -> dict[str, Any]:
     info = dist_utils.info()
     feats_path, keys_path = part_paths(out_dir, info.rank, info.world_size)
+    monitor = BadSampleMonitor(max_bad_fraction)
     if os.path.exists(feats_path) and os.path.exists(keys_path):
         log.info("embedding part %s exists, skipped", feats_path)
         n = len(np.load(keys_path, mmap_mode="r"))
+        _check_bad_samples(monitor, out_dir)  # nothing to add, but the other ranks gather
         return _summarise({"samples": n, "bad": 0, "seconds": 0.0}, out_dir)
     mine = urls[info.rank::info.world_size]
     decoder = ClipDecoder(bundle["preprocess_val"], bundle["tokenizer"], image_ext, caption_ext,
@@ -70,7 +74,6 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
     stream = ShardStream(mine, decoder, batch_size=batch_size, rank=0, world=1, seed=None, infinite=False)
     n_workers = min(workers, len(mine))
     model.eval()
-    monitor = BadSampleMonitor(max_bad_fraction)
     chunks, keys, t0 = [], [], time.perf_counter()
     bar = tqdm(desc=f"embed ({mode})", unit="sample", disable=not info.is_main, dynamic_ncols=True)
     if mine:
@@ -84,12 +87,24 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
     bar.close()
     dim = chunks[0].shape[1] if chunks else int(getattr(model, "output_dim", 0) or getattr(getattr(model, "visual", None), "output_dim", 0))
     feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float16)
+    _check_bad_samples(monitor, out_dir)
     # keys first, feats last: the feats file is the marker that the part is complete
     _save_npy(keys_path, np.asarray(keys, dtype=str))
     _save_npy(feats_path, feats)
     stats = {"samples": len(keys), "bad": monitor.bad, "seconds": time.perf_counter() - t0,
              "reasons": dict(monitor.reasons)}
     return _summarise(stats, out_dir)
+
+
+def _check_bad_samples(monitor: BadSampleMonitor, out_dir: str) -> None:
+    """Stop when all ranks' bad samples together exceed data.max_bad_fraction. Checked once, at the
+    end of this rank's pass (ranks read different numbers of batches, so there is no common step
+    to check at before) and before the part is written: a written part is skipped on a re-run and
+    its samples would never be counted again. Every rank raises the same message."""
+    total = monitor.merge(dist_utils.all_gather_object(monitor.summary()))
+    message = monitor.check(total)
+    if message:
+        raise DataError(f"{out_dir}: {message}")
 
 
 def _summarise(stats: dict, out_dir: str) -> dict[str, Any]:
@@ -99,8 +114,6 @@ def _summarise(stats: dict, out_dir: str) -> dict[str, Any]:
              "seconds": max(s["seconds"] for s in all_stats)}
     total["samples_per_s"] = total["samples"] / total["seconds"] if total["seconds"] else 0.0
     if total["samples"] == 0:  # every rank raises the same error (k-means would get no rows)
-        from mcl_dist.data.preflight import DataError
-
         reasons = {}
         for s in all_stats:
             for r, n in s.get("reasons", {}).items():

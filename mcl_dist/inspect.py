@@ -24,6 +24,13 @@ from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
+import yaml
+from PIL import Image, ImageDraw
+
+from mcl_dist.data.shards import expand_urls, local_path
+from mcl_dist.data.tar_index import build_or_load_index
+from mcl_dist.io import atomic_path, load_npz, write_json, write_text
+from mcl_dist.labels import load_labels
 
 SOURCES = ("clusters", "labels")
 
@@ -34,8 +41,6 @@ def _as_str(keys) -> list[str]:
 
 def load_groups(run_dir: str, stage: int, source: str = "clusters") -> tuple[list[str], np.ndarray]:
     """(sample keys, group id per key) of stage `stage`: its k-means clusters or its pseudo-labels."""
-    from mcl_dist.io import load_npz
-
     sdir = os.path.join(run_dir, f"stage_{stage}")
     if source == "clusters":
         parts = sorted(glob.glob(os.path.join(sdir, "kmeans", "assign*-of*.npz")))
@@ -49,8 +54,6 @@ def load_groups(run_dir: str, stage: int, source: str = "clusters") -> tuple[lis
             ids.append(np.asarray(z["clusters"], np.int64))
         return keys, np.concatenate(ids)
     if source == "labels":
-        from mcl_dist.labels import load_labels
-
         path = os.path.join(sdir, "labels.npz")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: not found (stage {stage} has no pseudo-labels)")
@@ -61,20 +64,14 @@ def load_groups(run_dir: str, stage: int, source: str = "clusters") -> tuple[lis
 
 def run_shards(run_dir: str) -> list[str]:
     """The run's training shard list, from its resolved config.yaml."""
-    import yaml
-
-    from mcl_dist.data.shards import expand_urls
-
     with open(os.path.join(run_dir, "config.yaml")) as f:
         cfg = yaml.safe_load(f)
-    return [u[len("file://"):] if u.startswith("file://") else u for u in expand_urls(cfg["data"]["train_shards"])]
+    return [local_path(u) for u in expand_urls(cfg["data"]["train_shards"])]
 
 
 def read_records(shards: Sequence[str], index_dir: str, keys: Sequence[str],
                  image_keys: Sequence[str] = ()) -> tuple[dict, dict]:
     """({key: parsed .json} for `keys`, {key: (ext, image bytes)} for `image_keys`) via the tar index."""
-    from mcl_dist.data.tar_index import build_or_load_index
-
     index = build_or_load_index(list(shards), index_dir, progress=False)
     want_img = set(image_keys)
     where = index.key_to_index(list(keys))
@@ -133,10 +130,6 @@ def attributes_of(records: Sequence[Optional[dict]]) -> list[str]:
 def image_grid(rows: Sequence[tuple[str, Sequence[bytes]]], path: str, per_row: int = 8, scale: int = 3,
                label_width: int = 110) -> str:
     """A PNG with one row per (label, encoded images); images upscaled `scale` times."""
-    from PIL import Image, ImageDraw
-
-    from mcl_dist.io import atomic_path
-
     decoded = [[Image.open(io.BytesIO(b)).convert("RGB") for b in imgs[:per_row]] for _, imgs in rows]
     size = max((im.size[0] for r in decoded for im in r), default=32) * scale
     pad = 2
@@ -179,8 +172,6 @@ def inspect_stage(run_dir: str, stage: int, out_dir: Optional[str] = None, sourc
     """Write cluster_grid.png, purity.md and purity.json for one stage; returns the purity dict
     with the output paths under "files". Groups are drawn largest first (at most `max_groups`
     rows in the grid; the purity table lists every group); samples are a seeded random pick."""
-    from mcl_dist.io import write_json, write_text
-
     out_dir = out_dir or os.path.join(run_dir, "inspect", f"stage_{stage}_{source}")
     keys, groups = load_groups(run_dir, stage, source)
     rng = np.random.default_rng(seed)

@@ -23,6 +23,7 @@ import torch
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import ConfigError, micro_batch_size, stage_lr, stage_steps
 from mcl_dist.data.preflight import DataError
+from mcl_dist.data.sampler import EpochPlan
 from mcl_dist.data.shards import count_samples, local_path
 from mcl_dist.data.sources import PlannedSource, StreamSource
 from mcl_dist.data.streaming import cap_workers
@@ -96,7 +97,8 @@ def embed_step(pipe, s: int) -> dict:
     return embed_shards(bundle["model"], bundle, pipe.urls, os.path.join(pipe.stage_dir(s), "embed"),
                         mode=c.cluster.embed, batch_size=c.cluster.embed_batch_size, workers=c.data.workers,
                         image_ext=c.data.image_ext, caption_ext=c.data.caption_ext,
-                        max_pixels=c.data.max_image_pixels, max_bytes=c.data.max_member_bytes)
+                        max_pixels=c.data.max_image_pixels, max_bytes=c.data.max_member_bytes,
+                        max_bad_fraction=c.data.max_bad_fraction)
 
 
 def kmeans_step(pipe, s: int) -> dict:
@@ -171,7 +173,7 @@ def init_weights(pipe, s: int) -> dict[str, Any]:
     return bundle
 
 
-def _stream_source(pipe, decoder) -> tuple[StreamSource, int, dict]:
+def _stream_source(pipe, decoder) -> tuple[StreamSource, int]:
     """Stage 0's source: the shards streamed in a shuffled order, every rank its own share."""
     c, info, world = pipe.cfg, pipe.info, pipe.info.world_size
     workers = cap_workers(len(pipe.urls), world, c.data.workers)
@@ -185,7 +187,7 @@ def _stream_source(pipe, decoder) -> tuple[StreamSource, int, dict]:
     if info.is_main:
         log.info("stage 0: %d steps of %d samples (%d samples per epoch, %d ranks, %d workers each)",
                  total, c.train.global_batch_size, num_samples, world, workers)
-    return source, total, {}
+    return source, total
 
 
 def _stage_labels(pipe, s: int) -> tuple[Any, np.ndarray]:
@@ -198,7 +200,7 @@ def _stage_labels(pipe, s: int) -> tuple[Any, np.ndarray]:
     return index, labels
 
 
-def _planned_source(pipe, s: int, index, labels: np.ndarray, decoder) -> tuple[PlannedSource, int, dict]:
+def _planned_source(pipe, s: int, index, labels: np.ndarray, decoder) -> tuple[PlannedSource, int, EpochPlan]:
     """A later stage's source: batches drawn group by group from the stage's labels."""
     c, info, st = pipe.cfg, pipe.info, pipe.cfg.stages[s]
     source = PlannedSource(index, labels, decoder, micro_batch=micro_batch_size(c, info.world_size),
@@ -211,7 +213,7 @@ def _planned_source(pipe, s: int, index, labels: np.ndarray, decoder) -> tuple[P
     total = stage_steps(c, s, plan.num_steps * c.train.global_batch_size)
     if info.is_main:
         log.info("stage %d: %d steps; plan of epoch 0: %s", s, total, plan.stats)
-    return source, total, plan.stats
+    return source, total, plan
 
 
 def train_step(pipe, s: int, fp: str) -> dict:
@@ -226,11 +228,12 @@ def train_step(pipe, s: int, fp: str) -> dict:
         result["final"] = {"pretrained": c.stages[0].pretrained}
     else:
         decoder = train_decoder(c, bundle)
-        source, total, plan = (_stream_source(pipe, decoder) if s == 0
-                               else _planned_source(pipe, s, index, labels, decoder))
-        micro = micro_batch_size(c, info.world_size)
-        # stage 0 gathers whenever there are other ranks; a later stage only when a group spans ranks
-        gather = info.world_size > 1 if s == 0 else c.stages[s].group_size > micro
+        if s == 0:  # stage 0 gathers features whenever there are other ranks
+            source, total = _stream_source(pipe, decoder)
+            gather, plan = info.world_size > 1, {}
+        else:  # a later stage only when one label group spans the ranks
+            source, total, epoch_plan = _planned_source(pipe, s, index, labels, decoder)
+            gather, plan = epoch_plan.mode == "global", epoch_plan.stats
         spec = StageSpec(stage=s, stage_dir=pipe.stage_dir(s), bundle=bundle, source=source, total_steps=total,
                          base_lr=stage_lr(c, s), gather=gather, fingerprint=fp,
                          extra_metrics={f"plan/{k}": float(v) for k, v in plan.items() if isinstance(v, (int, float))},

@@ -7,7 +7,6 @@ through `StageSpec`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from mcl_dist import checkpoint
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import Config
+from mcl_dist.data.sampler import group_purity, write_batch_record
 from mcl_dist.data.streaming import BadSampleMonitor
 from mcl_dist.engine import build_engine
 from mcl_dist.metrics import MetricsLogger, truncate_after
@@ -46,28 +46,6 @@ class StageSpec:
     fingerprint: str
     extra_metrics: dict = field(default_factory=dict)
     kill_after_step: int = 0  # tests: SIGKILL the job right after this step's checkpoint
-
-
-def _log_batch(path: str, step: int, micro: int, batch: dict) -> None:
-    record = {"epoch": batch.get("epoch", 0), "step": step, "micro_step": micro,
-              "rank": dist_utils.rank(), "keys": list(batch["key"])}
-    if batch.get("labels") is not None:
-        record["labels"] = batch["labels"].tolist()
-        record["groups"] = batch["groups"].tolist()
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def group_purity(labels: Optional[torch.Tensor], groups: Optional[torch.Tensor]) -> float:
-    """Mean over groups of the majority label's share: 1.0 when every group is single-label."""
-    if labels is None or groups is None or len(groups) == 0:
-        return 1.0
-    total = 0.0
-    ids = groups.unique()
-    for g in ids:
-        lab = labels[groups == g]
-        total += lab.bincount().max().item() / len(lab) if lab.min() >= 0 else 0.0
-    return total / len(ids)
 
 
 class StageTrainer:
@@ -140,7 +118,7 @@ class StageTrainer:
             labels = batch.get("labels")
             labels = labels.to(self.device) if labels is not None else None
             if self.batch_log:
-                _log_batch(self.batch_log, step, micro, batch)
+                write_batch_record(self.batch_log, step, micro, dist_utils.rank(), batch)
             with self.engine.accumulating(last=micro == accum - 1):
                 loss = forward_loss(self.cfg, self.engine, batch, self.device, labels, self.spec.gather)
                 self.engine.backward(loss / accum)

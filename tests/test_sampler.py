@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mcl_dist.sampler import PlannedBatchSampler, check_batch_log, plan_epoch
+from mcl_dist.data.sampler import PlannedBatchSampler, check_batch_log, plan_epoch
 
 WORLD, MICRO, ACCUM = 2, 16, 2
 

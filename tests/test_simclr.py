@@ -26,7 +26,7 @@ debug: {{log_batches: true}}
     manifest = json.load(open(run_dir / "manifest.json"))
     assert all(step["status"] == "done" for step in manifest["steps"].values())
     # the batch log shows the same-cluster invariant
-    from mcl_dist.sampler import check_batch_log
+    from mcl_dist.data.sampler import check_batch_log
 
     records = []
     for path in glob.glob(str(run_dir / "stage_1" / "batches" / "rank*.jsonl")):

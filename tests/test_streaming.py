@@ -4,9 +4,12 @@ import os
 
 import pytest
 import torch
+from torchvision import transforms
 
 from mcl_dist.data.decode import BadSample, decode_caption, decode_image
+from mcl_dist.data.preflight import DataError
 from mcl_dist.data.streaming import BadSampleMonitor, ShardStream, make_loader
+from mcl_dist.embed import embed_shards
 
 from conftest import write_test_shards
 
@@ -60,6 +63,29 @@ def test_bad_sample_monitor_names_the_shard():
     msg = mon.check(mon.merge([mon.summary()]))
     assert "5 of 20 samples were unreadable" in msg and "/d/x-3.tar (5)" in msg
     assert "data.max_bad_fraction" in msg
+
+
+class MeanColour(torch.nn.Module):
+    """A stand-in image tower: the embedding pass without a real model."""
+
+    output_dim = 3
+
+    def encode_image(self, images):
+        return images.mean(dim=(2, 3))
+
+
+def test_embedding_stops_above_max_bad_fraction_naming_the_shard(tmp_path):
+    # 30 of 220 samples corrupt (13.6%), all in the second shard
+    urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=110, corrupt=tuple(range(110, 140)))
+    bundle = {"preprocess_val": transforms.ToTensor(), "tokenizer": None}
+    kw = dict(mode="image", batch_size=64, workers=0, image_ext="png")
+    out = tmp_path / "embed"
+    with pytest.raises(DataError, match="data.max_bad_fraction") as e:
+        embed_shards(MeanColour(), bundle, urls, str(out), max_bad_fraction=0.05, **kw)
+    assert "30 of 220 samples were unreadable" in str(e.value) and f"{urls[1]} (30)" in str(e.value)
+    assert not list(out.glob("part*"))  # stopped before writing: a re-run embeds (and counts) again
+    stats = embed_shards(MeanColour(), bundle, urls, str(out), max_bad_fraction=0.2, **kw)
+    assert stats["samples"] == 190 and stats["bad"] == 30
 
 
 def test_embedding_mode_covers_every_sample_once_across_ranks_and_workers(tmp_path):

@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mcl_dist.data import tar_index
-from mcl_dist.data.indexed import IndexedDataset, collate_skip_bad
+from mcl_dist.data.sources import IndexedDataset, collate_skip_bad
 from mcl_dist.data.tar_index import build_or_load_index
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

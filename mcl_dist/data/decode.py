@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any, Callable, Optional
 
 import torch
@@ -61,16 +60,6 @@ def decode_caption(raw: dict, ext: str) -> str:
     if not text:
         raise BadSample("missing_caption", f"{raw.get('__key__')} has an empty caption")
     return text
-
-
-def decode_json(raw: dict) -> dict:
-    data = raw.get("json")
-    if data is None:
-        return {}
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return {}
 
 
 class ClipDecoder:

@@ -1,14 +1,25 @@
 """Data sources the trainer draws micro-batches from, with the state a checkpoint keeps.
 
 - `StreamSource`: stage 0, sequential webdataset streaming (infinite, seeded, resumable).
-- `PlannedSource`: stages >= 1, the cluster-bucketed plan read through the tar index.
+- `PlannedSource`: stages >= 1, the cluster-bucketed plan read through the tar index
+  (`IndexedDataset`, a map-style dataset over a `ShardIndex`).
+
+Every batch carries `meta`, the skip counts `BadSampleMonitor` sums. A stream also reports its
+worker's raw position and the shards the bad samples came from; a planned batch knows only how
+many of its samples failed to decode, so its `meta` holds just that.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from mcl_dist.data.streaming import ShardStream, make_loader
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from mcl_dist.data.decode import collate
+from mcl_dist.data.sampler import EpochPlan, PlannedBatchSampler, plan_epoch
+from mcl_dist.data.streaming import ShardStream, make_loader, stable_seed
+from mcl_dist.data.tar_index import ShardIndex
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +52,61 @@ class StreamSource:
         return {"micro": self.micro, "positions": {str(k): v for k, v in self.positions.items()}}
 
 
+class IndexedDataset(Dataset):
+    """Items are a sample index or the `(sample_index, label, group)` tuples the batch sampler
+    yields; each comes back as `(decoded, sample_index, label, group)`, so the trainer builds the
+    label mask and logs the batch plan from what was actually read. A sample whose decode raises
+    comes back with `decoded=None`: `collate_skip_bad` drops and counts it, so one bad image costs
+    one sample, not the run (the trainer applies the bad-share threshold)."""
+
+    max_logged = 5  # bad samples logged in full per process; the rest are only counted
+
+    def __init__(self, index: ShardIndex, decode: Callable[[dict], Any]):
+        self.index, self.decode = index, decode
+        self._logged = 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item) -> tuple[Any, int, int, int]:
+        if isinstance(item, (tuple, list)):
+            i, label, group = (int(v) for v in item)
+        else:
+            i, label, group = int(item), -1, -1
+        # read errors (file gone or changed) are not bad samples: they propagate and stop the run
+        raw = self.index.read_sample(i)
+        try:
+            decoded = self.decode(raw)
+        except Exception as e:  # a bad sample: corrupt image, missing caption, ...
+            if self._logged < self.max_logged:
+                self._logged += 1
+                log.warning("bad sample %s in %s: %s: %s", raw["__key__"], raw["__url__"], type(e).__name__, e)
+            decoded = None
+        return decoded, i, label, group
+
+
+def collate_skip_bad(batch: list, inner_collate: Optional[Callable[[list], Any]] = None) -> tuple[Any, int]:
+    """Drop items whose decode failed; `inner_collate` gets the remaining 4-tuples.
+
+    Returns (collated batch or None when every item was bad, number of bad items). Use with a
+    DataLoader as `collate_fn=functools.partial(collate_skip_bad, inner_collate=fn)` (picklable).
+    """
+    good = [b for b in batch if b[0] is not None]
+    n_bad = len(batch) - len(good)
+    if not good:
+        return None, n_bad
+    return (inner_collate or default_collate)(good), n_bad
+
+
 def collate_planned(items: list) -> dict[str, Any]:
     """IndexedDataset items (decoded or None, index, label, group) -> a batch; bad ones dropped."""
-    from mcl_dist.data.indexed import collate_skip_bad
-
     batch, bad = collate_skip_bad(items, inner_collate=_collate_labelled)
     batch = batch or {"key": []}
-    batch["meta"] = {"worker": 0, "raw_pos": 0, "bad": bad, "reasons": {"unreadable": bad} if bad else {},
-                     "bad_shards": {}, "damaged_shards": {}}
+    batch["meta"] = {"bad": bad, "reasons": {"unreadable": bad} if bad else {}}
     return batch
 
 
 def _collate_labelled(good: list) -> dict[str, Any]:
-    import torch
-
-    from mcl_dist.data.decode import collate
-
     batch = collate([it[0] for it in good])
     batch["labels"] = torch.tensor([it[2] for it in good], dtype=torch.long)
     batch["groups"] = torch.tensor([it[3] for it in good], dtype=torch.long)
@@ -71,10 +121,6 @@ class SeededDecode:
         self.decode, self.seed, self.epoch = decode, seed, epoch
 
     def __call__(self, raw: dict) -> dict:
-        import torch
-
-        from mcl_dist.data.streaming import stable_seed
-
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: torch.manual_seed also seeds CUDA and costs ~0.2 ms a call
             torch.default_generator.manual_seed(stable_seed(self.seed, self.epoch, raw["__key__"]))
@@ -91,18 +137,11 @@ class PlannedSource:
         self.group_size, self.seed, self.workers = group_size, seed, workers
         self.epoch, self.step = 0, 0
 
-    def plan(self, epoch: int):
-        from mcl_dist.sampler import plan_epoch
-
+    def plan(self, epoch: int) -> EpochPlan:
         return plan_epoch(self.labels, epoch=epoch, seed=self.seed, world_size=self.world,
                           micro_batch=self.micro_batch, accum=self.accum, group_size=self.group_size)
 
     def batches(self, state: Optional[dict] = None) -> Iterator[dict[str, Any]]:
-        from torch.utils.data import DataLoader
-
-        from mcl_dist.data.indexed import IndexedDataset
-        from mcl_dist.sampler import PlannedBatchSampler
-
         if state:
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
         while True:

@@ -1,4 +1,5 @@
-"""Sequential webdataset streaming for stage 0 training and for embedding.
+"""Sequential webdataset streaming for stage 0 training and for embedding (`raw_samples`, the
+tar reader underneath, also reads the evaluation's labelled shards).
 
 Each (rank, DataLoader worker) pair reads its own slice of the shard list. Bad samples
 (corrupt images, missing captions, truncated tars) are skipped; every batch carries the number
@@ -22,17 +23,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import tariterators
 
+from mcl_dist import distributed as dist_utils
 from mcl_dist.data.decode import BadSample, collate
 
 
-def dist_rank() -> int:
-    from mcl_dist.distributed import rank
-
-    return rank()
-
-
-class _ErrorLog:
-    """webdataset exception handler that counts instead of raising."""
+class ErrorLog:
+    """webdataset exception handler that counts instead of raising: damaged members per shard."""
 
     def __init__(self) -> None:
         self.damaged: Counter = Counter()
@@ -43,8 +39,9 @@ class _ErrorLog:
         return True  # skip and continue with the next member or shard
 
 
-def raw_samples(urls: list[str], errors: _ErrorLog) -> Iterator[dict]:
-    """Raw samples (dict of ext -> bytes, plus __key__ and __url__) from tar shards in order."""
+def raw_samples(urls: list[str], errors: ErrorLog) -> Iterator[dict]:
+    """Raw samples (dict of ext -> bytes, plus __key__ and __url__) from tar shards in order; the
+    project's one sequential tar reader (training, embedding, and the eval's labelled shards)."""
     opened = tariterators.url_opener(({"url": u} for u in urls), handler=errors)
     files = tariterators.tar_file_expander(opened, handler=errors)
     yield from tariterators.group_by_keys(files, handler=errors)
@@ -99,7 +96,7 @@ class ShardStream(IterableDataset):
         # `rotate`; renaming workers keeps the batch order of the uninterrupted run
         return (wid + self.rotate) % workers, workers
 
-    def _raw(self, logical: int, workers: int, errors: _ErrorLog) -> Iterator[Optional[dict]]:
+    def _raw(self, logical: int, workers: int, errors: ErrorLog) -> Iterator[Optional[dict]]:
         """Raw samples pass after pass; None marks the end of each pass."""
         epoch = 0
         while True:
@@ -116,7 +113,7 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         logical, workers = self._worker()
-        errors = _ErrorLog()
+        errors = ErrorLog()
         skip = self.start_positions.get(logical, 0)
         pos, bad, reasons, shards_bad = 0, 0, Counter(), Counter()
         samples: list[dict] = []
@@ -189,12 +186,15 @@ class BadSampleMonitor:
         self.damaged: Counter = Counter()
 
     def update(self, meta: dict, n_good: int) -> None:
-        lost = sum(meta["damaged_shards"].values())  # members lost to damaged tars count as bad
+        """Add one batch's `meta`: `bad` and `reasons` always; `bad_shards` and `damaged_shards`
+        only from a tar stream (a planned batch reads by index and has no damaged tars to report)."""
+        bad_shards, damaged = meta.get("bad_shards", {}), meta.get("damaged_shards", {})
+        lost = sum(damaged.values())  # members lost to damaged tars count as bad
         self.seen += n_good + meta["bad"] + lost
         self.bad += meta["bad"] + lost
         self.reasons.update(meta["reasons"])
-        self.shards.update(meta["bad_shards"])
-        self.damaged.update(meta["damaged_shards"])
+        self.shards.update(bad_shards)
+        self.damaged.update(damaged)
 
     def merge(self, totals: list[dict]) -> dict:
         """Sum the per-rank summaries (from all_gather_object)."""
@@ -214,7 +214,7 @@ class BadSampleMonitor:
         """Why a rank's stream ended: one pass over its `shards` (of `of`) gave no usable sample."""
         reasons = ", ".join(f"{r} {n}" for r, n in self.reasons.most_common()) or "the shards are empty"
         damaged = f"; damaged tars: {', '.join(sorted(self.damaged))}" if self.damaged else ""
-        return (f"no readable sample in {shards} shard{'s' if shards != 1 else ''} (rank {dist_rank()}'s "
+        return (f"no readable sample in {shards} shard{'s' if shards != 1 else ''} (rank {dist_utils.rank()}'s "
                 f"share of {of}: {reasons}{damaged}); check data.image_ext / data.caption_ext "
                 f"against the members of the shards")
 

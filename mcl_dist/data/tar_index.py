@@ -30,6 +30,7 @@ from typing import Iterable, Optional
 import numpy as np
 from tqdm import tqdm
 
+from mcl_dist.data.shards import is_local, local_path
 from mcl_dist.io import load_npz, save_npz
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,12 @@ _KEY_EXT = re.compile(rb"^((?:.*/|)[^.]+)[.]([^/]*)$", re.DOTALL)  # webdataset'
 
 
 def _local(url: str) -> str:
-    if url.startswith("pipe:") or ("://" in url and not url.startswith("file://")):
+    if not is_local(local_path(url)):
         raise ValueError(
             f"{url}: random access needs local files. Stages >= 1 read samples through a tar index, "
             "so the shards must be on a local or mounted filesystem: copy them or mount them "
             "(e.g. with a FUSE mount of the bucket) and pass the local paths.")
-    path = os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
+    path = os.path.abspath(local_path(url))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: shard not found")
     return path

@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mcl_dist.data.decode import BadSample, decode_image
+from mcl_dist.data.shards import expand_urls
+from mcl_dist.data.streaming import ErrorLog, raw_samples
 from mcl_dist.eval.linear_probe import extract_features
 
 log = logging.getLogger("mcl_dist")
@@ -100,22 +103,8 @@ def iter_image_folder(root: str, classnames: Optional[Sequence[str]] = None) -> 
 
 def _expand(urls: Union[str, Sequence[str]]) -> list[str]:
     if isinstance(urls, str):
-        from mcl_dist.data.shards import expand_urls
-
         return expand_urls(urls, key="eval shards")
     return list(urls)
-
-
-def _raw_samples(urls: list[str], errors: Counter) -> Iterator[dict]:
-    from webdataset import tariterators
-
-    def handler(exn: Exception) -> bool:
-        errors["damaged"] += 1
-        return True  # skip and go on, like training streams do
-
-    opened = tariterators.url_opener(({"url": u} for u in urls), handler=handler)
-    files = tariterators.tar_file_expander(opened, handler=handler)
-    yield from tariterators.group_by_keys(files, handler=handler)
 
 
 CLS = ".cls"  # label "field" meaning the `{key}.cls` member rather than a field of `{key}.json`
@@ -135,7 +124,7 @@ def _raw_label(raw: dict, label_field: Optional[str]) -> Any:
 def scan_label_values(urls: Union[str, Sequence[str]], label_field: Optional[str] = None) -> list:
     """Sorted distinct label values (reads label members only; images are not decoded)."""
     values = set()
-    for raw in _raw_samples(_expand(urls), Counter()):
+    for raw in raw_samples(_expand(urls), ErrorLog()):
         try:
             v = _raw_label(raw, label_field)
         except (ValueError, UnicodeDecodeError):
@@ -150,12 +139,11 @@ def iter_labelled_samples(urls: Union[str, Sequence[str]], fields: Sequence[Opti
                           max_samples: Optional[int] = None) -> Iterator[tuple[Image.Image, dict]]:
     """(image, {field: raw label or None}) for every readable sample, so that several label
     fields are evaluated from ONE pass of feature extraction. Bad samples are skipped and logged."""
-    from mcl_dist.data.decode import BadSample, decode_image
-
     urls = _expand(urls)
+    errors = ErrorLog()  # damaged tar members are skipped, like training streams do
     skipped: Counter = Counter()
     n = 0
-    for raw in _raw_samples(urls, skipped):
+    for raw in raw_samples(urls, errors):
         if max_samples is not None and n >= max_samples:
             break
         try:
@@ -166,6 +154,8 @@ def iter_labelled_samples(urls: Union[str, Sequence[str]], fields: Sequence[Opti
             continue
         n += 1
         yield img, labels
+    if errors.damaged:
+        skipped["damaged"] += sum(errors.damaged.values())
     if skipped:
         log.warning("%s%s: skipped %s", urls[0], " …" if len(urls) > 1 else "", dict(skipped))
 

@@ -1,4 +1,5 @@
-"""The cluster-bucketed distributed batch planner: which samples each rank reads at each step.
+"""The cluster-bucketed distributed batch planner: which samples each rank reads at each step,
+and the batch log that shows, after the fact, that every group held one label.
 
 Stages >= 1 need every sample's in-batch negatives to share its pseudo-label. Per epoch we bucket
 the sample indices by label, shuffle inside buckets, cut buckets into groups and shuffle the
@@ -12,17 +13,23 @@ Two layouts, chosen by the group size g against the per-rank micro-batch b:
 - global (g == b * world): one group fills the global micro-batch, each rank holds an equal
   slice of it and the loss gathers features across ranks.
 
+`group_layout` is the one statement of that rule; the config check uses it too.
+
 The plan is pure numpy and a function of (labels, seed, epoch, shape) only, so every rank computes
 the same plan without communicating. Memory: one permutation of the sample indices plus a few
-ints per group; every group is a contiguous range of that permutation.
+ints per group; every group is a contiguous range of that permutation. The module imports no
+torch, so the config can check group sizes without loading it.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 import numpy as np
-import torch.utils.data
+
+if TYPE_CHECKING:
+    import torch
 
 LOOKAHEAD = 16  # groups searched for one that fills the rest of a micro-batch
 
@@ -62,15 +69,24 @@ class EpochPlan:
                 yield step, micro, idx, groups
 
 
+def group_layout(group_size: int, micro_batch: int, world_size: int) -> Optional[str]:
+    """Where a label group sits: "local" (inside one rank's micro-batch, no gather), "global"
+    (exactly the global micro-batch, the loss gathers features), or None when it fits neither."""
+    if group_size <= micro_batch:
+        return "local"
+    if group_size == micro_batch * world_size:
+        return "global"
+    return None
+
+
 def _check_shape(world_size: int, micro_batch: int, accum: int, group_size: int) -> str:
     if world_size < 1 or micro_batch < 1 or accum < 1:
         raise ValueError(f"world_size, micro_batch and accum must be >= 1, got {world_size}, {micro_batch}, {accum}")
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 (a sample needs a negative), got {group_size}")
-    if group_size <= micro_batch:
-        return "local"
-    if group_size == micro_batch * world_size:
-        return "global"
+    mode = group_layout(group_size, micro_batch, world_size)
+    if mode is not None:
+        return mode
     raise ValueError(
         f"group_size {group_size} does not fit micro_batch {micro_batch} x world_size {world_size}: use "
         f"group_size <= {micro_batch} (several label groups per rank micro-batch, no gather; the normal "
@@ -211,15 +227,15 @@ def plan_epoch(labels: np.ndarray, *, epoch: int, seed: int, world_size: int, mi
     return EpochPlan(labels, order, ps, pz, pg, ptr, world_size, accum, num_steps, mode, stats)
 
 
-class PlannedBatchSampler(torch.utils.data.Sampler):
+class PlannedBatchSampler:
     """One rank's micro-batches as lists of (sample_index, label, group) for DataLoader(batch_sampler=).
 
     The batch sampler runs in the main process, so any number of DataLoader workers read exactly
-    these batches, in this order. start_step resumes mid-epoch.
+    these batches, in this order. start_step resumes mid-epoch. DataLoader only needs an iterable
+    with a length here, so this is no torch Sampler subclass.
     """
 
     def __init__(self, plan: Union[EpochPlan, np.ndarray], rank: int = 0, start_step: int = 0, **plan_kwargs):
-        super().__init__()
         self.plan = plan if isinstance(plan, EpochPlan) else plan_epoch(plan, **plan_kwargs)
         if not 0 <= start_step <= self.plan.num_steps:
             raise ValueError(f"start_step {start_step} outside the epoch's {self.plan.num_steps} steps")
@@ -234,6 +250,30 @@ class PlannedBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return (self.plan.num_steps - self.start_step) * self.plan.accum
+
+
+# -- the batch log (debug.log_batches) -------------------------------------------------------
+def write_batch_record(path: str, step: int, micro: int, rank: int, batch: dict) -> None:
+    """Append one micro-batch as one JSON line: what `check_batch_log` reads back."""
+    record = {"epoch": batch.get("epoch", 0), "step": step, "micro_step": micro, "rank": rank,
+              "keys": list(batch["key"])}
+    if batch.get("labels") is not None:
+        record["labels"] = batch["labels"].tolist()
+        record["groups"] = batch["groups"].tolist()
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def group_purity(labels: Optional[torch.Tensor], groups: Optional[torch.Tensor]) -> float:
+    """Mean over groups of the majority label's share: 1.0 when every group is single-label."""
+    if labels is None or groups is None or len(groups) == 0:
+        return 1.0
+    total = 0.0
+    ids = groups.unique()
+    for g in ids:
+        lab = labels[groups == g]
+        total += lab.bincount().max().item() / len(lab) if lab.min() >= 0 else 0.0
+    return total / len(ids)
 
 
 def check_batch_log(records, min_group_size: int = 2) -> dict:
