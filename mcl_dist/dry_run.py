@@ -19,6 +19,8 @@ import torch
 from mcl_dist.config import Config, check_world, load_config, micro_batch_size
 from mcl_dist.data.shards import count_samples, expand_urls, is_local, local_path
 from mcl_dist.lr_schedule import warmup_steps
+from mcl_dist.objectives import get_objective
+from mcl_dist.pipeline import default_run_dir
 from mcl_dist.stage0 import stage_steps
 
 KMEANS_CHUNK = 65536  # kmeans()'s default chunk of rows on a GPU
@@ -65,11 +67,9 @@ def data_plan(cfg: Config) -> dict[str, Any]:
 
 def _model_sizes(cfg: Config) -> dict[str, Any]:
     """Parameter and state sizes from a model built on the meta device; trainable counts per stage."""
-    from mcl_dist.models import apply_locks
-    from mcl_dist.objective import create_bundle
-
+    objective = get_objective(cfg)
     with torch.device("meta"):
-        bundle = create_bundle(cfg, torch.device("meta"), pretrained="")
+        bundle = objective.create_bundle(torch.device("meta"), pretrained="")
     model = bundle["model"]
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     dim = int(getattr(model, "output_dim", 0) or getattr(getattr(model, "visual", None), "output_dim", 0)
@@ -78,10 +78,8 @@ def _model_sizes(cfg: Config) -> dict[str, Any]:
     for st in cfg.stages:
         for p in model.parameters():
             p.requires_grad_(True)
-        if cfg.objective == "clip":
-            apply_locks(model, cfg.model)
-            if st.lock_image is not None or st.lock_text is not None:
-                apply_locks(model, cfg.model, lock_image=st.lock_image, lock_text=st.lock_text)
+        objective.lock(model)
+        objective.lock(model, st)
         trainable.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
     return {"name": bundle["name"], "params": sum(p.numel() for p in model.parameters()),
             "state_bytes": state_bytes, "dim": dim, "trainable": trainable}
@@ -123,18 +121,11 @@ def build_plan(cfg: Config, config_path: str, run_dir: str, world: int) -> dict[
 
 def weights_notes(cfg: Config) -> list[str]:
     """Where pretrained weights come from; an unknown tag is an error now, not after hours of queueing."""
-    import open_clip
-
-    from mcl_dist.config import ConfigError
-
+    objective = get_objective(cfg)
     keys: dict[str, list[str]] = {}
     for key, tag in (("model.pretrained", cfg.model.pretrained), ("stages.0.pretrained", cfg.stages[0].pretrained)):
-        if not tag or cfg.objective != "clip" or os.path.exists(tag) or cfg.model.config_file:
+        if not tag or os.path.exists(tag) or not objective.downloads(key, tag):
             continue
-        tags = open_clip.list_pretrained_tags_by_model(cfg.model.name)
-        if tag not in tags:
-            raise ConfigError(f"'{key}': '{tag}' is neither a local file nor an open_clip tag of {cfg.model.name} "
-                              f"(tags: {', '.join(tags) or 'none'})")
         keys.setdefault(tag, []).append(key)
     return [f"{' and '.join(k)}: open_clip weights '{tag}' (downloaded into open_clip's cache on first use)"
             for tag, k in keys.items()]
@@ -195,8 +186,6 @@ def format_plan(p: dict[str, Any]) -> str:
 
 
 def dry_run(config_path: str, run_dir: str | None, overrides: list[str], world: int | None = None) -> int:
-    from mcl_dist.pipeline import default_run_dir
-
     cfg = load_config(config_path, overrides)
     world = world or int(os.environ.get("WORLD_SIZE", "1"))
     run_dir = run_dir or cfg.run_dir or default_run_dir(config_path)

@@ -19,6 +19,7 @@ from mcl_dist import distributed as dist_utils
 from mcl_dist.config import Config, ConfigError, check_world, load_config, save_config
 from mcl_dist.data.shards import expand_urls, is_local, local_path
 from mcl_dist.manifest import Manifest, fingerprint
+from mcl_dist.objectives import get_objective
 
 log = logging.getLogger("mcl_dist")
 
@@ -186,7 +187,7 @@ class Pipeline:
         try:
             index = build_or_load_index([local_path(u) for u in self.urls], index_dir(self), progress=True)
             stats = check_index(index, image_exts=c.data.image_ext, caption_ext=c.data.caption_ext,
-                                need_caption=c.objective == "clip", max_member_bytes=c.data.max_member_bytes,
+                                need_caption=get_objective(c).captions, max_member_bytes=c.data.max_member_bytes,
                                 max_bad_fraction=c.data.max_bad_fraction)
         except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
             return {"error": str(e)}

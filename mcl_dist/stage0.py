@@ -15,7 +15,7 @@ from mcl_dist.data.sources import StreamSource
 from mcl_dist.data.streaming import cap_workers
 from mcl_dist.io import save_torch
 from mcl_dist.models import stage_checkpoint
-from mcl_dist.objective import create_bundle, train_decoder
+from mcl_dist.objectives import get_objective
 from mcl_dist.train import StageSpec, StageTrainer
 
 log = logging.getLogger("mcl_dist")
@@ -37,7 +37,8 @@ def train_stage0(cfg: Config, urls: list[str], stage_dir: str, fingerprint: str,
     info = dist_utils.info()
     st = cfg.stages[0]
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    bundle = create_bundle(cfg, info.device, pretrained=st.pretrained or None)
+    objective = get_objective(cfg)
+    bundle = objective.create_bundle(info.device, pretrained=st.pretrained or None)
     out_path = os.path.join(stage_dir, "checkpoint.pt")
     if st.pretrained:
         log.info("stage 0: using pretrained weights '%s' as stage 0 (no training)", st.pretrained)
@@ -45,7 +46,7 @@ def train_stage0(cfg: Config, urls: list[str], stage_dir: str, fingerprint: str,
             save_torch(stage_checkpoint(bundle["model"], bundle["name"], bundle["config"], stage=0), out_path)
         return {"pretrained": st.pretrained}
     world = info.world_size
-    decoder = train_decoder(cfg, bundle)
+    decoder = objective.train_decoder(bundle)
     workers = cap_workers(len(urls), world, cfg.data.workers)
     if workers < cfg.data.workers and info.is_main:
         log.warning("data.workers=%d lowered to %d: %d shards cannot feed %d ranks x %d workers",

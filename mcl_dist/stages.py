@@ -17,7 +17,7 @@ from mcl_dist import distributed as dist_utils
 from mcl_dist.config import ConfigError, micro_batch_size
 from mcl_dist.io import load_npz, load_torch, save_npz, save_torch, write_json
 from mcl_dist.models import stage_checkpoint
-from mcl_dist.objective import create_bundle, train_decoder
+from mcl_dist.objectives import get_objective
 from mcl_dist.pipeline import kill_step
 
 log = logging.getLogger("mcl_dist")
@@ -53,7 +53,7 @@ def _redo_hint(e: Exception, step: str) -> ConfigError:
 
 
 def load_stage_model(pipe, s: int) -> dict[str, Any]:
-    bundle = create_bundle(pipe.cfg, pipe.info.device, pretrained="")
+    bundle = get_objective(pipe.cfg).create_bundle(pipe.info.device, pretrained="")
     state = load_torch(os.path.join(pipe.stage_dir(s), "checkpoint.pt"))
     bundle["model"].load_state_dict(state["state_dict"])
     return bundle
@@ -152,18 +152,16 @@ def labels_step(pipe, s: int) -> dict:
 def init_weights(pipe, s: int) -> dict[str, Any]:
     """previous: stage s-1's weights; base: the run's starting weights; scratch: a fresh init."""
     c, st = pipe.cfg, pipe.cfg.stages[s]
+    objective = get_objective(c)
     if st.init == "previous":
         bundle = load_stage_model(pipe, s - 1)
     elif st.init == "base":
         torch.manual_seed(c.train.seed)  # the same initial weights stage 0 started from
-        bundle = create_bundle(c, pipe.info.device, pretrained=c.stages[0].pretrained or None)
+        bundle = objective.create_bundle(pipe.info.device, pretrained=c.stages[0].pretrained or None)
     else:
         torch.manual_seed(c.train.seed + 1000 * s)
-        bundle = create_bundle(c, pipe.info.device, pretrained="")
-    from mcl_dist.models import apply_locks
-
-    if c.objective == "clip" and (st.lock_image is not None or st.lock_text is not None):
-        apply_locks(bundle["model"], c.model, lock_image=st.lock_image, lock_text=st.lock_text)
+        bundle = objective.create_bundle(pipe.info.device, pretrained="")
+    objective.lock(bundle["model"], st)
     return bundle
 
 
@@ -180,7 +178,7 @@ def train_step(pipe, s: int, fp: str) -> dict:
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # labels of other shards, damaged file
         raise _redo_hint(e, f"stage_{s}/labels") from None
     bundle = init_weights(pipe, s)
-    decoder = train_decoder(c, bundle)
+    decoder = get_objective(c).train_decoder(bundle)
     micro = micro_batch_size(c, info.world_size)
     source = PlannedSource(index, labels, decoder, micro_batch=micro, accum=c.train.accum_freq,
                            world=info.world_size, rank=info.rank, group_size=st.group_size,
