@@ -179,10 +179,16 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     dist: DistConfig = field(default_factory=DistConfig)
-    objective: str = "clip"  # clip | simclr
+    objective: str = "clip"  # one of OBJECTIVES
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     run_dir: str = ""
 
+
+# The objectives mcl_dist/objectives/ registers (it asserts the same names), kept here so that
+# reading a config imports no torch. Image-only ones have no captions: k-means embeds images only,
+# and their views come from their own settings, not data.augment.
+OBJECTIVES = ("clip", "simclr")
+IMAGE_ONLY = ("simclr",)
 
 _CHOICES = {
     "train.precision": ("auto", "fp32", "amp_bf16", "bf16"),
@@ -378,9 +384,9 @@ def validate(cfg: Config, where: str = "config") -> None:
             raise ConfigError(f"{where}: '{key}' must be >= 0, got {value}")
     if not 0.0 <= t.warmup_share < 1.0:
         raise ConfigError(f"{where}: 'train.warmup_share' must be in [0, 1), got {t.warmup_share}")
-    if not cfg.data.augment and cfg.objective == "simclr":
-        raise ConfigError(f"{where}: 'data.augment' false applies to CLIP only; SimCLR's views are set "
-                          f"under simclr.* (crop, colour jitter)")
+    if not cfg.data.augment and cfg.objective in IMAGE_ONLY:
+        raise ConfigError(f"{where}: 'data.augment' false applies to CLIP only; the views of objective "
+                          f"{cfg.objective} are set under {cfg.objective}.* (crop, colour jitter)")
     if cfg.data.cache_decoded and cfg.data.augment:
         raise ConfigError(f"{where}: 'data.cache_decoded' needs 'data.augment' false (an augmented sample "
                           f"differs every epoch, a cached one would not)")
@@ -394,10 +400,10 @@ def validate(cfg: Config, where: str = "config") -> None:
                           f"got {t.lr_cooldown_steps}")
     if t.engine == "deepspeed" and t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"{where}: 'train.zero_stage' must be 0, 1, 2 or 3, got {t.zero_stage}")
-    if cfg.objective not in ("clip", "simclr"):
-        raise ConfigError(f"{where}: 'objective' must be clip or simclr, got {cfg.objective!r}")
-    if cfg.objective == "simclr" and cfg.cluster.embed != "image":
-        raise ConfigError(f"{where}: 'cluster.embed' must be image for objective simclr (there is no text)")
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"{where}: 'objective' must be one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}")
+    if cfg.objective in IMAGE_ONLY and cfg.cluster.embed != "image":
+        raise ConfigError(f"{where}: 'cluster.embed' must be image for objective {cfg.objective} (there is no text)")
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         targets = cfg.stages if section == "stages" else [getattr(cfg, section)]

@@ -19,7 +19,7 @@ import torch
 from mcl_dist.config import Config, check_world, default_run_dir, load_config, micro_batch_size, stage_steps
 from mcl_dist.data.shards import count_samples, expand_urls, is_local, local_path
 from mcl_dist.lr_schedule import warmup_steps
-
+from mcl_dist.objectives import get_objective
 
 KMEANS_CHUNK = 65536  # kmeans()'s default chunk of rows on a GPU
 
@@ -65,11 +65,9 @@ def data_plan(cfg: Config) -> dict[str, Any]:
 
 def _model_sizes(cfg: Config) -> dict[str, Any]:
     """Parameter and state sizes from a model built on the meta device; trainable counts per stage."""
-    from mcl_dist.models import apply_locks
-    from mcl_dist.objective import create_bundle
-
+    objective = get_objective(cfg)
     with torch.device("meta"):
-        bundle = create_bundle(cfg, torch.device("meta"), pretrained="")
+        bundle = objective.create_bundle(torch.device("meta"), pretrained="")
     model = bundle["model"]
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     dim = int(getattr(model, "output_dim", 0) or getattr(getattr(model, "visual", None), "output_dim", 0)
@@ -78,10 +76,8 @@ def _model_sizes(cfg: Config) -> dict[str, Any]:
     for st in cfg.stages:
         for p in model.parameters():
             p.requires_grad_(True)
-        if cfg.objective == "clip":
-            apply_locks(model, cfg.model)
-            if st.lock_image is not None or st.lock_text is not None:
-                apply_locks(model, cfg.model, lock_image=st.lock_image, lock_text=st.lock_text)
+        objective.lock(model)
+        objective.lock(model, st)
         trainable.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
     return {"name": bundle["name"], "params": sum(p.numel() for p in model.parameters()),
             "state_bytes": state_bytes, "dim": dim, "trainable": trainable}
@@ -123,18 +119,11 @@ def build_plan(cfg: Config, config_path: str, run_dir: str, world: int) -> dict[
 
 def weights_notes(cfg: Config) -> list[str]:
     """Where pretrained weights come from; an unknown tag is an error now, not after hours of queueing."""
-    import open_clip
-
-    from mcl_dist.config import ConfigError
-
+    objective = get_objective(cfg)
     keys: dict[str, list[str]] = {}
     for key, tag in (("model.pretrained", cfg.model.pretrained), ("stages.0.pretrained", cfg.stages[0].pretrained)):
-        if not tag or cfg.objective != "clip" or os.path.exists(tag) or cfg.model.config_file:
+        if not tag or os.path.exists(tag) or not objective.downloads(key, tag):
             continue
-        tags = open_clip.list_pretrained_tags_by_model(cfg.model.name)
-        if tag not in tags:
-            raise ConfigError(f"'{key}': '{tag}' is neither a local file nor an open_clip tag of {cfg.model.name} "
-                              f"(tags: {', '.join(tags) or 'none'})")
         keys.setdefault(tag, []).append(key)
     return [f"{' and '.join(k)}: open_clip weights '{tag}' (downloaded into open_clip's cache on first use)"
             for tag, k in keys.items()]

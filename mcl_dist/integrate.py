@@ -11,18 +11,16 @@ only tensors, lists, dicts, strings, numbers and None.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import math
 from typing import Any, Optional, Sequence, Union
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mcl_dist.io import load_torch, save_torch
+from mcl_dist.objectives import checkpoint_objective
 
 FORMAT = "mcl_dist.integrated"
 VERSION = 1
@@ -110,53 +108,8 @@ def _strip_module(sd: dict) -> dict:
     return dict(sd)
 
 
-def _register(name: str, cfg: Optional[dict]) -> str:
-    """Make `cfg` known to open_clip; returns the name to create it under.
-
-    A checkpoint carries its own config, so a run directory loads without the original JSON file.
-    If another config is already registered under the same name, use a content-hashed alias
-    rather than silently building the wrong architecture.
-    """
-    if cfg is None:
-        if name not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip model '{name}' and the checkpoint carries no model config")
-        return name
-    from open_clip.factory import _MODEL_CONFIGS
-
-    known = _MODEL_CONFIGS.get(name)
-    if known is None or known == cfg:
-        _MODEL_CONFIGS[name] = cfg
-        return name
-    alias = f"{name}@{hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]}"
-    _MODEL_CONFIGS[alias] = cfg
-    return alias
-
-
 def _build(name: str, cfg: Optional[dict], state_dict: dict, device: Any) -> tuple[nn.Module, Any, Any]:
-    from open_clip.transform import PreprocessCfg, image_transform_v2
-
-    if cfg and "simclr" in cfg:  # an image-only SimCLR stage (objective: simclr)
-        from mcl_dist.config import SimCLRConfig
-        from mcl_dist.simclr import model_from_checkpoint, val_transform
-
-        model = model_from_checkpoint({"model_config": cfg, "state_dict": _strip_module(state_dict)}, device)
-        return model.eval(), val_transform(SimCLRConfig(**cfg["simclr"])), None
-    reg = _register(name, cfg)
-    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly"; the weights come next
-    try:
-        model = open_clip.create_model(reg, pretrained=None, device="cpu")
-    finally:
-        logging.disable(logging.NOTSET)
-    sd = _strip_module(state_dict)
-    if "logit_scale" in sd and sd["logit_scale"].shape != model.logit_scale.shape:
-        sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise RuntimeError(f"weights do not match open_clip model '{name}': {e}") from e
-    model.to(device).eval()
-    preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
-    return model, preprocess, open_clip.get_tokenizer(reg)
+    return checkpoint_objective(cfg).load_checkpoint(name, cfg, _strip_module(state_dict), device)
 
 
 def load_model(path: str, device: Any = "cpu", model_name: Optional[str] = None) -> tuple[nn.Module, Any, Any]:

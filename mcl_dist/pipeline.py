@@ -27,6 +27,7 @@ from mcl_dist.data.preflight import DataError, check_index, check_shard_count
 from mcl_dist.data.shards import expand_urls, is_local, local_path
 from mcl_dist.data.tar_index import build_or_load_index
 from mcl_dist.manifest import Manifest, fingerprint
+from mcl_dist.objectives import get_objective
 from mcl_dist.synthetic import ensure_demo_data
 
 log = logging.getLogger("mcl_dist")
@@ -220,7 +221,7 @@ class Pipeline:
         try:
             index = build_or_load_index([local_path(u) for u in self.urls], steps.index_dir(self), progress=True)
             stats = check_index(index, image_exts=c.data.image_ext, caption_ext=c.data.caption_ext,
-                                need_caption=c.objective == "clip", max_member_bytes=c.data.max_member_bytes,
+                                need_caption=get_objective(c).captions, max_member_bytes=c.data.max_member_bytes,
                                 max_bad_fraction=c.data.max_bad_fraction)
         except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
             return {"error": str(e)}

@@ -35,8 +35,8 @@ from mcl_dist.io import load_npz, load_torch, read_json, save_npz, save_torch, w
 from mcl_dist.kmeans import kmeans
 from mcl_dist.labels import compose_labels, label_stats, load_labels, save_labels
 from mcl_dist.metrics import read_metrics
-from mcl_dist.models import apply_locks, stage_checkpoint
-from mcl_dist.objective import create_bundle, train_decoder
+from mcl_dist.models import stage_checkpoint
+from mcl_dist.objectives import get_objective
 from mcl_dist.report import write_report
 from mcl_dist.stop_signal import split_signal
 from mcl_dist.train import StageSpec, StageTrainer
@@ -74,7 +74,7 @@ def _redo_hint(e: Exception, step: str) -> ConfigError:
 
 
 def load_stage_model(pipe, s: int) -> dict[str, Any]:
-    bundle = create_bundle(pipe.cfg, pipe.info.device, pretrained="")
+    bundle = get_objective(pipe.cfg).create_bundle(pipe.info.device, pretrained="")
     state = load_torch(os.path.join(pipe.stage_dir(s), "checkpoint.pt"))
     bundle["model"].load_state_dict(state["state_dict"])
     return bundle
@@ -160,16 +160,17 @@ def init_weights(pipe, s: int) -> dict[str, Any]:
     """Stage 0: the run's starting weights (or the pretrained ones). Later stages, by `init`:
     previous = stage s-1's weights; base = stage 0's starting weights; scratch = a fresh init."""
     c, st = pipe.cfg, pipe.cfg.stages[s]
+    objective = get_objective(c)
     if s == 0 or st.init == "base":
         torch.manual_seed(c.train.seed)  # identical initial weights on every rank, and in every base stage
-        bundle = create_bundle(c, pipe.info.device, pretrained=c.stages[0].pretrained or None)
+        bundle = objective.create_bundle(pipe.info.device, pretrained=c.stages[0].pretrained or None)
     elif st.init == "previous":
         bundle = load_stage_model(pipe, s - 1)
     else:
         torch.manual_seed(c.train.seed + 1000 * s)
-        bundle = create_bundle(c, pipe.info.device, pretrained="")
-    if s > 0 and c.objective == "clip" and (st.lock_image is not None or st.lock_text is not None):
-        apply_locks(bundle["model"], c.model, lock_image=st.lock_image, lock_text=st.lock_text)
+        bundle = objective.create_bundle(pipe.info.device, pretrained="")
+    if s > 0:
+        objective.lock(bundle["model"], st)  # the stage's own lock_image / lock_text, if it sets them
     return bundle
 
 
@@ -227,7 +228,7 @@ def train_step(pipe, s: int, fp: str) -> dict:
         log.info("stage 0: using pretrained weights '%s' as stage 0 (no training)", c.stages[0].pretrained)
         result["final"] = {"pretrained": c.stages[0].pretrained}
     else:
-        decoder = train_decoder(c, bundle)
+        decoder = get_objective(c).train_decoder(bundle)
         if s == 0:  # stage 0 gathers features whenever there are other ranks
             source, total = _stream_source(pipe, decoder)
             gather, plan = info.world_size > 1, {}

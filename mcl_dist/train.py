@@ -25,7 +25,7 @@ from mcl_dist.data.streaming import BadSampleMonitor
 from mcl_dist.engine import build_engine
 from mcl_dist.metrics import MetricsLogger, truncate_after
 from mcl_dist.models import stage_checkpoint, unwrap
-from mcl_dist.objective import forward_loss
+from mcl_dist.objectives import get_objective
 
 log = logging.getLogger("mcl_dist")
 
@@ -38,7 +38,7 @@ class TrainingError(RuntimeError):
 class StageSpec:
     stage: int
     stage_dir: str
-    bundle: dict  # models.create() output
+    bundle: dict  # the objective's create_bundle() output
     source: Any  # StreamSource or PlannedSource
     total_steps: int
     base_lr: float
@@ -54,6 +54,7 @@ class StageTrainer:
         self.info = dist_utils.info()
         self.device = self.info.device
         self.model = spec.bundle["model"]
+        self.objective = get_objective(cfg)
         self.engine = build_engine(self.model, cfg.train, self.device, spec.total_steps, spec.base_lr)
         self.monitor = BadSampleMonitor(cfg.data.max_bad_fraction)
         self.metrics = MetricsLogger(spec.stage_dir, enabled=self.info.is_main)
@@ -120,7 +121,7 @@ class StageTrainer:
             if self.batch_log:
                 write_batch_record(self.batch_log, step, micro, dist_utils.rank(), batch)
             with self.engine.accumulating(last=micro == accum - 1):
-                loss = forward_loss(self.cfg, self.engine, batch, self.device, labels, self.spec.gather)
+                loss = self.objective.loss(self.engine, batch, self.device, labels, self.spec.gather)
                 self.engine.backward(loss / accum)
             total_loss += loss.item() / accum
             n += len(batch["key"])

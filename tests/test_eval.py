@@ -203,7 +203,7 @@ def test_cli_on_integrated_tiny_model(tmp_path):
 
     cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "head_width": 8, "patch_size": 8},
            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
-    from mcl_dist.integrate import _register
+    from mcl_dist.objectives.clip import _register
 
     _register("mcl-test-tiny-eval", cfg)
     states = [open_clip.create_model("mcl-test-tiny-eval").state_dict() for _ in range(2)]

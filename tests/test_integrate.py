@@ -100,7 +100,7 @@ def test_stage_checkpoint_loads_here_and_in_open_clip(stages, inputs, tmp_path):
 
 def test_conflicting_registered_config_gets_an_alias(stages, tmp_path):
     other = dict(CFG, embed_dim=16)
-    from mcl_dist.integrate import _register
+    from mcl_dist.objectives.clip import _register
 
     alias = _register(NAME, other)  # NAME already holds CFG: must not be overwritten
     assert alias != NAME and open_clip.create_model(alias).text_projection.shape[-1] == 16

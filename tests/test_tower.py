@@ -15,7 +15,7 @@ from mcl_dist.optim import cosine_lr
 from mcl_dist.lr_schedule import warmup_steps
 from mcl_dist.io import save_torch
 from mcl_dist.models import create, stage_checkpoint
-from mcl_dist.objective import train_decoder
+from mcl_dist.objectives import get_objective
 
 from conftest import ROOT
 
@@ -51,7 +51,7 @@ def test_augment_false_trains_on_the_whole_image():
     for augment, same in ((False, True), (True, False)):
         cfg = load_config(None, ["data.synthetic=true", f"model.config_file={TOWER}", f"data.augment={augment}"])
         bundle = create(cfg.model, torch.device("cpu"))
-        dec = train_decoder(cfg, bundle)
+        dec = get_objective(cfg).train_decoder(bundle)
         torch.manual_seed(1)
         views = [dec(raw)["image"] for _ in range(4)]
         assert all(torch.equal(v, views[0]) for v in views) == same

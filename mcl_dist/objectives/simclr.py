@@ -1,4 +1,4 @@
-"""Unimodal MCL: SimCLR stages on image-only shards through the same pipeline.
+"""SimCLR stages: unimodal MCL on image-only shards through the same pipeline.
 
 A torchvision ResNet backbone (optionally with the CIFAR stem for small images) plus an MLP
 projection head. `encode_image` returns the backbone features (before the head): those are what
@@ -7,7 +7,7 @@ image2)` returns both views' projections for the label-masked NT-Xent loss.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -15,6 +15,9 @@ import torchvision
 from torchvision import transforms as T
 
 from mcl_dist.config import ConfigError, SimCLRConfig
+from mcl_dist.data.decode import decode_image
+from mcl_dist.loss import nt_xent
+from mcl_dist.objectives.base import Objective
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ARCHS = {"resnet18": ([2, 2, 2, 2], "basic"), "resnet34": ([3, 4, 6, 3], "basic"),
@@ -73,19 +76,6 @@ def val_transform(scfg: SimCLRConfig) -> T.Compose:
     return T.Compose([T.Resize((scfg.image_size, scfg.image_size)), T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
-def create_simclr(scfg: SimCLRConfig, device: torch.device) -> dict[str, Any]:
-    model = SimCLRModel(scfg).to(device)
-    return {"model": model, "name": f"simclr-{scfg.arch}", "config": {"simclr": scfg.__dict__.copy()},
-            "preprocess_train": train_transform(scfg), "preprocess_val": val_transform(scfg), "tokenizer": None}
-
-
-def model_from_checkpoint(ck: dict, device: torch.device = torch.device("cpu")) -> SimCLRModel:
-    scfg = SimCLRConfig(**ck["model_config"]["simclr"])
-    model = SimCLRModel(scfg)
-    model.load_state_dict(ck["state_dict"])
-    return model.to(device)
-
-
 class TwoViewDecoder:
     """Image-only sample -> two independently augmented views (no caption needed)."""
 
@@ -96,7 +86,41 @@ class TwoViewDecoder:
         self.image_exts = tuple(e.strip().lower() for e in image_exts.split(";") if e.strip())
 
     def __call__(self, raw: dict) -> dict[str, Any]:
-        from mcl_dist.data.decode import decode_image
-
         img = decode_image(raw, self.image_exts, self.max_pixels, self.max_bytes)  # decoded once, augmented twice
         return {"image": self.transform(img), "image2": self.transform(img), "key": raw["__key__"]}
+
+
+class SimCLR(Objective):
+    """The checkpoint's 'model_config' is `{"simclr": <simclr settings>}`: that marks it as ours."""
+
+    name = "simclr"
+    captions = False
+
+    def create_bundle(self, device: torch.device, pretrained: Optional[str] = None) -> dict[str, Any]:
+        scfg = self.cfg.simclr
+        model = SimCLRModel(scfg).to(device)
+        return {"model": model, "name": f"simclr-{scfg.arch}", "config": {"simclr": scfg.__dict__.copy()},
+                "preprocess_train": train_transform(scfg), "preprocess_val": val_transform(scfg), "tokenizer": None}
+
+    def train_decoder(self, bundle: dict) -> TwoViewDecoder:
+        d = self.cfg.data
+        return TwoViewDecoder(bundle["preprocess_train"], d.image_ext, d.max_image_pixels, d.max_member_bytes)
+
+    def loss(self, engine, batch: dict, device: torch.device, labels: Optional[torch.Tensor],
+             gather: bool) -> torch.Tensor:
+        out = engine.forward(image=batch["image"].to(device, non_blocking=True),
+                             image2=batch["image2"].to(device, non_blocking=True))
+        return nt_xent(out["z1"].float(), out["z2"].float(), self.cfg.simclr.temperature, labels=labels,
+                       gather=gather, gather_with_grad=self.cfg.train.gather_with_grad)
+
+    @classmethod
+    def reads_checkpoint(cls, model_config: Optional[dict]) -> bool:
+        return bool(model_config) and "simclr" in model_config
+
+    @classmethod
+    def load_checkpoint(cls, name: str, model_config: Optional[dict], state_dict: dict,
+                        device: Any) -> tuple[torch.nn.Module, Any, Any]:
+        scfg = SimCLRConfig(**model_config["simclr"])
+        model = SimCLRModel(scfg)
+        model.load_state_dict(state_dict)
+        return model.to(device).eval(), val_transform(scfg), None
