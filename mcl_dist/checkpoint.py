@@ -12,7 +12,8 @@ import os
 import re
 from typing import Any, Optional
 
-from mcl_dist.io import load_torch, save_torch
+from mcl_dist.config import ConfigError
+from mcl_dist.files import load_torch, save_torch
 
 log = logging.getLogger(__name__)
 _PATTERN = re.compile(r"step_(\d{8})\.pt$")
@@ -44,8 +45,6 @@ def latest(stage_dir: str, fingerprint: Optional[str] = None) -> Optional[dict[s
             log.warning("skipping unreadable checkpoint %s (%s)", path, e)
             continue
         if fingerprint is not None and state.get("fingerprint") != fingerprint:
-            from mcl_dist.config import ConfigError
-
             step = f"{os.path.basename(os.path.normpath(stage_dir))}/train"
             raise ConfigError(
                 f"{path} was written by a different configuration, data or world size than this run "

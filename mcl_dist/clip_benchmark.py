@@ -4,7 +4,7 @@
         --dataset wds/NAME --dataset_root DIR --task zeroshot_classification [clip_benchmark options]
 
 Every `--model` value that is a file becomes a model of type `mcl_dist` (loaded by
-`mcl_dist.load_model`, so integrated models work too) named `<run>-<stage>`; anything else goes to
+`mcl_dist.integrate.load_model`, so integrated models work too) named `<run>-<stage>`; anything else goes to
 clip_benchmark unchanged. For plain open_clip use (`--model tiny-vit --pretrained
 runs/x/stage_0/checkpoint.pt`), the custom JSON model config named in the run's saved
 `config.yaml` is registered with open_clip first. Needs `pip install -e .[eval]` (clip_benchmark 1.6.2).
@@ -24,6 +24,12 @@ import sys
 import warnings
 from typing import Any, Optional
 
+import open_clip
+import torch
+import yaml
+
+from mcl_dist.integrate import load_model
+
 MODEL_TYPE = "mcl_dist"
 
 
@@ -36,7 +42,6 @@ def accuracy(output, target, topk=(1,)) -> list[float]:
 
 def run_model_config(checkpoint: str) -> Optional[str]:
     """The JSON model config that `<run_dir>/config.yaml` names, for a file in `<run_dir>/<step>/`."""
-    import yaml
 
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
     path = os.path.join(run_dir, "config.yaml")
@@ -57,7 +62,6 @@ def run_model_config(checkpoint: str) -> Optional[str]:
 
 def register_run_config(checkpoint: str) -> Optional[str]:
     """Make the run's custom model config known to open_clip; returns its path (None if none)."""
-    import open_clip
 
     config_file = run_model_config(checkpoint)
     if config_file:
@@ -67,7 +71,6 @@ def register_run_config(checkpoint: str) -> Optional[str]:
 
 def load_mcl(model_name: str, pretrained: str, cache_dir: Optional[str] = None, device: Any = "cpu"):
     """clip_benchmark's loader contract: (model, transform, tokenizer). `pretrained` is our file."""
-    from mcl_dist.integrate import load_model
 
     register_run_config(pretrained)
     return load_model(pretrained, device=device)
@@ -125,8 +128,6 @@ def _option(argv: list[str], name: str) -> Optional[str]:
 
 
 def check_task(argv: list[str]) -> None:
-    import torch
-
     if _option(argv, "--task") == "linear_probe" and not torch.cuda.is_available():
             raise ValueError("clip_benchmark 1.6.2's linear probe runs on CUDA only and no GPU is visible; "
                              "on CPU use tools/evaluate.py --probe-train TRAIN --probe-test TEST")

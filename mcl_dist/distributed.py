@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 
-from mcl_dist.io import write_json
+from mcl_dist.files import write_json
 
 
 @dataclass

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from mcl_dist.config import Config, check_world, default_run_dir, load_config, micro_batch_size, stage_steps
+from mcl_dist.config import Config, default_run_dir, micro_batch_size, stage_steps
+from mcl_dist.config_load import check_world, load_config
 from mcl_dist.data.shards import count_samples, expand_urls, is_local, local_path
 from mcl_dist.lr_schedule import warmup_steps
 from mcl_dist.objectives import get_objective

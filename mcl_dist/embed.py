@@ -24,7 +24,7 @@ from mcl_dist import distributed as dist_utils
 from mcl_dist.data.decode import ClipDecoder
 from mcl_dist.data.preflight import DataError
 from mcl_dist.data.streaming import BadSampleMonitor, ShardStream, make_loader
-from mcl_dist.io import atomic_path, write_json
+from mcl_dist.files import atomic_path, write_json
 
 log = logging.getLogger("mcl_dist")
 

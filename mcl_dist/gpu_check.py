@@ -29,22 +29,31 @@ import argparse
 import datetime
 import importlib.util
 import json
+import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist.io import read_json, write_json
+from mcl_dist.config import ModelConfig
+from mcl_dist.data.shards import count_samples, expand_urls
+from mcl_dist.embed import encode
+from mcl_dist.files import read_json, write_json
 from mcl_dist.gpu_report import finish, table
+from mcl_dist.loss import ClipLoss
 from mcl_dist.memprobe import InProcess, Polled
+from mcl_dist.models import create
+from mcl_dist.synthetic import shard_pattern, write_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
@@ -112,7 +121,6 @@ def check_collectives(device: torch.device, nbytes: int) -> dict:
 def check_loss(device: torch.device, per_rank: int = 8, dim: int = 32, tol: float = 1e-5) -> dict:
     """Each rank's share of one batch, gathered with gradient and masked by 3 labels, against the
     loss and gradients of one process on the whole batch (float32, the training dtype)."""
-    from mcl_dist.loss import ClipLoss
 
     w, r = dist.get_world_size(), dist.get_rank()
     g = torch.Generator().manual_seed(0)
@@ -149,10 +157,6 @@ def part_collectives(a, device: torch.device) -> dict:
 
 # -- part 4a: the embedding model alone (every rank, its own device) ----------------------------
 def part_embed_model(a, device: torch.device, reps: int = 5) -> dict:
-    from mcl_dist.config import ModelConfig
-    from mcl_dist.embed import encode
-    from mcl_dist.models import create
-
     name, config_file = bench_train().model_args(a.model)
     bundle = create(ModelConfig(name=name, config_file=config_file), device, pretrained="")
     model = bundle["model"].eval()
@@ -193,8 +197,6 @@ def child_env(cpu: bool, nproc: int) -> dict:
 
 
 def _write_part(job: tuple) -> str:
-    from mcl_dist.synthetic import shard_pattern, write_shards
-
     out_dir, n, per_shard, seed = job
     return shard_pattern(write_shards(out_dir, n_samples=n, samples_per_shard=per_shard, seed=seed, progress=False))
 
@@ -205,12 +207,8 @@ def prepare_data(a, work: str, nproc: int) -> tuple[str, int]:
     (a folder and seed each, so keys never collide) and joined with '::'."""
     if a.shards:
         if not a.samples:
-            from mcl_dist.data.shards import count_samples, expand_urls
-
             a.samples = count_samples(expand_urls(a.shards))
         return a.shards, a.samples
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     n, shards = a.samples or a.epoch_steps * a.batch_per_gpu * nproc, 2 * nproc * a.workers
     jobs = max(1, min(shards, cpus()))
@@ -324,8 +322,6 @@ def main(argv=None) -> int:
             result.update(train=parts.get("train"), stage1=parts.get("stage1"))
             result["embed"].update(parts.get("embed") or {})
         if not a.work_dir:
-            import shutil
-
             shutil.rmtree(work, ignore_errors=True)
     dist.barrier(group=waiter)
     if dist.get_rank() != 0:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcl_dist.io import load_torch, save_torch
+from mcl_dist.files import load_torch, save_torch
 from mcl_dist.objectives import checkpoint_objective
 
 FORMAT = "mcl_dist.integrated"

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from mcl_dist.io import write_json
+from mcl_dist.files import write_json
 from mcl_dist.kmeans import kmeans
 from mcl_dist.memprobe import InProcess, Polled
 

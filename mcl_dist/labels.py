@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from mcl_dist.data.tar_index import keys_fingerprint  # noqa: F401  (re-exported: labels are tied to data by it)
-from mcl_dist.io import atomic_path, load_npz, save_npz
+from mcl_dist.files import atomic_path, load_npz, save_npz
 
 
 def _combine(parent: np.ndarray, cluster: np.ndarray, min_label_size: int) -> np.ndarray:

@@ -14,8 +14,9 @@ import subprocess
 import time
 from typing import Any, Optional
 
+import mcl_dist
 from mcl_dist.config import ConfigError
-from mcl_dist.io import read_json, write_json
+from mcl_dist.files import read_json, write_json
 
 
 def fingerprint(settings: dict) -> str:
@@ -23,8 +24,6 @@ def fingerprint(settings: dict) -> str:
 
 
 def code_version() -> str:
-    import mcl_dist
-
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=os.path.dirname(os.path.abspath(mcl_dist.__file__))).stdout.strip()

@@ -6,6 +6,8 @@ import logging
 import os
 from typing import Any, Optional
 
+from mcl_dist.files import write_text
+
 log = logging.getLogger("mcl_dist")
 
 
@@ -59,7 +61,6 @@ def read_metrics(stage_dir: str) -> list[dict]:
 def truncate_after(stage_dir: str, step: int) -> None:
     """On resume drop records past the checkpoint step, so curves have no duplicates."""
     records = [r for r in read_metrics(stage_dir) if r.get("step", 0) <= step]
-    from mcl_dist.io import write_text
 
     if os.path.exists(os.path.join(stage_dir, "metrics.jsonl")):
         write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records),

@@ -5,6 +5,7 @@ loads with plain `open_clip.create_model_and_transforms(name, pretrained=path)`.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from typing import Any, Optional
@@ -34,8 +35,6 @@ def model_name(mcfg: ModelConfig) -> tuple[str, Optional[dict]]:
     if mcfg.config_file:
         return register_config(mcfg.config_file)
     if mcfg.name not in open_clip.list_models():
-        import difflib
-
         close = difflib.get_close_matches(mcfg.name, open_clip.list_models(), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"'model.name': unknown open_clip model '{mcfg.name}'{hint}")

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist import io, rundir, steps
-from mcl_dist.config import Config, ConfigError, check_world, default_run_dir, load_config, save_config
+from mcl_dist import files, rundir, steps
+from mcl_dist.config import Config, ConfigError, default_run_dir, save_config
+from mcl_dist.config_load import check_world, load_config
 from mcl_dist.data.preflight import DataError, check_index, check_shard_count
 from mcl_dist.data.shards import expand_urls, is_local, local_path
 from mcl_dist.data.tar_index import build_or_load_index
@@ -106,7 +107,7 @@ class Pipeline:
             raise ConfigError(f"--redo {redo}: no such step; the steps of this run are {', '.join(names)}")
         kill = cfg.debug.kill_at
         if kill.startswith("write:"):  # tests: die while writing this file (temp written, not renamed)
-            io.kill_on_write(kill[len("write:"):], dist_utils.kill_job_now)
+            files.kill_on_write(kill[len("write:"):], dist_utils.kill_job_now)
 
     def stage_dir(self, s: int) -> str:
         return os.path.join(self.run_dir, f"stage_{s}")
@@ -225,7 +226,7 @@ class Pipeline:
                                 max_bad_fraction=c.data.max_bad_fraction)
         except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
             return {"error": str(e)}
-        io.write_json(stats, os.path.join(self.run_dir, "data_check.json"))
+        files.write_json(stats, os.path.join(self.run_dir, "data_check.json"))
         if stats["bad"]:
             log.warning("data check: %d of %d samples unusable (%s); they are skipped and counted",
                         stats["bad"], stats["samples"], stats["reasons"])
@@ -238,7 +239,7 @@ class Pipeline:
             outputs[step.name] = self.run_step(step)
         if self.info.is_main:
             print(f"\nMCL run finished. Report: {outputs['report'].get('report')}\nIntegrated model: "
-                  f"{steps.integrated_path(self.run_dir)} (load with mcl_dist.load_model)", flush=True)
+                  f"{steps.integrated_path(self.run_dir)} (load with mcl_dist.integrate.load_model)", flush=True)
         dist_utils.barrier()
         return 0
 

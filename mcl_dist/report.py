@@ -11,7 +11,11 @@ import os
 import re
 from typing import Any, Optional
 
-from mcl_dist.io import atomic_path, write_text
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+
+from mcl_dist.files import atomic_path, write_text
 
 SCORE_KEYS = ("top1", "top5", "mean", "overall")  # the leaves worth a table column; counts are not
 
@@ -96,16 +100,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _save(fig: Any, path: str) -> None:
-    import matplotlib.pyplot as plt
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")  # the temp name has no .png suffix
     plt.close(fig)
 
 
 def _plot_losses(path: str, curves: dict) -> bool:
-    import matplotlib.pyplot as plt
-
     curves = {s: c for s, c in curves.items() if c}
     if not curves:
         return False
@@ -120,8 +120,6 @@ def _plot_losses(path: str, curves: dict) -> bool:
 
 
 def _plot_clusters(path: str, sizes: dict) -> bool:
-    import matplotlib.pyplot as plt
-
     sizes = {s: v for s, v in sizes.items() if v}
     if not sizes:
         return False
@@ -136,9 +134,6 @@ def _plot_clusters(path: str, sizes: dict) -> bool:
 
 
 def _plot_mmvp(path: str, mmvp: dict[str, dict]) -> bool:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     if not mmvp:
         return False
     cats = sorted({c for r in mmvp.values() for c in r.get("per_category", {})})
@@ -158,7 +153,6 @@ def _plot_mmvp(path: str, mmvp: dict[str, dict]) -> bool:
 
 def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: dict, label_stats: dict) -> str:
     """Write report.md and its PNGs into `run_dir`; returns the report's path."""
-    import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster nodes
     results = {k: v for k, v in (results or {}).items() if isinstance(v, dict)}

@@ -5,7 +5,7 @@ launch on the same directory is refused and told who holds it. A lock left by a 
 taken over when its holder is provably gone: the same host and a pid that no longer runs, or the
 same SLURM job (a requeued job restarts under its own id, possibly on another node).
 
-Temporary files (`.NAME.XXXX.tmp`, see mcl_dist/io.py) that a kill left behind are removed at
+Temporary files (`.NAME.XXXX.tmp`, see mcl_dist/files.py) that a kill left behind are removed at
 start, under the lock, so a live writer's files are never touched.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import socket
 import time
 
 from mcl_dist.config import ConfigError
-from mcl_dist.io import fsync_dir
+from mcl_dist.files import fsync_dir
 
 log = logging.getLogger("mcl_dist")
 LOCK = "run.lock"

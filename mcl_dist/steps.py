@@ -29,9 +29,9 @@ from mcl_dist.data.sources import PlannedSource, StreamSource
 from mcl_dist.data.streaming import cap_workers
 from mcl_dist.data.tar_index import build_or_load_index
 from mcl_dist.embed import embed_shards, load_share
-from mcl_dist.eval import evaluate_model
+from mcl_dist.eval.evaluate import evaluate_model
+from mcl_dist.files import load_npz, load_torch, read_json, save_npz, save_torch, write_json
 from mcl_dist.integrate import save_integrated
-from mcl_dist.io import load_npz, load_torch, read_json, save_npz, save_torch, write_json
 from mcl_dist.kmeans import kmeans
 from mcl_dist.labels import compose_labels, label_stats, load_labels, save_labels
 from mcl_dist.metrics import read_metrics

@@ -35,9 +35,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import webdataset as wds
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
-from mcl_dist.io import atomic_path, read_json, write_json, write_text
+from mcl_dist.files import atomic_path, read_json, write_json, write_text
 
 PALETTE = {  # one table, so that colour, background and frame words can never collide (checked)
     "red": (220, 30, 30), "orange": (245, 130, 20), "yellow": (240, 225, 30), "green": (40, 170, 60),
@@ -259,8 +261,6 @@ def write_shards(out_dir: str, *, n_samples: int, samples_per_shard: int, seed: 
     """Write `{prefix}-00000.tar ...` (each atomically), deterministic in (seed, prefix, spec). A shard
     already on disk is kept when `{prefix}.manifest.json` records the same parameters (resume);
     with other parameters, every shard is rewritten and stale ones are removed."""
-    import webdataset as wds
-    from tqdm import tqdm
 
     if n_samples < 1 or samples_per_shard < 1:
         raise ValueError(f"write_shards: n_samples={n_samples}, samples_per_shard={samples_per_shard} must be >= 1")

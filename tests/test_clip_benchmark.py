@@ -49,7 +49,7 @@ def setup(tmp_path_factory):
     """A run directory with two stage checkpoints + the integrated model, and tiny wds datasets."""
     from mcl_dist.config import ModelConfig
     from mcl_dist.integrate import save_integrated
-    from mcl_dist.io import save_torch
+    from mcl_dist.files import save_torch
     from mcl_dist.models import create, stage_checkpoint
 
     tmp = tmp_path_factory.mktemp("cb")

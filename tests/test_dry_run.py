@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from mcl_dist.config import load_config
+from mcl_dist.config_load import load_config
 from mcl_dist.dry_run import build_plan, format_plan
 
 REAL = ["configs/cc12m_vit_l14_paper.yaml", "configs/cc12m_vit_b32.yaml", "configs/cc12m_rn50.yaml"]

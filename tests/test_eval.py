@@ -12,7 +12,8 @@ import webdataset as wds
 from PIL import Image
 from torch import nn
 
-from mcl_dist.eval import evaluate_loaded, evaluate_mmvp, evaluate_zero_shot, iter_image_folder, iter_webdataset
+from mcl_dist.eval.evaluate import (evaluate_loaded, evaluate_mmvp, evaluate_zero_shot, iter_image_folder,
+                                    iter_webdataset)
 from mcl_dist.eval.linear_probe import knn_accuracy, linear_probe
 from mcl_dist.eval.mmvp import read_pairs
 
@@ -189,9 +190,9 @@ def test_report_with_and_without_mmvp(tmp_path, fake):
 
 
 def test_cli_on_integrated_tiny_model(tmp_path):
-    import open_clip
-
     import importlib.util
+
+    import open_clip
 
     from mcl_dist.integrate import save_integrated
 

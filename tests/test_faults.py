@@ -218,7 +218,7 @@ def test_running_step_with_changed_settings_is_refused(tmp_path):
 
 
 def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
-    from mcl_dist.config import load_config
+    from mcl_dist.config_load import load_config
     from mcl_dist.embed import part_paths
     from mcl_dist.steps import kmeans_step
 
@@ -240,7 +240,7 @@ def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
 
 
 def test_labels_of_other_shards_name_the_step_to_redo(tmp_path):
-    from mcl_dist.config import load_config
+    from mcl_dist.config_load import load_config
     from mcl_dist.labels import save_labels
     from mcl_dist.steps import train_step
 

@@ -10,8 +10,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from mcl_dist.inspect import inspect_stage, purity, stage_purity
-from mcl_dist.io import save_npz
+from mcl_dist.cluster_inspect import inspect_stage, purity, stage_purity
+from mcl_dist.files import save_npz
 from mcl_dist.labels import keys_fingerprint, save_labels
 
 

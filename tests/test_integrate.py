@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcl_dist.integrate import IntegratedModel, load_model, save_integrated
-from mcl_dist.io import save_torch
+from mcl_dist.files import save_torch
 
 NAME = "mcl-test-tiny-integrate"
 CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},

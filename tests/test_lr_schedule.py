@@ -6,7 +6,8 @@ import os
 import pytest
 
 from conftest import tiny_config, torchrun
-from mcl_dist.config import ConfigError, load_config
+from mcl_dist.config import ConfigError
+from mcl_dist.config_load import load_config
 from mcl_dist.lr_schedule import lr_at
 
 

@@ -100,7 +100,7 @@ def test_integrated_similarity_is_mean_of_stage_similarities(finished):
 
 
 def test_batch_log_shows_same_label_groups_and_full_coverage(finished):
-    from mcl_dist.io import load_npz
+    from mcl_dist.files import load_npz
     from mcl_dist.data.sampler import check_batch_log, plan_epoch
 
     _, run_dir, _ = finished

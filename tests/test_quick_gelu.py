@@ -7,7 +7,7 @@ from open_clip.transformer import QuickGELU
 from conftest import ROOT
 from mcl_dist.config import ModelConfig
 from mcl_dist.integrate import load_model
-from mcl_dist.io import save_torch
+from mcl_dist.files import save_torch
 from mcl_dist.models import create, stage_checkpoint
 
 

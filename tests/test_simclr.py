@@ -39,13 +39,13 @@ debug: {{log_batches: true}}
         assert set(results[name]["knn"]) == {"color", "shape"}
         assert results[name]["zero_shot"] == {}
     # the integrated model concatenates the stages' normalised backbone features
-    import mcl_dist
+    from mcl_dist.integrate import load_model
 
-    integ, preprocess, tokenizer = mcl_dist.load_model(str(run_dir / "integrated" / "model.pt"))
+    integ, preprocess, tokenizer = load_model(str(run_dir / "integrated" / "model.pt"))
     assert tokenizer is None
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         feats = integ.encode_image(x)
-        parts = [mcl_dist.load_model(str(run_dir / f"stage_{s}" / "checkpoint.pt"))[0].encode_image(x, normalize=True)
+        parts = [load_model(str(run_dir / f"stage_{s}" / "checkpoint.pt"))[0].encode_image(x, normalize=True)
                  for s in (0, 1)]
     assert torch.allclose(feats, torch.cat(parts, dim=1) / 2 ** 0.5, atol=1e-5)

@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mcl_dist.config import ConfigError, TrainConfig, load_config
+from mcl_dist.config import ConfigError, TrainConfig
+from mcl_dist.config_load import load_config
 from mcl_dist.optim import cosine_lr
 from mcl_dist.lr_schedule import warmup_steps
-from mcl_dist.io import save_torch
+from mcl_dist.files import save_torch
 from mcl_dist.models import create, stage_checkpoint
 from mcl_dist.objectives import get_objective
 

@@ -47,7 +47,6 @@ import subprocess
 import sys
 import time
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import bench_suppression_report as report
@@ -214,7 +213,7 @@ def stage_record(run_dir: str, s: int, results: dict, manifest: dict, purity: di
 def collect(runs: dict) -> dict:
     """summary[arm][model][attr][metric], purity[arm][stage][source][attr], stages[arm][stage][field]:
     each a list over seeds."""
-    from mcl_dist.inspect import stage_purity
+    from mcl_dist.cluster_inspect import stage_purity
 
     summary, purity, label_stats, stages = {}, {}, {}, {}
     for (arm, seed), run_dir in runs.items():
@@ -341,7 +340,7 @@ def main(argv=None) -> int:
     res["scale"], res["settings"] = args.scale, {**sc, "k": args.k, "group": args.group, "seeds": args.seeds,
                                                  "split": args.split, "reference_seeds": ref_seeds,
                                                  "config": args.simclr_config if simclr else args.config}
-    from mcl_dist.io import write_json, write_text
+    from mcl_dist.files import write_json, write_text
 
     write_json(res, os.path.join(out, "summary.json"))  # stage numbers become strings in JSON
     md, final = write_report(res, args, sc, times, out, simclr)

@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from mcl_dist.io import load_npz, save_npz, write_json
+from mcl_dist.files import load_npz, save_npz, write_json
 from mcl_dist.kmeans import kmeans
 
 BLOCK = 65536

@@ -16,9 +16,9 @@ import sys
 import torch
 
 from mcl_dist.config import ConfigError
-from mcl_dist.eval import CLS, evaluate_loaded, load_classnames
+from mcl_dist.eval.evaluate import CLS, evaluate_loaded, load_classnames
+from mcl_dist.files import write_json
 from mcl_dist.integrate import load_model
-from mcl_dist.io import write_json
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ Two layouts, chosen by the group size g against the per-rank micro-batch b:
 The plan is pure numpy and a function of (labels, seed, epoch, shape) only, so every rank computes
 the same plan without communicating. Memory: one permutation of the sample indices plus a few
 ints per group; every group is a contiguous range of that permutation. The module imports no
-torch, so the config can check group sizes without loading it.
+torch (only for type hints) and nothing of the project, so the config check can use `group_layout`.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mcl_dist.data.shards import is_local, local_path
-from mcl_dist.io import load_npz, save_npz
+from mcl_dist.files import load_npz, save_npz
 
 log = logging.getLogger(__name__)
 

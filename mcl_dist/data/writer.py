@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Optional
 import webdataset as wds
 from tqdm import tqdm
 
-from mcl_dist.io import atomic_path
+from mcl_dist.files import atomic_path
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 

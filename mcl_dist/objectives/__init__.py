@@ -3,7 +3,7 @@
 Each objective is one class in its own module (base.py says what it provides: model, training
 decoder, loss, locks, checkpoint loading). Adding one: write its module, add it to REGISTRY, and
 add its name to `config.OBJECTIVES` (and to `config.IMAGE_ONLY` if its samples have no caption);
-the config keeps those names so that reading a config imports no torch.
+the config keeps those names so that it needs no objective module (no import circle).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ in `stage_S/labels.npz`), the shards' `{key}.json` attribute records through the
 A group that is pure in `color` but mixed in `shape` says the previous stage had learned colour
 and not shape: the next stage's negatives all share the colour, so it has to learn something else.
 
-    from mcl_dist.inspect import inspect_stage
+    from mcl_dist.cluster_inspect import inspect_stage
     inspect_stage("runs/demo", 1, out_dir="runs/demo/inspect/stage_1")
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from mcl_dist.data.shards import expand_urls, local_path
 from mcl_dist.data.tar_index import build_or_load_index
-from mcl_dist.io import atomic_path, load_npz, write_json, write_text
+from mcl_dist.files import atomic_path, load_npz, write_json, write_text
 from mcl_dist.labels import load_labels
 
 SOURCES = ("clusters", "labels")

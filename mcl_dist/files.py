@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-
 # tests (debug.kill_at=write:NAME): the job dies with NAME's temp file written; see kill_on_write
 _KILL_ON_WRITE: dict = {"name": "", "kill": None}
 

@@ -1,0 +1,273 @@
+"""Loading a run configuration: YAML plus dotted command-line overrides, checked against the schema.
+
+`load_config("configs/demo.yaml", ["train.lr=1e-4", "stages.1.k=64"])` returns a `Config`
+(mcl_dist/config.py). Unknown keys, wrong types and impossible values are `ConfigError`s that
+name the key (and the closest valid key for a typo), never a traceback from deep inside the trainer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from typing import Any
+
+import yaml
+
+from mcl_dist.config import IMAGE_ONLY, OBJECTIVES, Config, ConfigError, StageConfig, micro_batch_size
+from mcl_dist.data.sampler import group_layout
+
+_CHOICES = {
+    "train.precision": ("auto", "fp32", "amp_bf16", "bf16"),
+    "train.engine": ("ddp", "deepspeed"),
+    "train.optimizer": ("adamw", "lars"),
+    "train.lr_scheduler": ("cosine", "const", "const-cooldown"),
+    "stages.init": ("previous", "base", "scratch"),
+    "cluster.embed": ("image", "text", "joint"),
+    "cluster.backend": ("torch", "faiss"),
+}
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return ConfigError(f"{where}: unknown key '{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check `value` against the annotated type; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is list and isinstance(value, (list, tuple)):
+        return list(value)
+    if tp in (bool, int, float, str) and type(value) is tp:
+        return value
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{where}: '{key}' must be {name}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {raw!r}")
+    hints = _hints(cls)
+    obj = cls()
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            valid = [f"{prefix}{k}" for k in hints]
+            raise _unknown(key, valid, where)
+        tp = hints[name]
+        if _is_dataclass_type(tp):
+            value = _build(tp, value, key + ".", where)
+        elif name == "stages" and cls is Config:
+            value = _build_stages(value, where)
+        else:
+            value = _coerce(value, tp, key, where)
+        setattr(obj, name, value)
+    return obj
+
+
+def _build_stages(raw: Any, where: str) -> list:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: 'stages' must be a non-empty list of stage settings")
+    return [_build(StageConfig, item, f"stages.{i}.", where) for i, item in enumerate(raw)]
+
+
+def _set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
+    """Apply `a.b.c=value` to the raw YAML tree; `stages.N.x` indexes the stage list."""
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{where}: '{key}': stage index {part} out of range (have {len(node)} stages)")
+            node = node[int(part)]
+            continue
+        if part == "stages" and "stages" not in node:
+            node["stages"] = [{}]
+        node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"{where}: '{'.'.join(parts[:i + 1])}' is not a section")
+    if isinstance(node, list):
+        raise ConfigError(f"{where}: '{key}' needs a field after the stage index, e.g. stages.1.k=64")
+    node[parts[-1]] = value
+
+
+def _check_key(key: str) -> None:
+    """An override must name a schema field (stages.N.field for a stage)."""
+    cls: type = Config
+    parts = key.split(".")
+    prefix = ""
+    i = 0
+    while i < len(parts):
+        hints = _hints(cls)
+        name = parts[i]
+        if name not in hints:
+            raise _unknown(prefix + name, [prefix + k for k in hints], f"command-line override '{key}'")
+        prefix += name + "."
+        if name == "stages" and cls is Config:
+            if i + 1 == len(parts):
+                return  # the whole list, e.g. stages=[{}, {k: 64}]
+            if not parts[i + 1].isdigit():
+                raise ConfigError(f"command-line override '{key}': use stages.N.field, e.g. stages.1.k=64")
+            prefix += parts[i + 1] + "."
+            cls, i = StageConfig, i + 2
+            continue
+        tp = hints[name]
+        if _is_dataclass_type(tp):
+            cls = tp
+        elif i != len(parts) - 1:
+            raise ConfigError(f"command-line override '{key}': '{prefix.rstrip('.')}' is not a section")
+        i += 1
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' must look like key=value (e.g. train.lr=1e-4)")
+        key, text = item.split("=", 1)
+        # YAML scalar rules: 1e-4 is a float, true a bool, [a, b] a list.
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError as e:
+            why = str(e).splitlines()[0]
+            raise ConfigError(f"command line: override '{item}': the value is not valid YAML ({why}); "
+                              f"quote it or close its brackets (e.g. {key}=[1, 2])") from None
+        if isinstance(value, str) and _looks_float(text):
+            value = float(text)
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def _looks_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    raw: dict = {}
+    where = path or "defaults"
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"{path}: config file not found")
+        with open(path) as f:
+            try:
+                raw = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for key, value in parse_overrides(list(overrides)):
+        _check_key(key)
+        _set_dotted(raw, key, value, f"override '{key}'")
+    cfg = _build(Config, raw, "", where)
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: Config, where: str = "config") -> None:
+    """Value checks that do not need the world size or the file system."""
+    t = cfg.train
+    positive = {
+        "train.global_batch_size": t.global_batch_size,
+        "train.accum_freq": t.accum_freq,
+        "train.log_every": t.log_every,
+        "train.checkpoint_every": t.checkpoint_every,
+        "cluster.embed_batch_size": cfg.cluster.embed_batch_size,
+        "cluster.kmeans_iters": cfg.cluster.kmeans_iters,
+        "data.shuffle_buffer": cfg.data.shuffle_buffer,
+        "data.synthetic_samples_per_shard": cfg.data.synthetic_samples_per_shard,
+        "dist.timeout_min": cfg.dist.timeout_min,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{where}: '{key}' must be positive, got {value}")
+    nonneg = {"train.epochs": t.epochs, "train.max_steps": t.max_steps, "train.lr": t.lr,
+              "train.wd": t.wd, "train.warmup_steps": t.warmup_steps,
+              "train.grad_clip_norm": t.grad_clip_norm, "data.workers": cfg.data.workers,
+              "data.num_samples": cfg.data.num_samples, "cluster.min_label_size": cfg.cluster.min_label_size,
+              "data.max_image_pixels": cfg.data.max_image_pixels, "data.max_member_bytes": cfg.data.max_member_bytes}
+    for key, value in nonneg.items():
+        if value < 0:
+            raise ConfigError(f"{where}: '{key}' must be >= 0, got {value}")
+    if not 0.0 <= t.warmup_share < 1.0:
+        raise ConfigError(f"{where}: 'train.warmup_share' must be in [0, 1), got {t.warmup_share}")
+    if not cfg.data.augment and cfg.objective in IMAGE_ONLY:
+        raise ConfigError(f"{where}: 'data.augment' false applies to CLIP only; the views of objective "
+                          f"{cfg.objective} are set under {cfg.objective}.* (crop, colour jitter)")
+    if cfg.data.cache_decoded and cfg.data.augment:
+        raise ConfigError(f"{where}: 'data.cache_decoded' needs 'data.augment' false (an augmented sample "
+                          f"differs every epoch, a cached one would not)")
+    if not 0.0 <= cfg.data.max_bad_fraction <= 1.0:
+        raise ConfigError(f"{where}: 'data.max_bad_fraction' must be in [0, 1], got {cfg.data.max_bad_fraction}")
+    if t.global_batch_size % t.accum_freq:
+        raise ConfigError(f"{where}: 'train.global_batch_size' ({t.global_batch_size}) must be divisible by "
+                          f"'train.accum_freq' ({t.accum_freq})")
+    if t.lr_scheduler == "const-cooldown" and t.lr_cooldown_steps <= 0:
+        raise ConfigError(f"{where}: 'train.lr_scheduler' const-cooldown needs 'train.lr_cooldown_steps' > 0, "
+                          f"got {t.lr_cooldown_steps}")
+    if t.engine == "deepspeed" and t.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{where}: 'train.zero_stage' must be 0, 1, 2 or 3, got {t.zero_stage}")
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"{where}: 'objective' must be one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}")
+    if cfg.objective in IMAGE_ONLY and cfg.cluster.embed != "image":
+        raise ConfigError(f"{where}: 'cluster.embed' must be image for objective {cfg.objective} (there is no text)")
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        targets = cfg.stages if section == "stages" else [getattr(cfg, section)]
+        for i, obj in enumerate(targets):
+            value = getattr(obj, name)
+            label = f"stages.{i}.{name}" if section == "stages" else key
+            if value not in choices:
+                close = difflib.get_close_matches(str(value), choices, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"{where}: '{label}' must be one of {', '.join(choices)}, got {value!r}{hint}")
+    for i, st in enumerate(cfg.stages):
+        if i >= 1 and st.k < 2:
+            raise ConfigError(f"{where}: 'stages.{i}.k' must be >= 2, got {st.k}")
+        if i >= 1 and st.group_size < 2:
+            raise ConfigError(f"{where}: 'stages.{i}.group_size' must be >= 2 (a sample needs a negative), got {st.group_size}")
+        if i >= 1 and st.pretrained:
+            raise ConfigError(f"{where}: 'stages.{i}.pretrained' is only valid for stage 0")
+    if not cfg.data.train_shards and not cfg.data.synthetic:
+        raise ConfigError(f"{where}: 'data.train_shards' is empty; give shard URLs or set data.synthetic=true")
+
+
+def check_world(cfg: Config, world_size: int, where: str = "config") -> None:
+    """The global batch must split evenly into ranks and micro-steps."""
+    t = cfg.train
+    if t.global_batch_size % (world_size * t.accum_freq):
+        raise ConfigError(
+            f"{where}: 'train.global_batch_size' ({t.global_batch_size}) must be divisible by world size x "
+            f"'train.accum_freq' ({world_size} x {t.accum_freq}); try {world_size * t.accum_freq * max(1, t.global_batch_size // (world_size * t.accum_freq))}")
+    check_groups(cfg, world_size, where)
+
+
+def check_groups(cfg: Config, world_size: int, where: str = "config") -> None:
+    """A group is either inside one rank's micro-batch or exactly the global micro-batch."""
+    b = micro_batch_size(cfg, world_size)
+    for i, st in enumerate(cfg.stages[1:], start=1):
+        if group_layout(st.group_size, b, world_size) is None:
+            raise ConfigError(
+                f"{where}: 'stages.{i}.group_size' ({st.group_size}) must be <= the per-rank micro-batch ({b}: "
+                f"several groups per micro-batch, no gather) or equal the global micro-batch ({b * world_size}: "
+                f"one label per step, features gathered)")
