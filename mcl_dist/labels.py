@@ -16,12 +16,10 @@ data set are never applied to another.
 from __future__ import annotations
 
 import csv
-import os
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
-from mcl_dist.data.tar_index import keys_fingerprint  # noqa: F401  (re-exported: labels are tied to data by it)
 from mcl_dist.files import atomic_path, load_npz, save_npz
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from mcl_dist.cluster_inspect import inspect_stage, purity, stage_purity
 from mcl_dist.files import save_npz
-from mcl_dist.labels import keys_fingerprint, save_labels
+from mcl_dist.data.tar_index import keys_fingerprint
+from mcl_dist.labels import save_labels
 
 
 def test_purity_hand_computed():

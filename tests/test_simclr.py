@@ -1,7 +1,6 @@
 """Unimodal MCL: SimCLR stages on image-only shards (no captions) through the same pipeline."""
 import glob
 import json
-import os
 
 import torch
 

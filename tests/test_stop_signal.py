@@ -1,5 +1,4 @@
 """The label-free stopping signal (mcl_dist.stop_signal) on constructed labelings, and in a real run."""
-import json
 
 import numpy as np
 import pytest

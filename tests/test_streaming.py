@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision import transforms
 
-from mcl_dist.data.decode import BadSample, decode_caption, decode_image
+from mcl_dist.data.decode import decode_caption, decode_image
 from mcl_dist.data.preflight import DataError
 from mcl_dist.data.streaming import BadSampleMonitor, ShardStream, make_loader
 from mcl_dist.embed import embed_shards
