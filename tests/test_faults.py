@@ -370,13 +370,18 @@ def test_killed_at_every_point_resumes_to_the_reference_weights(reference, tmp_p
     out = run2(cfg, run, "debug.kill_at=stage_1/labels")
     assert out.returncode != 0 and status()["stage_1/kmeans"] == "done"
     assert status()["stage_1/labels"] == "running" and (run / "stage_1" / "labels.npz").exists()
-    # 5. killed half-way through evaluation (after the stage-0 model)
+    # 5. killed right after stage 1's step-2 checkpoint: the labels are recorded, training resumes
+    out = run2(cfg, run, "debug.kill_at=stage_1/train:2")
+    assert out.returncode != 0 and status()["stage_1/labels"] == "done"
+    assert status()["stage_1/train"] == "running" and "step_00000002.pt" in os.listdir(run / "stage_1" / "checkpoints")
+    assert not (run / "stage_1" / "checkpoint.pt").exists()
+    # 6. killed half-way through evaluation (after the stage-0 model)
     out = run2(cfg, run, "debug.kill_at=eval:1")
-    assert out.returncode != 0
+    assert out.returncode != 0 and "resuming stage 1 from" in out.stderr and "(step 2)" in out.stderr
     assert {k: status()[k] for k in ("stage_1/train", "integrate", "eval")} == {
         "stage_1/train": "done", "integrate": "done", "eval": "running"}
     assert not (run / "eval" / "results.json").exists()
-    # 6. a plain re-run finishes: nothing finished was redone, the weights are the reference's
+    # 7. a plain re-run finishes: nothing finished was redone, the weights are the reference's
     out = run2(cfg, run)
     assert out.returncode == 0 and "Report: " in out.stdout, out.stderr[-3000:]
     assert all(v == "done" for v in status().values()) and len(status()) == 8

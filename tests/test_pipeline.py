@@ -135,28 +135,6 @@ def test_rerun_skips_everything_and_changed_config_is_refused(finished):
     assert "use a new --run-dir" in out.stderr
 
 
-def test_killed_during_kmeans_and_training_resumes_to_the_same_weights(finished, tmp_path):
-    cfg, ref_dir, _ = finished
-    run_dir = tmp_path / "killed"
-    out = run(cfg, run_dir, "debug.kill_at=stage_1/kmeans", check=False)
-    assert out.returncode != 0
-    manifest = json.load(open(run_dir / "manifest.json"))
-    assert manifest["steps"]["stage_1/kmeans"]["status"] == "running"
-    done_before = {k: v["finished_at"] for k, v in manifest["steps"].items() if v["status"] == "done"}
-    assert set(done_before) == {"stage_0/train", "stage_1/embed"}
-    out = run(cfg, run_dir, "debug.kill_at=stage_1/train:2", check=False)
-    assert out.returncode != 0
-    assert os.listdir(run_dir / "stage_1" / "checkpoints") == ["step_00000002.pt"]
-    out = run(cfg, run_dir)
-    assert "resuming stage 1" in out.stderr
-    manifest = json.load(open(run_dir / "manifest.json"))
-    for step, finished_at in done_before.items():  # nothing finished was recomputed
-        assert manifest["steps"][step]["finished_at"] == finished_at
-    a = torch.load(ref_dir / "stage_1" / "checkpoint.pt", weights_only=True)["state_dict"]
-    b = torch.load(run_dir / "stage_1" / "checkpoint.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_labels_step_records_the_stopping_signal(finished):
     """stage_1/labels logs how much the new clusters split the current (root) label."""
     _, run_dir, _ = finished
