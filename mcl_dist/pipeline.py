@@ -120,8 +120,10 @@ class Pipeline:
     def run_step(self, step: Step) -> dict:
         """Run the step's body unless the manifest has it done with these settings; all ranks agree."""
         name, settings = step.name, step.settings
-        fn = lambda: step.body(step.fingerprint)  # noqa: E731
-        main_only = step.main_only
+
+        def fn() -> dict:
+            return step.body(step.fingerprint)
+
         self.manifest = Manifest(self.run_dir)  # re-read: rank 0 may have written it
         if name == self.redo and not self.redoing:
             self.redoing = True
@@ -134,7 +136,7 @@ class Pipeline:
             return self.manifest.step(name)["outputs"]
         else:
             self.manifest.check_running(name, settings)
-        if main_only:
+        if step.main_only:  # rank 0 alone; the others wait outside any collective
             return dist_utils.run_on_main(f"step-{name}", lambda: self._main_only(name, settings, fn))
         dist_utils.barrier()
         if self.info.is_main:
