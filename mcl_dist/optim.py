@@ -1,30 +1,19 @@
 """The optimizer side of training, shared by both engines: parameter groups, AdamW or LARS,
-the autocast dtype, and the reference cosine schedule.
+and the autocast dtype.
 
     param_groups    no weight decay on gains, biases and the logit scale (as open_clip_train)
     make_optimizer  `train.optimizer`: AdamW (fused when it can be) or LARS
     adamw           the AdamW both engines build, from `train.beta1/beta2/eps`
     LARS            SimCLR's large-batch optimizer (You et al. 2017)
     autocast_dtype  `train.precision` -> the autocast dtype (None: fp32)
-    cosine_lr       open_clip_train's warm-up + cosine, the reference `lr_schedule.lr_at` matches
 
 The schedules the trainer runs are in `lr_schedule.py`.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from mcl_dist.config import TrainConfig
-
-
-def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to zero (open_clip_train's `cosine` schedule)."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * base_lr
 
 
 def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import socket
 import subprocess
@@ -97,3 +98,11 @@ def tiny_config(tmp_path, shards: list[str], **extra) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
     return path
+
+
+def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Reference: open_clip_train's `cosine` schedule (linear warm-up, then cosine decay to zero)."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * base_lr

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import tiny_config, torchrun
+from conftest import cosine_lr, tiny_config, torchrun
 from mcl_dist.config import ConfigError
 from mcl_dist.config_load import load_config
 from mcl_dist.lr_schedule import lr_at
@@ -33,9 +33,7 @@ def test_const_cooldown_decays_over_the_last_steps_only():
     assert sq == pytest.approx((1 - 0.5) ** 2) and sq < lr_at(35, total, 5, "const-cooldown", 1.0, cooldown_steps=cool)
 
 
-def test_cosine_is_the_previous_schedule():
-    from mcl_dist.optim import cosine_lr
-
+def test_cosine_is_open_clip_trains_schedule():
     for s in range(60):
         assert lr_at(s, 60, 6, "cosine", 5e-4) == pytest.approx(cosine_lr(s, 5e-4, 6, 60), abs=0)
     assert lr_at(59, 60, 6, "cosine", 1.0) < 0.01 and math.isclose(lr_at(6, 60, 6, "cosine", 1.0), 1.0)

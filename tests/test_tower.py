@@ -12,13 +12,12 @@ from PIL import Image
 
 from mcl_dist.config import ConfigError, TrainConfig
 from mcl_dist.config_load import load_config
-from mcl_dist.optim import cosine_lr
 from mcl_dist.lr_schedule import warmup_steps
 from mcl_dist.files import save_torch
 from mcl_dist.models import create, stage_checkpoint
 from mcl_dist.objectives import get_objective
 
-from conftest import ROOT
+from conftest import ROOT, cosine_lr
 
 TOWER = os.path.join(ROOT, "configs/models/tiny-vit-p4.json")
 
