@@ -36,6 +36,6 @@ setup(
         "deepspeed": [DEEPSPEED],
         "bench": ["scikit-learn", "pandas"],
         "eval": [CLIP_BENCHMARK, *CLIP_BENCHMARK_DEPS],
-        "dev": ["pytest", "scikit-learn", "pandas", FAISS_CPU, CLIP_BENCHMARK, *CLIP_BENCHMARK_DEPS],
+        "dev": ["pytest", "pytest-xdist", "scikit-learn", "pandas", FAISS_CPU, CLIP_BENCHMARK, *CLIP_BENCHMARK_DEPS],
     },
 )
