@@ -222,7 +222,7 @@ class Pipeline:
     def _check_data(self) -> dict:
         c = self.cfg
         try:
-            index = build_or_load_index([local_path(u) for u in self.urls], steps.index_dir(self), progress=True)
+            index = build_or_load_index(steps.shard_paths(self), steps.index_dir(self), progress=True)
             stats = check_index(index, image_exts=c.data.image_ext, caption_ext=c.data.caption_ext,
                                 need_caption=get_objective(c).captions, max_member_bytes=c.data.max_member_bytes,
                                 max_bad_fraction=c.data.max_bad_fraction)

@@ -52,7 +52,8 @@ def integrated_path(run_dir: str) -> str:
     return os.path.join(run_dir, "integrated", "model.pt")
 
 
-def _paths(pipe) -> list[str]:
+def shard_paths(pipe) -> list[str]:
+    """The run's shards as local paths (the tar index reads files, not URLs)."""
     return [local_path(u) for u in pipe.urls]
 
 
@@ -62,11 +63,11 @@ def shard_index(pipe, step: str):
     built: dict = {}
 
     def build() -> bool:
-        built["index"] = build_or_load_index(_paths(pipe), index_dir(pipe))
+        built["index"] = build_or_load_index(shard_paths(pipe), index_dir(pipe))
         return True
 
     dist_utils.run_on_main(f"index-{step}", build)
-    return built["index"] if built else build_or_load_index(_paths(pipe), index_dir(pipe), progress=False)
+    return built["index"] if built else build_or_load_index(shard_paths(pipe), index_dir(pipe), progress=False)
 
 
 def _redo_hint(e: Exception, step: str) -> ConfigError:
@@ -137,7 +138,7 @@ def _clusters_in_index_order(pipe, s: int, index) -> np.ndarray:
 
 def labels_step(pipe, s: int) -> dict:
     """Rank 0 only (a main_only step): the others wait outside any collective."""
-    index = build_or_load_index(_paths(pipe), index_dir(pipe))
+    index = build_or_load_index(shard_paths(pipe), index_dir(pipe))
     path = os.path.join(pipe.stage_dir(s), "labels.npz")
     rows, current = [], np.zeros(len(index), np.int64)  # stage 1 splits the root label
     if s > 1:
