@@ -217,4 +217,7 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str) -> None:
-    write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), path)
+    raw = to_dict(cfg)
+    if cfg.model.config_file:  # the file names the model; a default name beside it would read as a second one
+        raw["model"].pop("name", None)
+    write_text(yaml.safe_dump(raw, sort_keys=False), path)

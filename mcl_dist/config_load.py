@@ -179,9 +179,22 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
     for key, value in parse_overrides(list(overrides)):
         _check_key(key)
         _set_dotted(raw, key, value, f"override '{key}'")
+    _check_one_model(raw.get("model"), where)
     cfg = _build(Config, raw, "", where)
     validate(cfg, where)
     return cfg
+
+
+def _check_one_model(model: Any, where: str) -> None:
+    """model.config_file wins over model.name, so both naming different models would silently
+    train the config file's (demo.yaml plus model.name=ViT-B-32 would train the tiny ViT)."""
+    if not isinstance(model, dict) or not model.get("name") or not model.get("config_file"):
+        return
+    stem = os.path.splitext(os.path.basename(str(model["config_file"])))[0]
+    if str(model["name"]) != stem:
+        raise ConfigError(f"{where}: model.name '{model['name']}' and model.config_file {model['config_file']} "
+                          f"(model '{stem}') name two models; to train '{model['name']}' also set "
+                          f"model.config_file= (empty), or drop model.name")
 
 
 def validate(cfg: Config, where: str = "config") -> None:

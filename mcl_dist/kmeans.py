@@ -247,7 +247,7 @@ def _progress(iters, enabled):
 @torch.no_grad()
 def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, tol: float = 1e-4, seed: int = 0,
            spherical: bool = False, init: str | torch.Tensor = "kmeans++", init_sample: int = 0,
-           chunk_size: int = 65536, backend: str = "torch", device: str | torch.device | None = None,
+           chunk_size: int = 262144, backend: str = "torch", device: str | torch.device | None = None,
            progress: bool = False, on_iter=None) -> KMeansResult:
     """Lloyd's k-means over all ranks' rows (see the module docstring).
 
@@ -255,6 +255,11 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, tol: float = 1e-4, seed:
     centroid updates or when the inertia drops by less than `tol` (relative); tol=0 always runs
     `iters`. Empty clusters are re-seeded with the rows farthest from their centroid. Memory
     beyond x: O(N_local) per-row state plus one chunk x K score block.
+
+    chunk_size: rows per block on a GPU. The loop launches ~20 small kernels per block, so small
+    blocks leave an H200 waiting on the host: 2M x 512 fp16, K=100, 20 iterations took 0.40 s
+    with 262144 rows and 0.54-0.83 s with 65536 (a float64 one-hot matmul for the cluster sums
+    instead of index_add_ was slower: 0.47-0.69 s). On a CPU, blocks are cut to ~4 MB.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     chunk = max(1, int(chunk_size))
@@ -263,6 +268,8 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, tol: float = 1e-4, seed:
     aux, n, offset, dim = _check(x, k, spherical, device, chunk)
     if device.type == "cpu":  # ~4 MB blocks stay in cache between the matmul, min and sums
         chunk = min(chunk, max(256, (1 << 20) // dim))
+    else:  # each float32 block (rows x D, rows x K scores) stays under ~512 MB, even for a large K
+        chunk = min(chunk, max(4096, (128 << 20) // max(k, dim)))
     c = _init(x, k, init, init_sample, seed, spherical, offset, n, dim, device)
     n_local = x.shape[0]
     st = SimpleNamespace(lab=torch.zeros(n_local, dtype=torch.long, device=device),

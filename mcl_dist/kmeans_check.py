@@ -5,7 +5,8 @@ bandwidth ours reaches.
 
 It runs in a process of its own (gpu_check starts it on the first GPU while the other ranks
 wait): `mcl_dist.kmeans` all-reduces over whatever process group exists, and the comparison with
-faiss is one device against one device.
+faiss is one device against one device (on a GPU machine without faiss-gpu, faiss-cpu runs on all
+cores instead; its time is then reported as `cross_device_time_ratio` and not judged).
 
 The matrix is made on the device in fp16 (what the embed step writes): K=100 random centres plus
 0.8 x N(0, I) noise. Both methods start from the same k-means++ centroids (ours, iters=0) and run
@@ -86,23 +87,24 @@ def run_faiss(x: torch.Tensor, init: torch.Tensor, iters: int, seed: int, device
         import faiss
     except ImportError:
         return {"faiss": None, "faiss_error": "faiss is not installed (pip install faiss-gpu, or faiss-cpu on CPU)"}
-    gpu = device.type == "cuda"
-    if gpu and not hasattr(faiss, "StandardGpuResources"):
-        return {"faiss": None, "faiss_error": "faiss-gpu is not importable (only faiss-cpu is installed)"}
+    gpu = device.type == "cuda" and hasattr(faiss, "StandardGpuResources")
+    # no faiss-gpu on a GPU machine: faiss-cpu on every core is still the peer a user would have;
+    # its time is reported beside ours but not judged (one device against another)
+    note = "" if gpu or device.type == "cpu" else f" ({faiss.omp_get_max_threads()} CPU threads; no faiss-gpu)"
     n, d = x.shape
     k = init.shape[0]
     xf = x.float().cpu().numpy()
     fk = faiss.Kmeans(d, k, niter=iters, seed=seed, max_points_per_centroid=n // k + 1, gpu=1 if gpu else False)
     if gpu:
         torch.cuda.empty_cache()  # so that the device-wide probe sees faiss's own allocations
-    with (Polled(device) if gpu else InProcess(device)) as mem:
+    with (Polled(device) if gpu else InProcess(torch.device("cpu"))) as mem:
         t = time.perf_counter()
         fk.train(xf, init_centroids=init.numpy())
         fk.index.search(xf, 1)
         sec = time.perf_counter() - t
     kind = "faiss-gpu" if gpu else "faiss-cpu"
-    return {"faiss": f"{kind} {faiss.__version__}", "faiss_s": sec, "faiss_inertia": inertia(x, fk.centroids),
-            "faiss_peak_mem_gb": mem.gib}
+    return {"faiss": f"{kind} {faiss.__version__}{note}", "faiss_device": "cuda" if gpu else "cpu", "faiss_s": sec,
+            "faiss_inertia": inertia(x, fk.centroids), "faiss_peak_mem_gb": mem.gib}
 
 
 def run(n: int, d: int, k: int, iters: int, device: str, seed: int = 0, copy_bytes: int = 1 << 30) -> dict:
@@ -129,7 +131,8 @@ def run(n: int, d: int, k: int, iters: int, device: str, seed: int = 0, copy_byt
     out["bandwidth_fraction"] = bandwidth / out["peak_bandwidth_gbs"]
     out.update(run_faiss(x, init, iters, seed, dev))
     if out.get("faiss_s"):
-        out["time_ratio"] = ours_s / out["faiss_s"]
+        same_device = out["faiss_device"] == dev.type
+        out["time_ratio" if same_device else "cross_device_time_ratio"] = ours_s / out["faiss_s"]
         out["inertia_ratio"] = out["ours_inertia"] / out["faiss_inertia"]
     return out
 

@@ -65,3 +65,13 @@ def test_resolved_config_round_trips(tmp_path):
     save_config(cfg, str(tmp_path / "out.yaml"))
     again = load_config(str(tmp_path / "out.yaml"))
     assert again == cfg
+
+
+def test_model_named_twice_is_refused_not_silently_the_config_file():
+    demo = os.path.join(ROOT, "configs", "demo.yaml")
+    with pytest.raises(ConfigError, match=r"model.name 'ViT-B-32' and model.config_file .*tiny-vit.json"):
+        load_config(demo, ["model.name=ViT-B-32"])
+    cfg = load_config(demo, ["model.name=ViT-B-32", "model.config_file="])
+    assert (cfg.model.name, cfg.model.config_file) == ("ViT-B-32", "")
+    # the config file's own stem is the same model, not a second one
+    assert load_config(demo, ["model.name=tiny-vit"]).model.config_file.endswith("tiny-vit.json")

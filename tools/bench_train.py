@@ -48,7 +48,8 @@ def run_ours(a, shards: str, n: int, work: str, env: dict, extra: tuple = (), ru
     adds an MCL stage to the same run and reads it from `run_dir`)."""
     name, cfg_file = model_args(a.model)
     run_dir = run_dir or tempfile.mkdtemp(dir=work, prefix="ours-")
-    model = [f"model.config_file={cfg_file}"] if cfg_file else [f"model.name={name}"]
+    # demo.yaml names a config file, which would win over model.name: clear it for a named model
+    model = [f"model.config_file={cfg_file}"] if cfg_file else [f"model.name={name}", "model.config_file="]
     torchrun(a.nproc, ["launch/pretrain.py", "--config", os.path.join(ROOT, "configs/demo.yaml"), "--run-dir", run_dir,
                        "data.synthetic=false", f"data.train_shards={shards}", f"data.num_samples={n}",
                        f"data.workers={a.workers}", *model, f"train.global_batch_size={a.batch}",
