@@ -13,6 +13,7 @@ import glob
 import logging
 import os
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -114,10 +115,7 @@ def _summarise(stats: dict, out_dir: str) -> dict[str, Any]:
              "seconds": max(s["seconds"] for s in all_stats)}
     total["samples_per_s"] = total["samples"] / total["seconds"] if total["seconds"] else 0.0
     if total["samples"] == 0:  # every rank raises the same error (k-means would get no rows)
-        reasons = {}
-        for s in all_stats:
-            for r, n in s.get("reasons", {}).items():
-                reasons[r] = reasons.get(r, 0) + n
+        reasons = sum((Counter(s.get("reasons", {})) for s in all_stats), Counter())
         told = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "the shards are empty"
         raise DataError(f"{out_dir}: no sample could be embedded ({total['bad']} bad: {told}); check the "
                         "shards and data.image_ext / data.caption_ext, then re-run")

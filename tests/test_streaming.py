@@ -88,6 +88,16 @@ def test_embedding_stops_above_max_bad_fraction_naming_the_shard(tmp_path):
     assert stats["samples"] == 190 and stats["bad"] == 30
 
 
+def test_embedding_nothing_readable_says_why_with_the_summed_reasons(tmp_path):
+    urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=20, corrupt=tuple(range(40)))
+    bundle = {"preprocess_val": transforms.ToTensor(), "tokenizer": None}
+    out = tmp_path / "embed"
+    with pytest.raises(DataError, match=r"no sample could be embedded \(40 bad: corrupt_image 40\); check"):
+        embed_shards(MeanColour(), bundle, urls, str(out), mode="image", batch_size=16, workers=0,
+                     image_ext="png", max_bad_fraction=1.0)
+    assert not (out / "embed_stats.json").exists()
+
+
 def test_embedding_mode_covers_every_sample_once_across_ranks_and_workers(tmp_path):
     urls = write_test_shards(str(tmp_path), n_shards=5, per_shard=7)  # 5 shards: not divisible by 2
     seen = []
