@@ -39,6 +39,7 @@ import tempfile
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import ModelConfig
 from mcl_dist.data.shards import count_samples, expand_urls
+from mcl_dist.devtime import seconds_per_call
 from mcl_dist.embed import encode
 from mcl_dist.files import read_json, write_json
 from mcl_dist.gpu_report import finish, table
@@ -89,11 +91,6 @@ def cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # -- part 1: collectives and the gathered loss (every rank) -------------------------------------
 def check_collectives(device: torch.device, nbytes: int) -> dict:
     w, r = dist.get_world_size(), dist.get_rank()
@@ -104,14 +101,8 @@ def check_collectives(device: torch.device, nbytes: int) -> dict:
     total = torch.tensor([float(r + 1)], device=device)
     dist.all_reduce(total)
     reduced = float(total) == w * (w + 1) / 2
-    buf, reps = torch.ones(nbytes // 4, device=device), 5
-    dist.all_reduce(buf)
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        dist.all_reduce(buf)
-    sync(device)
-    sec = (time.perf_counter() - t) / reps
+    buf = torch.ones(nbytes // 4, device=device)
+    sec = seconds_per_call(lambda: dist.all_reduce(buf), device)
     # nccl-tests' bus bandwidth: what each link carries in a ring all-reduce
     busbw = 2 * (w - 1) / w * nbytes / sec / 1e9 if w > 1 else None
     return {"all_gather_ok": gathered, "all_reduce_ok": reduced, "allreduce_busbw_gbs": busbw,
@@ -164,14 +155,9 @@ def part_embed_model(a, device: torch.device, reps: int = 5) -> dict:
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     images = torch.randn(a.batch_per_gpu, 3, *size, device=device)
     with InProcess(device) as mem:
-        encode(model, {"image": images}, "image", device)  # warm-up (kernels, allocator)
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(reps):
-            encode(model, {"image": images}, "image", device)
-        sync(device)
-        rate = a.batch_per_gpu * reps / (time.perf_counter() - t)
-    del model, bundle, images
+        rate = a.batch_per_gpu / seconds_per_call(partial(encode, model, {"image": images}, "image", device), device,
+                                                  reps)
+    del model, bundle, images  # free the GPU for the parts that follow
     rates = dist_utils.all_gather_object((rate, mem.gib))
     return {"model_samples_per_s_per_gpu": statistics.mean(r for r, _ in rates),
             "model_peak_mem_gb": max(m for _, m in rates)}

@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from mcl_dist.devtime import seconds_per_call, sync
 from mcl_dist.files import write_json
 from mcl_dist.kmeans import kmeans
 from mcl_dist.memprobe import InProcess, Polled
@@ -42,22 +43,11 @@ def table_peak(device_name: str) -> float | None:
     return next((float(gbs) for key, gbs in PEAK_GBS if key in device_name), None)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def copy_bandwidth(device: torch.device, nbytes: int, reps: int = 5) -> float:
     """GB/s of a device-to-device copy (bytes read + bytes written)."""
     a = torch.ones(nbytes // 4, device=device)
     b = torch.empty_like(a)
-    b.copy_(a)
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        b.copy_(a)
-    sync(device)
-    return 2 * nbytes * reps / (time.perf_counter() - t) / 1e9
+    return 2 * nbytes / seconds_per_call(lambda: b.copy_(a), device, reps) / 1e9
 
 
 def make_matrix(n: int, d: int, k_true: int, seed: int, device: torch.device, chunk: int = 1 << 18) -> torch.Tensor:

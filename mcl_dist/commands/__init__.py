@@ -1,1 +1,7 @@
 """The package's commands (console scripts `mcl-*` in setup.py; tools/*.py run the same)."""
+
+
+def print_fields(fields: dict) -> None:
+    """A command's result as `name: value` lines (stdout, one per field, in order)."""
+    for name, value in fields.items():
+        print(f"{name}: {value}")

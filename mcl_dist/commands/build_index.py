@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 
+from mcl_dist.commands import print_fields
 from mcl_dist.config import ConfigError
 from mcl_dist.data.shards import expand_urls
 from mcl_dist.data.tar_index import build_or_load_index
@@ -34,13 +35,10 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"shards: {len(index.shards)}")
-    print(f"samples: {len(index)}")
-    print(f"damaged shards: {len(index.damaged)}")
+    print_fields({"shards": len(index.shards), "samples": len(index), "damaged shards": len(index.damaged)})
     for shard, (msg, lost) in index.damaged.items():
         print(f"  {shard}: it {msg}; about {lost} members lost (more if cut short)")
-    print(f"fingerprint: {index.fingerprint()}")
-    print(f"time: {time.time() - t0:.1f}s")
+    print_fields({"fingerprint": index.fingerprint(), "time": f"{time.time() - t0:.1f}s"})
     return 0
 
 

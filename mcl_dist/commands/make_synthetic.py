@@ -9,6 +9,7 @@ Prints the brace-expanded shard patterns and the eval paths to paste into a conf
 import argparse
 import sys
 
+from mcl_dist.commands import print_fields
 from mcl_dist.synthetic import SyntheticSpec, ensure_demo_data
 
 
@@ -37,11 +38,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"easy attributes {paths['easy']} ({paths['easy_combinations']} combinations), hard {paths['hard']}")
-    print(f"data.train_shards: {paths['train']}")
-    print(f"eval.test_shards: {paths['test']}")
-    print(f"eval.mmvp_dir: {paths['mmvp']}")
-    print(f"eval.zero_shot_classes: {paths['zero_shot']}")
-    print(f"eval.label_fields: {paths['label_fields']}")
+    print_fields({"data.train_shards": paths["train"], "eval.test_shards": paths["test"], "eval.mmvp_dir": paths["mmvp"],
+                  "eval.zero_shot_classes": paths["zero_shot"], "eval.label_fields": paths["label_fields"]})
     return 0
 
 
