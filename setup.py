@@ -6,7 +6,7 @@ TORCHVISION = "torchvision==0.29.1"
 OPEN_CLIP = "open_clip_torch==3.3.0"
 WEBDATASET = "webdataset==1.0.2"
 FAISS_CPU = "faiss-cpu==1.15.1"
-FAISS_GPU = "faiss-gpu==1.15.1"
+FAISS_GPU = "faiss-gpu==1.15.1"  # on PyPI (checked 2026-11-30): a CUDA 12 (>= 12.6) build, 135 MB, pulls nvidia-*-cu12
 DEEPSPEED = "deepspeed==0.19.8"
 CLIP_BENCHMARK = "clip_benchmark==1.6.2"  # python -m mcl_dist.clip_benchmark
 CLIP_BENCHMARK_DEPS = ["requests"]  # imported by clip_benchmark 1.6.2 but missing from its metadata
