@@ -215,8 +215,9 @@ def collect(runs: dict) -> dict:
     each a list over seeds."""
     from mcl_dist.cluster_inspect import stage_purity
 
-    summary, purity, label_stats, stages = {}, {}, {}, {}
+    summary, purity, label_stats, stages, seeds = {}, {}, {}, {}, {}
     for (arm, seed), run_dir in runs.items():
+        seeds.setdefault(arm, []).append(seed)  # the order of every list below
         results = json.load(open(os.path.join(run_dir, "eval", "results.json")))
         for model, res in results.items():
             for a, m in model_scores(res, arm in SIMCLR_ARMS).items():
@@ -233,7 +234,7 @@ def collect(runs: dict) -> dict:
                 manifest.get("steps", {}).get(f"stage_{s}/labels", {}).get("outputs", {}))
             for key, v in stage_record(run_dir, s, results, manifest, pur).items():
                 stages.setdefault(arm, {}).setdefault(s, {}).setdefault(key, []).append(v)
-    return {"summary": summary, "purity": purity, "label_stats": label_stats, "stages": stages}
+    return {"summary": summary, "purity": purity, "label_stats": label_stats, "stages": stages, "seeds": seeds}
 
 
 def suppression_check(S: dict, simclr: bool) -> list[str]:
@@ -260,7 +261,7 @@ def write_report(res: dict, args, sc: dict, times: dict, out: str, simclr: bool)
         pngs, final = report.simclr_chart(res, out), report.simclr_final_line(res)
     else:
         md += report.clip_tables(res, arms) + [""] + report.dilution_table(res, arms) + [""]
-        pngs, final = report.clip_charts(res, out, arms, args.headline), report.final_lines(res, args.headline)
+        pngs, final = report.clip_charts(res, out, arms, args.headline), report.final_lines(res, args.headline, k_of)
     md += report.purity_table(res, k_of) + [""] + report.signal_table(res) + [""]
     if times:
         md.append(f"Wall time of the runs started by this invocation: {sum(times.values()) / 60:.1f} run-minutes "

@@ -130,8 +130,35 @@ def err_ratio(mcl: dict, base: dict) -> tuple[float, float]:
     return ((1 - hard_m) / (1 - hard_b) if hard_b < 1 else float("inf")), easy
 
 
-def final_lines(res: dict, headline: str) -> list[str]:
-    """The fair-baseline check, the error ratio of every stage count, and the headline line."""
+def seed_lines(res: dict, headline: str, k_of: dict, seed: int = 0) -> list[str]:
+    """One seed of the K sweep (the headline arm and its `_kK` variants) and of the no-cluster
+    controls, each against the baseline's mean over its seeds."""
+    S, seeds, base = res["summary"], res.get("seeds", {}), res["summary"]["baseline"]["integrated"]
+    n_base = len(base[SUPPRESSED[0]]["pairs"])
+
+    def line(arm: str, label: str) -> str:
+        i = seeds[arm].index(seed)
+        one = {a: {"pairs": [S[arm]["integrated"][a]["pairs"][i]]} for a in SUPPRESSED + EASY}
+        err, easy = err_ratio(one, base)
+        hard = ", ".join(f"{a} {one[a]['pairs'][0]:.2f}" for a in SUPPRESSED)
+        return f"  {label}: pair error ratio {err:.2f} ({hard}), easy attribute {100 * easy:.1f}%"
+
+    have = lambda arm: arm in S and seed in seeds.get(arm, [])
+    sweep = sorted((a for a in S if a == headline or a.startswith(headline + "_k")), key=lambda a: k_of.get(a, 0))
+    controls = sorted(a for a in S if a.endswith("noclust"))
+    lines = []
+    if len([a for a in sweep if have(a)]) > 1:
+        lines.append(f"K sweep, {headline}, seed {seed} (against the {n_base}-seed baseline):")
+        lines += [line(a, f"K {k_of.get(a, '?')}") for a in sweep if have(a)]
+    if any(have(a) for a in controls):
+        lines.append(f"no-cluster controls (restarts only), seed {seed}:")
+        lines += [line(a, a) for a in controls if have(a)]
+    return lines
+
+
+def final_lines(res: dict, headline: str, k_of: dict) -> list[str]:
+    """The fair-baseline check, the error ratio of every stage count, one seed of the K sweep and
+    the controls, and the headline line."""
     S = res["summary"]
     if "baseline" not in S:
         return ["(the summary lines need the baseline arm)"]
@@ -147,6 +174,7 @@ def final_lines(res: dict, headline: str) -> list[str]:
             ranked.append((err, arm, easy, n))
     for err, arm, easy, n in sorted(ranked):
         lines.append(f"  {arm} ({n} seeds): pair error ratio {err:.2f}, easy attribute {100 * easy:.1f}%")
+    lines += seed_lines(res, headline, k_of)
     if headline in S:
         err, easy = err_ratio(S[headline]["integrated"], base)
         lines.append(f"pair error ratio (integrated MCL / baseline) on suppressed attributes: {err:.2f}; "
