@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -62,11 +62,12 @@ class DDPEngine:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self) -> float:
+    def step(self) -> Optional[float]:
+        """One optimizer step; the gradient norm when clipping measured it, else None (no extra sync)."""
         lr = stage_lr(self.tcfg, self.step_count, self.total_steps, self.base_lr)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        norm = float("nan")
+        norm = None
         if self.tcfg.grad_clip_norm > 0:
             norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.tcfg.grad_clip_norm))
         self.optimizer.step()

@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -208,7 +208,7 @@ class DeepSpeedEngine:
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss, scale_wrt_gas=False)  # the trainer already divided by accum_freq
 
-    def step(self) -> float:
+    def step(self) -> Optional[float]:
         self._lr = stage_lr(self.tcfg, self.step_count, self.total_steps, self.base_lr)
         for g in self.optimizer.param_groups:  # the base optimizer ZeRO steps on its flat partitions
             g["lr"] = self._lr
@@ -217,7 +217,7 @@ class DeepSpeedEngine:
         norm = self.ds.get_global_grad_norm()
         self.clamp_logit_scale()
         self.step_count += 1
-        return float(norm) if norm is not None else float("nan")
+        return float(norm) if norm is not None else None
 
     @property
     def lr(self) -> float:

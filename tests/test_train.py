@@ -27,6 +27,7 @@ def test_two_rank_training_lowers_loss_and_checkpoint_loads_in_open_clip(tmp_pat
     assert len(losses) == 16
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
     assert all(r["samples_per_s"] > 0 and r["bad_samples"] == 0 for r in rows)
+    assert all(r["grad_norm"] is None for r in rows)  # no clipping: not measured, JSON null (not NaN)
     assert os.path.exists(tmp_path / "run" / "config.yaml")
     # the stage checkpoint loads through open_clip's own factory
     open_clip.add_model_config(os.path.join(ROOT, "configs/models/tiny-vit.json"))
