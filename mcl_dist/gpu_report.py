@@ -18,7 +18,8 @@ SCHEMA = {  # every field the JSON always has (None where a part failed or does 
     "embed": ["pipeline_samples_per_s_per_gpu", "pipeline_samples", "pipeline_peak_mem_gb",
               "model_samples_per_s_per_gpu", "model_peak_mem_gb"],
     "kmeans": ["n", "d", "k", "iters", "device_name", "ours_s", "ours_inertia", "ours_peak_mem_gb", "faiss",
-               "faiss_error", "faiss_s", "faiss_inertia", "faiss_peak_mem_gb", "faiss_device", "time_ratio", "cross_device_time_ratio", "inertia_ratio",
+               "faiss_error", "faiss_s", "faiss_inertia", "faiss_peak_mem_gb", "faiss_device", "time_ratio",
+               "cross_device_time_ratio", "inertia_ratio",
                "bandwidth_gbs", "copy_bandwidth_gbs", "peak_bandwidth_gbs", "peak_source", "bandwidth_fraction"],
 }
 
@@ -61,7 +62,8 @@ def table(r: dict) -> str:
         ("4 embed samples/s per GPU", f"pipeline {_f(e['pipeline_samples_per_s_per_gpu'], '.0f')}, "
          f"model alone {_f(e['model_samples_per_s_per_gpu'], '.0f')}", "", "",
          f"{_f(e['pipeline_peak_mem_gb'])} / {_f(e['model_peak_mem_gb'])}"),
-        ("4 k-means time ours/faiss", f"{_f(k['time_ratio'] or k['cross_device_time_ratio'], '.3f')} ({_f(k['ours_s'], '.3g')} s vs "
+        ("4 k-means time ours/faiss", f"{_f(k['time_ratio'] or k['cross_device_time_ratio'], '.3f')} "
+         f"({_f(k['ours_s'], '.3g')} s vs "
          f"{_f(k['faiss_s'], '.3g')} s, {k['faiss'] or k['faiss_error'] or 'no faiss'})", "<= 1.0",
          verdict("kmeans_time_ratio"),
          f"{_f(k['ours_peak_mem_gb'])} / {_f(k['faiss_peak_mem_gb'])}"),
