@@ -11,12 +11,14 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from mcl_dist.data import tar_index
-from mcl_dist.data.sources import IndexedDataset, collate_skip_bad
+from mcl_dist.data.sampler import PlannedBatchSampler
+from mcl_dist.data.sources import IndexedDataset, PlannedSource, collate_skip_bad
 from mcl_dist.data.tar_index import build_or_load_index
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,6 +209,45 @@ def test_indexed_dataset_with_workers(shards, tmp_path):
         raw = index.read_sample(i)
         assert (label, group) == (i % 4, i // 4) and value == decode_value(raw)
     assert collate_skip_bad([(None, 0, 0, 0)]) == (None, 1)
+
+
+def noisy_decode(raw: dict) -> dict:
+    """An 'augmentation' that draws from torch's CPU generator, which SeededDecode seeds; the key
+    says which worker process decoded it."""
+    return {"image": torch.rand(2), "key": f"{raw['__key__']}@{os.getpid()}"}
+
+
+def test_planned_source_runs_on_across_epochs_and_resumes_exactly(shards, tmp_path):
+    """One DataLoader for the whole stage (workers live across epochs): the batches are each
+    epoch's plan in order, the state follows them, and a resume from any state continues with
+    the same samples and the same seeded draws."""
+    index = build_or_load_index(shards, str(tmp_path / "idx"), progress=False)
+    labels = np.arange(len(index)) % 3
+    make = lambda: PlannedSource(index, labels, noisy_decode, micro_batch=4, accum=2, world=1, rank=0,
+                                 group_size=4, seed=7, workers=2)
+    source = make()
+    steps = source.plan(0).num_steps
+    it, seen, pids = iter(source.batches()), [], set()
+    for _ in range(2 * (2 * steps + 1)):  # two epochs and one step: across two epoch boundaries
+        batch = next(it)
+        pids |= {k.split("@")[1] for k in batch["key"]}
+        batch["key"] = [k.split("@")[0] for k in batch["key"]]
+        seen.append((batch["epoch"], batch["key"], batch["image"], dict(source.state())))
+    assert len(pids) == 2  # the same two workers for all three epochs (a loader per epoch: 6)
+    expected = [(e, [index.keys[i].decode() for i, _, _ in mb]) for e in range(3)
+                for mb in PlannedBatchSampler(source.plan(e), rank=0)][: len(seen)]
+    assert [(e, k) for e, k, _, _ in seen] == expected
+    assert [st for *_, st in seen[2 * steps - 2: 2 * steps + 2]] == [
+        {"epoch": 0, "step": steps - 1}, {"epoch": 0, "step": steps}, {"epoch": 1, "step": 0}, {"epoch": 1, "step": 1}]
+    draws = {(e, k): img for e, keys, images, _ in seen for k, img in zip(keys, images)}
+    both = [k for e, k in draws if e == 0 and (1, k) in draws]
+    assert both and all(not torch.equal(draws[0, k], draws[1, k]) for k in both)  # seeded per epoch
+    for at in (2 * steps - 1, 2 * steps + 1):  # resume at an epoch's end, and one step into the next
+        again = iter(make().batches(seen[at][3]))
+        for e, keys, image, _ in seen[at + 1:]:
+            batch = next(again)
+            assert (batch["epoch"], [k.split("@")[0] for k in batch["key"]]) == (e, keys)
+            assert torch.equal(batch["image"], image)
 
 
 def test_build_index_cli(shards, tmp_path, capsys):

@@ -53,9 +53,10 @@ class StreamSource:
 
 
 class IndexedDataset(Dataset):
-    """Items are a sample index or the `(sample_index, label, group)` tuples the batch sampler
-    yields; each comes back as `(decoded, sample_index, label, group)`, so the trainer builds the
-    label mask and logs the batch plan from what was actually read. A sample whose decode raises
+    """Items are a sample index or the `(sample_index, label, group[, epoch])` tuples the batch
+    sampler yields; each comes back as `(decoded, sample_index, label, group[, epoch])`, so the
+    trainer builds the label mask and logs the batch plan from what was actually read. An item's
+    epoch is passed to the decode (`SeededDecode` seeds its augmentation with it). A sample whose decode raises
     comes back with `decoded=None`: `collate_skip_bad` drops and counts it, so one bad image costs
     one sample, not the run (the trainer applies the bad-share threshold)."""
 
@@ -68,25 +69,25 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, item) -> tuple[Any, int, int, int]:
+    def __getitem__(self, item) -> tuple:
         if isinstance(item, (tuple, list)):
-            i, label, group = (int(v) for v in item)
+            i, label, group, *epoch = (int(v) for v in item)
         else:
-            i, label, group = int(item), -1, -1
+            i, label, group, epoch = int(item), -1, -1, []
         # read errors (file gone or changed) are not bad samples: they propagate and stop the run
         raw = self.index.read_sample(i)
         try:
-            decoded = self.decode(raw)
+            decoded = self.decode(raw, *epoch)
         except Exception as e:  # a bad sample: corrupt image, missing caption, ...
             if self._logged < self.max_logged:
                 self._logged += 1
                 log.warning("bad sample %s in %s: %s: %s", raw["__key__"], raw["__url__"], type(e).__name__, e)
             decoded = None
-        return decoded, i, label, group
+        return (decoded, i, label, group, *epoch)
 
 
 def collate_skip_bad(batch: list, inner_collate: Optional[Callable[[list], Any]] = None) -> tuple[Any, int]:
-    """Drop items whose decode failed; `inner_collate` gets the remaining 4-tuples.
+    """Drop items whose decode failed; `inner_collate` gets the remaining tuples.
 
     Returns (collated batch or None when every item was bad, number of bad items). Use with a
     DataLoader as `collate_fn=functools.partial(collate_skip_bad, inner_collate=fn)` (picklable).
@@ -99,10 +100,12 @@ def collate_skip_bad(batch: list, inner_collate: Optional[Callable[[list], Any]]
 
 
 def collate_planned(items: list) -> dict[str, Any]:
-    """IndexedDataset items (decoded or None, index, label, group) -> a batch; bad ones dropped."""
+    """IndexedDataset items (decoded or None, index, label, group, epoch) -> a batch; bad ones
+    dropped. The epoch (one per micro-batch) tells the source where the stream of batches is."""
     batch, bad = collate_skip_bad(items, inner_collate=_collate_labelled)
     batch = batch or {"key": []}
     batch["meta"] = {"bad": bad, "reasons": {"unreadable": bad} if bad else {}}
+    batch["epoch"] = items[0][4]
     return batch
 
 
@@ -117,14 +120,34 @@ class SeededDecode:
     """Augmentation seeded by (seed, epoch, key): the same sample gets the same crop on resume,
     whichever worker decodes it."""
 
-    def __init__(self, decode, seed: int, epoch: int):
-        self.decode, self.seed, self.epoch = decode, seed, epoch
+    def __init__(self, decode, seed: int):
+        self.decode, self.seed = decode, seed
 
-    def __call__(self, raw: dict) -> dict:
+    def __call__(self, raw: dict, epoch: int) -> dict:
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: torch.manual_seed also seeds CUDA and costs ~0.2 ms a call
-            torch.default_generator.manual_seed(stable_seed(self.seed, self.epoch, raw["__key__"]))
+            torch.default_generator.manual_seed(stable_seed(self.seed, epoch, raw["__key__"]))
             return self.decode(raw)
+
+
+class StageBatches:
+    """A planned stage's batch sampler: epoch after epoch of one rank's planned micro-batches from
+    (epoch, step) on, each item tagged with its epoch. One DataLoader reads the whole stage, so its
+    workers run on across epochs: a loader per epoch restarted them and drained the prefetch queue
+    (1.1 s a 32-step epoch with 8 workers on an H200 node)."""
+
+    def __init__(self, source: "PlannedSource", epoch: int, step: int):
+        self.source, self.epoch, self.step = source, epoch, step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
+        epoch, step = self.epoch, self.step
+        while True:
+            plan = self.source.plan(epoch)
+            if plan.num_steps == 0:  # epoch 0 is checked before training; a later plan could differ
+                raise RuntimeError(f"the cluster plan of epoch {epoch} has no full step ({plan.stats})")
+            for batch in PlannedBatchSampler(plan, rank=self.source.rank, start_step=step):
+                yield [(*item, epoch) for item in batch]
+            epoch, step = epoch + 1, 0
 
 
 class PlannedSource:
@@ -144,19 +167,17 @@ class PlannedSource:
     def batches(self, state: Optional[dict] = None) -> Iterator[dict[str, Any]]:
         if state:
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        while True:
-            dataset = IndexedDataset(self.index, SeededDecode(self.decode, self.seed, self.epoch))
-            plan = self.plan(self.epoch)
-            sampler = PlannedBatchSampler(plan, rank=self.rank, start_step=self.step)
-            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.workers,
-                                collate_fn=collate_planned, prefetch_factor=4 if self.workers else None)
-            for i, batch in enumerate(loader):
-                batch["epoch"] = self.epoch
-                micro_done = i + 1
-                if micro_done % self.accum == 0:
-                    self.step += 1
-                yield batch
-            self.epoch, self.step = self.epoch + 1, 0
+        dataset = IndexedDataset(self.index, SeededDecode(self.decode, self.seed))
+        loader = DataLoader(dataset, batch_sampler=StageBatches(self, self.epoch, self.step), num_workers=self.workers,
+                            collate_fn=collate_planned, prefetch_factor=4 if self.workers else None)
+        micro = 0  # micro-batches of the current step handed out
+        for batch in loader:
+            if batch["epoch"] != self.epoch:  # steps start at a plan's step boundary
+                self.epoch, self.step, micro = batch["epoch"], 0, 0
+            micro += 1
+            if micro == self.accum:
+                self.step, micro = self.step + 1, 0
+            yield batch
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "step": self.step}
