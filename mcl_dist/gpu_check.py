@@ -274,13 +274,7 @@ def start(a) -> tuple[torch.device, object]:
     if not a.cpu_smoke and not torch.cuda.is_available():
         sys.exit("error: gpu_check: no CUDA device is visible; run with --cpu-smoke for the CPU check")
     info = dist_utils.init_distributed(device="cpu" if a.cpu_smoke else "cuda")
-    if not dist.is_initialized():
-        backend = "gloo" if a.cpu_smoke else "nccl"
-        if "MASTER_ADDR" in os.environ:
-            dist.init_process_group(backend)
-        else:  # plain `python -m mcl_dist.gpu_check`: a world of one
-            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{bench_train().free_port()}",
-                                    rank=0, world_size=1)
+    dist_utils.ensure_process_group(info.device)  # a world of one (torchrun with 1 process, or plain python)
     return info.device, dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=2))
 
 
