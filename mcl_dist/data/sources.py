@@ -159,10 +159,16 @@ class PlannedSource:
         self.micro_batch, self.accum, self.world, self.rank = micro_batch, accum, world, rank
         self.group_size, self.seed, self.workers = group_size, seed, workers
         self.epoch, self.step = 0, 0
+        self._plan: Optional[tuple[int, EpochPlan]] = None  # the last plan made, with its epoch
 
     def plan(self, epoch: int) -> EpochPlan:
-        return plan_epoch(self.labels, epoch=epoch, seed=self.seed, world_size=self.world,
-                          micro_batch=self.micro_batch, accum=self.accum, group_size=self.group_size)
+        """Epoch `epoch`'s plan. The last one is kept: the stage's set-up plans epoch 0 for its
+        checks and step count, and the batches then read the same plan (seconds for CC12M)."""
+        if self._plan is None or self._plan[0] != epoch:
+            self._plan = (epoch, plan_epoch(self.labels, epoch=epoch, seed=self.seed, world_size=self.world,
+                                            micro_batch=self.micro_batch, accum=self.accum,
+                                            group_size=self.group_size))
+        return self._plan[1]
 
     def batches(self, state: Optional[dict] = None) -> Iterator[dict[str, Any]]:
         if state:
