@@ -27,7 +27,7 @@ setup(
         "mcl-inspect-clusters = mcl_dist.commands.inspect_clusters:main",
         "mcl-make-shards = mcl_dist.commands.make_shards:main",
         "mcl-make-synthetic = mcl_dist.commands.make_synthetic:main",
-        "mcl-gpu-check = mcl_dist.gpu_check:command",
+        "mcl-gpu-check = mcl_dist.bench.gpu_check:command",
         "mcl-clip-benchmark = mcl_dist.clip_benchmark:main",
     ]},
     extras_require={

@@ -73,10 +73,14 @@ def ensure_process_group(device: torch.device) -> None:
     if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
         dist.init_process_group(backend, init_method="env://", rank=0, world_size=1)
         return
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (for a world of one, a test's or a benchmark's torchrun)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        return s.getsockname()[1]
 
 
 def info() -> DistInfo:

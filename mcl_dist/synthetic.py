@@ -4,7 +4,7 @@ Each 32x32 image shows small object(s) with independent uniform attributes. EASY
 pixels, so a CNN sees them at once: `color` (fills the object), `position` (quadrant), `background`
 and `frame` colour. HARD ones need real learning: `shape` (drawn small, jittered in place, scale
 and rotation, with pixel noise) and `texture` (a pixel-level pattern). `count` (1-4 copies) is
-optional. DESIGN.md section 7: the baseline suppresses the hard attributes only with MANY easy
+optional. docs/design.md section 7: the baseline suppresses the hard attributes only with MANY easy
 combinations (~200 did not suppress, ~1,150 did), so the default has 10 x 4 x 6 x 5 = 1,200.
 `SyntheticSpec.no_easy` holds every easy attribute at its first value: the same data without the
 shortcut, i.e. how well the hard attributes are learned without suppression.
@@ -251,19 +251,21 @@ def _spec_dict(spec: SyntheticSpec) -> dict:
 
 
 def shard_pattern(paths: list[str]) -> str:
-    """`out/train-{00000..00007}.tar` for the shards write_shards returns."""
+    """`out/train-{00000..00007}.tar` for the shards write_synthetic_shards returns."""
     stem = paths[0].rsplit("-", 1)[0]
     return f"{stem}-{{00000..{len(paths) - 1:05d}}}.tar"
 
 
-def write_shards(out_dir: str, *, n_samples: int, samples_per_shard: int, seed: int,
-                 spec: SyntheticSpec = SyntheticSpec(), prefix: str = "train", progress: bool = True) -> list[str]:
+def write_synthetic_shards(out_dir: str, *, n_samples: int, samples_per_shard: int, seed: int,
+                           spec: SyntheticSpec = SyntheticSpec(), prefix: str = "train",
+                           progress: bool = True) -> list[str]:
     """Write `{prefix}-00000.tar ...` (each atomically), deterministic in (seed, prefix, spec). A shard
     already on disk is kept when `{prefix}.manifest.json` records the same parameters (resume);
     with other parameters, every shard is rewritten and stale ones are removed."""
 
     if n_samples < 1 or samples_per_shard < 1:
-        raise ValueError(f"write_shards: n_samples={n_samples}, samples_per_shard={samples_per_shard} must be >= 1")
+        raise ValueError(f"write_synthetic_shards: n_samples={n_samples}, samples_per_shard={samples_per_shard} "
+                         f"must be >= 1")
     n_shards = -(-n_samples // samples_per_shard)
     paths = [os.path.join(out_dir, f"{prefix}-{i:05d}.tar") for i in range(n_shards)]
     params = {"n_samples": n_samples, "samples_per_shard": samples_per_shard, "seed": seed, "prefix": prefix,
@@ -359,10 +361,10 @@ def ensure_demo_data(root: str, n_train: int = 2048, n_test: int = 512, seed: in
     Returns {"train", "test": shard patterns, "mmvp": folder, "zero_shot": json path,
     "label_fields", "easy", "hard": attribute names, "easy_combinations": int}."""
     spec = SyntheticSpec(**spec) if isinstance(spec, dict) else spec or SyntheticSpec()  # dict: from YAML
-    train = write_shards(root, n_samples=n_train, samples_per_shard=samples_per_shard, seed=seed, spec=spec,
-                         prefix="train", progress=progress)
-    test = write_shards(root, n_samples=n_test, samples_per_shard=samples_per_shard, seed=seed, spec=spec,
-                        prefix="test", progress=progress)
+    train = write_synthetic_shards(root, n_samples=n_train, samples_per_shard=samples_per_shard, seed=seed,
+                                   spec=spec, prefix="train", progress=progress)
+    test = write_synthetic_shards(root, n_samples=n_test, samples_per_shard=samples_per_shard, seed=seed,
+                                  spec=spec, prefix="test", progress=progress)
     mmvp = write_mmvp_pairs(os.path.join(root, "mmvp"), spec=spec, n_pairs_per_attribute=mmvp_pairs,
                             seed=seed) if mmvp_pairs > 0 else ""  # "": no MMVP evaluation
     return {"train": shard_pattern(train), "test": shard_pattern(test), "mmvp": mmvp,

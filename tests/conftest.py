@@ -5,7 +5,6 @@ import io
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
+
+from mcl_dist.distributed import free_port  # noqa: F401 (the tests import it from conftest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
@@ -58,12 +59,6 @@ def write_test_shards(out_dir: str, n_shards: int = 4, per_shard: int = 32, seed
 def shards(tmp_path_factory):
     d = tmp_path_factory.mktemp("shards")
     return write_test_shards(str(d))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 300, env: dict | None = None,

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import torchrun
-from mcl_dist.gpu_check import guarded
-from mcl_dist.gpu_report import SCHEMA, TARGETS, finish, table
-from mcl_dist.kmeans_check import table_peak
-from mcl_dist.memprobe import Polled
+from mcl_dist.bench.gpu_check import guarded
+from mcl_dist.bench.gpu_report import SCHEMA, TARGETS, finish, table
+from mcl_dist.bench.kmeans_check import table_peak
+from mcl_dist.bench.memprobe import Polled
 
 # fields that are None in a healthy CPU smoke: faiss_error (faiss-cpu is installed), and the
 # cross-device ratio (faiss-cpu and ours both run on the CPU)
@@ -89,9 +89,9 @@ def test_polled_probe_sees_a_child_process_memory():
 
 
 def test_one_process_without_torchrun_still_starts_a_process_group():
-    """`python -m mcl_dist.gpu_check` (no torchrun): a world of one, so part 1 still runs its
+    """`python -m mcl_dist.bench.gpu_check` (no torchrun): a world of one, so part 1 still runs its
     collectives and the loss check through a real process group."""
-    code = ("import torch.distributed as dist; from mcl_dist.gpu_check import parse, start, part_collectives; "
+    code = ("import torch.distributed as dist; from mcl_dist.bench.gpu_check import parse, start, part_collectives; "
             "a = parse(['--cpu-smoke']); device, waiter = start(a); out = part_collectives(a, device); "
             "dist.barrier(group=waiter); print(dist.get_world_size(), dist.get_backend(), out['ok'], "
             "out['allreduce_busbw_gbs']); dist.destroy_process_group()")

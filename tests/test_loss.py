@@ -3,7 +3,6 @@ them, and gathered over 2 gloo ranks equal to the single-process loss on the who
 from __future__ import annotations
 
 import os
-import socket
 
 import open_clip.loss as oc
 import pytest
@@ -12,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from mcl_dist.distributed import free_port
 from mcl_dist.loss import ClipLoss, nt_xent
 
 
@@ -145,12 +145,6 @@ def _worker(rank, world, port, out_dir):
     results["no_grad_gather"] = no_grad / world
     dist.destroy_process_group()
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_ranks_gathered_equals_single_process(tmp_path):

@@ -11,7 +11,7 @@ import webdataset as wds
 from PIL import Image
 
 from mcl_dist.synthetic import (SyntheticSpec, caption, easy_combinations, ensure_demo_data, render,
-                                sample_attributes, statement, write_mmvp_pairs, write_shards)
+                                sample_attributes, statement, write_mmvp_pairs, write_synthetic_shards)
 
 
 def digests(paths):
@@ -24,9 +24,9 @@ def read_samples(paths):
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     kw = dict(n_samples=40, samples_per_shard=16, progress=False)
-    a = write_shards(str(tmp_path / "a"), seed=3, **kw)
-    b = write_shards(str(tmp_path / "b"), seed=3, **kw)
-    c = write_shards(str(tmp_path / "c"), seed=4, **kw)
+    a = write_synthetic_shards(str(tmp_path / "a"), seed=3, **kw)
+    b = write_synthetic_shards(str(tmp_path / "b"), seed=3, **kw)
+    c = write_synthetic_shards(str(tmp_path / "c"), seed=4, **kw)
     assert len(a) == 3 and [os.path.basename(p) for p in a] == ["train-00000.tar", "train-00001.tar", "train-00002.tar"]
     assert digests(a) == digests(b)
     assert all(x != y for x, y in zip(digests(a), digests(c)))
@@ -34,7 +34,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 def test_every_sample_complete_and_captions_name_every_value(tmp_path):
     spec = SyntheticSpec()
-    paths = write_shards(str(tmp_path), n_samples=50, samples_per_shard=20, seed=0, prefix="test", progress=False)
+    paths = write_synthetic_shards(str(tmp_path), n_samples=50, samples_per_shard=20, seed=0, prefix="test",
+                                   progress=False)
     samples = read_samples(paths)
     assert len(samples) == 50
     keys = [s["__key__"] for s in samples]
@@ -66,7 +67,7 @@ def test_attributes_independent_and_uniform():
     for a, b in itertools.combinations(spec.attributes, 2):  # every pair of values co-occurs
         seen = {(r[a], r[b]) for r in recs}
         assert len(seen) == len(spec.vocab(a)) * len(spec.vocab(b)), (a, b)
-    assert easy_combinations(spec) == 1200  # DESIGN.md 7: ~1,150 suppressed, ~200 did not
+    assert easy_combinations(spec) == 1200  # docs/design.md section 7: ~1,150 suppressed, ~200 did not
     assert len({tuple(r[a] for a in spec.easy) for r in recs}) == 1200
     for a in spec.attributes:
         counts = np.bincount([r[a + "_id"] for r in recs])
@@ -128,7 +129,7 @@ def test_pair_images_identical_outside_the_changed_attribute():
 
 def test_rerun_keeps_complete_shards_and_redoes_missing_ones(tmp_path):
     kw = dict(n_samples=48, samples_per_shard=16, seed=0, progress=False)
-    paths = write_shards(str(tmp_path), **kw)
+    paths = write_synthetic_shards(str(tmp_path), **kw)
     before = digests(paths)
     stamps = [os.stat(p).st_mtime_ns for p in paths]
     os.remove(paths[1])  # as if a run died before shard 1 was renamed into place
@@ -136,7 +137,7 @@ def test_rerun_keeps_complete_shards_and_redoes_missing_ones(tmp_path):
     m = json.load(open(man))
     m["complete"] = False
     json.dump(m, open(man, "w"))
-    assert write_shards(str(tmp_path), **kw) == paths
+    assert write_synthetic_shards(str(tmp_path), **kw) == paths
     assert digests(paths) == before
     assert os.stat(paths[0]).st_mtime_ns == stamps[0] and os.stat(paths[2]).st_mtime_ns == stamps[2]
     assert json.load(open(man))["complete"] is True
@@ -144,8 +145,8 @@ def test_rerun_keeps_complete_shards_and_redoes_missing_ones(tmp_path):
 
 
 def test_other_parameters_rewrite_and_drop_stale_shards(tmp_path):
-    old = write_shards(str(tmp_path), n_samples=48, samples_per_shard=16, seed=0, progress=False)
-    new = write_shards(str(tmp_path), n_samples=20, samples_per_shard=16, seed=1, progress=False)
+    old = write_synthetic_shards(str(tmp_path), n_samples=48, samples_per_shard=16, seed=0, progress=False)
+    new = write_synthetic_shards(str(tmp_path), n_samples=20, samples_per_shard=16, seed=1, progress=False)
     assert len(new) == 2 and not os.path.exists(old[2])
     keys = [s["__key__"] for s in read_samples(new)]
     assert len(keys) == 20 and all(k.startswith("train1_") for k in keys)
@@ -182,10 +183,7 @@ def test_spec_validation():
 
 
 def test_cli(tmp_path, capsys):
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
-    from make_synthetic import main
+    from mcl_dist.commands.make_synthetic import main
 
     out = str(tmp_path / "d")
     assert main(["--out", out, "--train", "20", "--test", "10", "--samples-per-shard", "10", "--no-easy",

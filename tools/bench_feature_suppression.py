@@ -73,7 +73,8 @@ SCALES = {  # data size, total steps T, batch, K / group size per stage, concurr
 def make_data(root: str, sc: dict, simclr: bool = False) -> dict:
     """main/ and the reference's data set (no_easy_pos/; SimCLR: no_easy/, which also holds position
     constant), each: train, test and val shards, MMVP test + val folders."""
-    from mcl_dist.synthetic import SyntheticSpec, shard_pattern, write_mmvp_pairs, write_shards, write_zero_shot_sets
+    from mcl_dist.synthetic import (SyntheticSpec, shard_pattern, write_mmvp_pairs, write_synthetic_shards,
+                                    write_zero_shot_sets)
 
     out = {}
     # the reference holds only colour, background and frame constant: position varies, as it is one
@@ -83,12 +84,12 @@ def make_data(root: str, sc: dict, simclr: bool = False) -> dict:
     for name, spec in (("main", SyntheticSpec()), no_easy):
         d = os.path.join(root, name)
         per = 1024
-        train = write_shards(d, n_samples=sc["n_train"], samples_per_shard=per, seed=0, spec=spec, prefix="train",
-                             progress=False)
-        test = write_shards(d, n_samples=sc["n_eval"], samples_per_shard=per, seed=0, spec=spec, prefix="test",
-                            progress=False)
-        val = write_shards(d, n_samples=sc["n_eval"], samples_per_shard=per, seed=1, spec=spec, prefix="val",
-                           progress=False)
+        train = write_synthetic_shards(d, n_samples=sc["n_train"], samples_per_shard=per, seed=0, spec=spec,
+                                       prefix="train", progress=False)
+        test = write_synthetic_shards(d, n_samples=sc["n_eval"], samples_per_shard=per, seed=0, spec=spec,
+                                      prefix="test", progress=False)
+        val = write_synthetic_shards(d, n_samples=sc["n_eval"], samples_per_shard=per, seed=1, spec=spec,
+                                     prefix="val", progress=False)
         out[name] = {"train": shard_pattern(train), "test": shard_pattern(test), "val": shard_pattern(val),
                      "mmvp_test": write_mmvp_pairs(os.path.join(d, "mmvp"), spec=spec,
                                                    n_pairs_per_attribute=sc["mmvp_pairs"], seed=0),

@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from mcl_dist.distributed import free_port
 from mcl_dist.files import load_npz, save_npz, write_json
 from mcl_dist.kmeans import kmeans
 
@@ -89,19 +90,11 @@ def two_ranks(args, init: torch.Tensor) -> tuple[float, np.ndarray]:
         save_npz(os.path.join(tmp, "init.npz"), c=init.numpy())
         write_json(vars(args), os.path.join(tmp, "args.json"))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), os.path.abspath(__file__)]  # torchrun would misread our flags: env
+               str(free_port()), os.path.abspath(__file__)]  # torchrun would misread our flags: env
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, torch.get_num_threads() // 2)), BENCH_KMEANS_WORKER=tmp)
         subprocess.run(cmd, check=True, env=env)
         with open(os.path.join(tmp, "out.json")) as f:
             return json.load(f)["time"], load_npz(os.path.join(tmp, "out.npz"))["c"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""The GPU check (mcl_dist/gpu_check.py, also `mcl-gpu-check`): whether the GPU path works and how fast.
+"""The GPU check (mcl_dist/bench/gpu_check.py, also `mcl-gpu-check`): whether the GPU path works and how fast.
 
     torchrun --nproc_per_node 8 tools/gpu_check.py [--out gpu_check.json]
     torchrun --nproc_per_node 2 tools/gpu_check.py --cpu-smoke
 """
 import sys
 
-from mcl_dist.gpu_check import command
+from mcl_dist.bench.gpu_check import command
 
 if __name__ == "__main__":
     sys.exit(command())

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from mcl_dist.data.writer import pairs_from_folder, pairs_from_table, write_shards
+from mcl_dist.data.writer import pairs_from_folder, pairs_from_table, write_pair_shards
 from mcl_dist.synthetic import ensure_demo_data
 
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
 
     try:
         pairs = pairs_from_table(a.csv, a.image_col, a.caption_col) if a.csv else pairs_from_folder(a.folder)
-        res = write_shards(pairs, a.out, samples_per_shard=a.samples_per_shard, prefix=a.prefix)
+        res = write_pair_shards(pairs, a.out, samples_per_shard=a.samples_per_shard, prefix=a.prefix)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -44,8 +44,8 @@ def pairs_from_folder(root: str) -> Iterator[tuple[str, str]]:
                 yield os.path.join(dirpath, name), caption
 
 
-def write_shards(pairs: Iterable[tuple[str, str]], out_dir: str, *, samples_per_shard: int = 10000,
-                 prefix: str = "", total: Optional[int] = None) -> dict:
+def write_pair_shards(pairs: Iterable[tuple[str, str]], out_dir: str, *, samples_per_shard: int = 10000,
+                      prefix: str = "", total: Optional[int] = None) -> dict:
     """Returns counts; samples whose image file is missing are skipped and counted."""
     os.makedirs(out_dir, exist_ok=True)
     shard, buf, written, skipped, shards = 0, [], 0, 0, []

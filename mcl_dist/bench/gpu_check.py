@@ -1,6 +1,6 @@
 """Does the GPU path work, and how fast is it? One command, about ten minutes, one table + JSON.
 
-    torchrun --nproc_per_node 8 tools/gpu_check.py [--out gpu_check.json]   # or python -m mcl_dist.gpu_check
+    torchrun --nproc_per_node 8 tools/gpu_check.py [--out gpu_check.json]   # or python -m mcl_dist.bench.gpu_check
     torchrun --nproc_per_node 2 tools/gpu_check.py --cpu-smoke              # the same code, tiny, on CPU (CI)
 
 1. collectives, every rank: the process group (NCCL on GPU, gloo on CPU; started even for one
@@ -9,12 +9,12 @@
    concatenated batch.
 2. train: our stage 0 vs open_clip_train on the same shards, GPUs, model (ViT-B-32, random
    init), global batch (256 per GPU), bf16 AMP, local loss + gathered features
-   (tools/bench_train.py's launches and shims), as a samples/s ratio.
+   (mcl_dist/bench/train_bench.py's launches and shims), as a samples/s ratio.
 3. stage 1 / stage 0: the same run of ours continues with embed -> k-means -> labels -> an MCL
    stage (cluster-bucketed sampler, indexed reads, masked loss); samples/s ratio.
 4. embedding samples/s per GPU (the pipeline's embed step, decoding included, and the model
    alone) and k-means on a generated 2M x 512 fp16 matrix, ours vs faiss from the same init
-   (mcl_dist/kmeans_check.py), with the memory bandwidth reached.
+   (mcl_dist/bench/kmeans_check.py), with the memory bandwidth reached.
 5. peak memory of every part (GPU: torch's peak, or device-wide use for child processes;
    CPU: resident memory).
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -46,18 +45,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from mcl_dist import distributed as dist_utils
+from mcl_dist.bench import train_bench
 from mcl_dist.config import ModelConfig
 from mcl_dist.data.shards import count_samples, expand_urls
-from mcl_dist.devtime import seconds_per_call
+from mcl_dist.bench.devtime import seconds_per_call
 from mcl_dist.embed import encode
 from mcl_dist.files import read_json, write_json
-from mcl_dist.gpu_report import finish, table
+from mcl_dist.bench.gpu_report import finish, table
 from mcl_dist.loss import ClipLoss
-from mcl_dist.memprobe import InProcess, Polled
+from mcl_dist.bench.memprobe import InProcess, Polled
 from mcl_dist.models import create
-from mcl_dist.synthetic import shard_pattern, write_shards
+from mcl_dist.synthetic import shard_pattern, write_synthetic_shards
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = train_bench.ROOT
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                 "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # sizes: steps (and the first `warmup` logged steps left out) per trainer, synthetic samples =
@@ -148,7 +148,7 @@ def part_collectives(a, device: torch.device) -> dict:
 
 # -- part 4a: the embedding model alone (every rank, its own device) ----------------------------
 def part_embed_model(a, device: torch.device, reps: int = 5) -> dict:
-    name, config_file = bench_train().model_args(a.model)
+    name, config_file = train_bench.model_args(a.model)
     bundle = create(ModelConfig(name=name, config_file=config_file), device, pretrained="")
     model = bundle["model"].eval()
     size = getattr(model.visual, "image_size", 224)
@@ -164,14 +164,6 @@ def part_embed_model(a, device: torch.device, reps: int = 5) -> dict:
 
 
 # -- parts 2-4: child processes launched by rank 0 ------------------------------------------------
-def bench_train():
-    """tools/bench_train.py as a module: its torchrun launches and open_clip_train shims."""
-    spec = importlib.util.spec_from_file_location("mcl_bench_train", os.path.join(ROOT, "tools", "bench_train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def child_env(cpu: bool, nproc: int) -> dict:
     """Our environment without the outer torchrun's variables (a child torchrun sets its own)."""
     env = {k: v for k, v in os.environ.items()
@@ -184,7 +176,8 @@ def child_env(cpu: bool, nproc: int) -> dict:
 
 def _write_part(job: tuple) -> str:
     out_dir, n, per_shard, seed = job
-    return shard_pattern(write_shards(out_dir, n_samples=n, samples_per_shard=per_shard, seed=seed, progress=False))
+    return shard_pattern(write_synthetic_shards(out_dir, n_samples=n, samples_per_shard=per_shard, seed=seed,
+                                                progress=False))
 
 
 def prepare_data(a, work: str, nproc: int) -> tuple[str, int]:
@@ -211,10 +204,11 @@ def part_kmeans(a, device: torch.device, work: str, env: dict) -> dict:
     args = {"n": a.kmeans_n, "d": a.kmeans_d, "k": a.kmeans_k, "iters": a.kmeans_iters, "device": str(device),
             "copy_bytes": a.copy_mb << 20}
     out = os.path.join(work, "kmeans.json")
-    proc = subprocess.run([sys.executable, "-m", "mcl_dist.kmeans_check", "--args", json.dumps(args), "--out", out],
+    proc = subprocess.run([sys.executable, "-m", "mcl_dist.bench.kmeans_check", "--args", json.dumps(args),
+                           "--out", out],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     if proc.returncode:
-        raise RuntimeError(f"mcl_dist.kmeans_check failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(f"mcl_dist.bench.kmeans_check failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return read_json(out)
 
 
@@ -226,7 +220,7 @@ def step_window(run_dir: str, step: str) -> tuple[float, float]:
 def part_train(a, device: torch.device, work: str, env: dict, nproc: int, shards: str, n: int) -> dict:
     """Parts 2, 3 and the pipeline's embedding rate: open_clip_train, then ours (stage 0 -> embed ->
     k-means -> labels -> stage 1) on the same shards and devices."""
-    bt = bench_train()
+    bt = train_bench
     ns = argparse.Namespace(model=a.model, nproc=nproc, steps=a.steps, warmup=a.warmup, batch=a.batch_per_gpu * nproc,
                             workers=a.workers, precision="fp32" if device.type == "cpu" else "amp_bf16",
                             device=device.type)
@@ -258,7 +252,7 @@ def guarded(result: dict, part: str, fn, default=None):
     t = time.perf_counter()
     try:
         return fn()
-    except (Exception, SystemExit) as e:  # bench_train's launches sys.exit() with the child's output
+    except (Exception, SystemExit) as e:  # train_bench's launches sys.exit() with the child's output
         text = str(e) if isinstance(e, SystemExit) else "".join(traceback.format_exception_only(type(e), e)).strip()
         result["errors"].append(f"{part}: {text[-3000:]}")
         print(f"error: gpu_check part '{part}' failed: {text[-3000:]}", file=sys.stderr, flush=True)

@@ -1,5 +1,5 @@
 """The GPU check's report: the JSON's fixed schema, the targets' verdicts and the printed table
-(mcl_dist/gpu_check.py makes the numbers)."""
+(mcl_dist/bench/gpu_check.py makes the numbers)."""
 from __future__ import annotations
 
 # (key in the JSON, how to read it, comparison, target): the issue's targets

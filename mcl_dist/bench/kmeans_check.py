@@ -1,7 +1,7 @@
 """Part 4 of the GPU check: our Lloyd k-means vs faiss on one generated matrix, and the memory
 bandwidth ours reaches.
 
-    python -m mcl_dist.kmeans_check --args '{"n": 2000000, "d": 512, "k": 100, "iters": 20}' --out km.json
+    python -m mcl_dist.bench.kmeans_check --args '{"n": 2000000, "d": 512, "k": 100, "iters": 20}' --out km.json
 
 It runs in a process of its own (gpu_check starts it on the first GPU while the other ranks
 wait): `mcl_dist.kmeans` all-reduces over whatever process group exists, and the comparison with
@@ -27,10 +27,10 @@ import time
 
 import torch
 
-from mcl_dist.devtime import seconds_per_call, sync
+from mcl_dist.bench.devtime import seconds_per_call, sync
 from mcl_dist.files import write_json
 from mcl_dist.kmeans import kmeans
-from mcl_dist.memprobe import InProcess, Polled
+from mcl_dist.bench.memprobe import InProcess, Polled
 
 # data-sheet memory bandwidth in GB/s; first match wins, so the more specific names come first
 PEAK_GBS = [("GH200", 4000), ("H200", 4800), ("H100 NVL", 3900), ("H100 PCIe", 2000), ("H100", 3350),
