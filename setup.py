@@ -8,7 +8,7 @@ WEBDATASET = "webdataset==1.0.2"
 FAISS_CPU = "faiss-cpu==1.15.1"
 FAISS_GPU = "faiss-gpu==1.15.1"  # on PyPI (checked 2026-11-30): a CUDA 12 (>= 12.6) build, 135 MB, pulls nvidia-*-cu12
 DEEPSPEED = "deepspeed==0.19.8"
-CLIP_BENCHMARK = "clip_benchmark==1.6.2"  # python -m mcl_dist.clip_benchmark
+CLIP_BENCHMARK = "clip_benchmark==1.6.2"  # python -m mcl_dist.eval.clip_benchmark
 CLIP_BENCHMARK_DEPS = ["requests"]  # imported by clip_benchmark 1.6.2 but missing from its metadata
 
 setup(
@@ -18,7 +18,7 @@ setup(
     packages=find_packages(include=["mcl_dist", "mcl_dist.*"]),
     python_requires=">=3.10",
     install_requires=[TORCH, TORCHVISION, OPEN_CLIP, WEBDATASET, "pyyaml", "numpy", "pillow", "tqdm",
-                      "braceexpand", "matplotlib", "tensorboard"],
+                      "braceexpand", "matplotlib"],
     entry_points={"console_scripts": [
         "mcl-pretrain = mcl_dist.launcher:main",
         "mcl-evaluate = mcl_dist.commands.evaluate:main",
@@ -28,14 +28,16 @@ setup(
         "mcl-make-shards = mcl_dist.commands.make_shards:main",
         "mcl-make-synthetic = mcl_dist.commands.make_synthetic:main",
         "mcl-gpu-check = mcl_dist.bench.gpu_check:command",
-        "mcl-clip-benchmark = mcl_dist.clip_benchmark:main",
+        "mcl-clip-benchmark = mcl_dist.eval.clip_benchmark:main",
     ]},
     extras_require={
         "faiss": [FAISS_CPU],
         "faiss-gpu": [FAISS_GPU],
         "deepspeed": [DEEPSPEED],
+        "tensorboard": ["tensorboard"],  # stage_s/tb/ scalars; metrics.jsonl has the same numbers
         "bench": ["scikit-learn", "pandas"],
         "eval": [CLIP_BENCHMARK, *CLIP_BENCHMARK_DEPS],
-        "dev": ["pytest", "pytest-xdist", "scikit-learn", "pandas", FAISS_CPU, CLIP_BENCHMARK, *CLIP_BENCHMARK_DEPS],
+        "dev": ["pytest", "pytest-xdist", "tensorboard", "scikit-learn", "pandas", FAISS_CPU, CLIP_BENCHMARK,
+                *CLIP_BENCHMARK_DEPS],
     },
 )

@@ -133,6 +133,7 @@ class EvalConfig:
     mmvp_dir: str = ""
     zero_shot_classes: str = ""  # JSON {field: {"classnames": [...], "templates": [...]}}
     probe_max_samples: int = 4000  # training-shard samples used to fit the linear probe
+    metrics: list = field(default_factory=list)  # names in mcl_dist/eval/registry.py; empty = every one with data
     batch_size: int = 256
 
 
@@ -176,16 +177,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     dist: DistConfig = field(default_factory=DistConfig)
-    objective: str = "clip"  # one of OBJECTIVES
+    objective: str = "clip"  # a name in mcl_dist/objectives/ REGISTRY
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     run_dir: str = ""
 
 
-# The objectives mcl_dist/objectives/ registers (it asserts the same names), kept here so that
-# the config needs no objective module (the objectives import the config, not the reverse). Image-only ones have no captions: k-means embeds images only,
-# and their views come from their own settings, not data.augment.
-OBJECTIVES = ("clip", "simclr")
-IMAGE_ONLY = ("simclr",)
+
 
 def default_run_dir(config_path: str) -> str:
     return os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
@@ -206,7 +203,7 @@ def stage_steps(cfg: Config, stage: int, num_samples: int) -> int:
     return max(1, math.ceil(epochs * steps_per_epoch))
 
 
-def stage_lr(cfg: Config, stage: int) -> float:
+def stage_peak_lr(cfg: Config, stage: int) -> float:
     """A stage's peak learning rate: its own lr, else train.lr."""
     lr = cfg.stages[stage].lr
     return lr if lr is not None else cfg.train.lr

@@ -17,12 +17,16 @@ from torch.nn.parallel import DistributedDataParallel
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import TrainConfig
 from mcl_dist.engine_deepspeed import DeepSpeedEngine
-from mcl_dist.lr_schedule import stage_lr
+from mcl_dist.lr_schedule import scheduled_lr
 from mcl_dist.optim import autocast_dtype, make_optimizer
 
 
 class DDPEngine:
     name = "ddp"
+
+    @staticmethod
+    def check(cfg, where: str) -> None:
+        """Every optimizer, scheduler and precision runs under DDP."""
 
     def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, device: torch.device, total_steps: int,
                  base_lr: float):
@@ -64,7 +68,7 @@ class DDPEngine:
 
     def step(self) -> Optional[float]:
         """One optimizer step; the gradient norm when clipping measured it, else None (no extra sync)."""
-        lr = stage_lr(self.tcfg, self.step_count, self.total_steps, self.base_lr)
+        lr = scheduled_lr(self.tcfg, self.step_count, self.total_steps, self.base_lr)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         norm = None
@@ -97,8 +101,9 @@ class DDPEngine:
         """End of stage: the module is already a plain model, nothing to hand back."""
 
 
+ENGINES = {cls.name: cls for cls in (DDPEngine, DeepSpeedEngine)}  # `train.engine`; each checks its settings
+
+
 def build_engine(model: torch.nn.Module, tcfg: TrainConfig, device: torch.device, total_steps: int,
                  base_lr: float):
-    if tcfg.engine == "deepspeed":
-        return DeepSpeedEngine(model, tcfg, device, total_steps, base_lr)
-    return DDPEngine(model, tcfg, device, total_steps, base_lr)
+    return ENGINES[tcfg.engine](model, tcfg, device, total_steps, base_lr)

@@ -1,8 +1,8 @@
 """DeepSpeed engine (ZeRO stage 0-3) behind the same interface as `mcl_dist.engine.DDPEngine`.
 
-The DeepSpeed config is derived from our `train.*` settings (`build_ds_config`; the mapping is
-tabled in docs/cluster.md), so there is no second config file to keep in sync. The optimizer is
-the DDP engine's AdamW with `optim.param_groups`; the lr is `lr_schedule.stage_lr`, set before
+The DeepSpeed config is derived from our `train.*` settings (mcl_dist/deepspeed_config.py; the
+mapping is tabled in docs/cluster.md), so there is no second config file to keep in sync. The optimizer is
+the DDP engine's AdamW with `optim.param_groups`; the lr is `lr_schedule.scheduled_lr`, set before
 every step. An optional raw DeepSpeed JSON (`train.deepspeed_config`) is merged over that; keys
 the trainer owns (batch sizes, accumulation steps) must agree with ours, and `optimizer` /
 `scheduler` sections are refused: they would silently replace the schedule the trainer logs.
@@ -22,105 +22,26 @@ bf16 copies replaced), so the stage checkpoint the pipeline writes sees an ordin
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 from typing import Any, Iterator, Optional
 
 import torch
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist.config import ConfigError, TrainConfig
-from mcl_dist.lr_schedule import stage_lr
-from mcl_dist.optim import adamw, autocast_dtype, param_groups
+from mcl_dist.config import TrainConfig
+from mcl_dist.deepspeed_config import build_ds_config, check_settings, import_deepspeed
+from mcl_dist.lr_schedule import scheduled_lr
+from mcl_dist.optim import adamw, param_groups
 
 log = logging.getLogger("mcl_dist")
 
-INSTALL_HINT = ("install the optional extra with `pip install -e .[deepspeed]`, or after torch: "
-                "`DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed==0.19.8`")
-# keys the trainer owns: a raw DeepSpeed JSON may repeat them only with the same value
-_OWNED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
-_REFUSED = ("optimizer", "scheduler")
 _ADAM_KEYS = ("exp_avg", "exp_avg_sq")
-
-
-def import_deepspeed(device: torch.device):
-    """Import DeepSpeed, choosing its accelerator from our device; a clear error if missing."""
-    if "DS_ACCELERATOR" not in os.environ:
-        os.environ["DS_ACCELERATOR"] = "cuda" if device.type == "cuda" else "cpu"
-    try:
-        import deepspeed
-    except ImportError as e:
-        raise ConfigError(f"train.engine=deepspeed needs DeepSpeed, which is not importable ({e}); "
-                          f"{INSTALL_HINT}") from e
-    # DeepSpeed logs every config key at INFO on its own logger; keep warnings
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    if device.type == "cpu" and os.environ.get("MCL_DS_SHM_COMM", "0") != "1":
-        # On CPU, DeepSpeed JIT-compiles a shared-memory all-reduce op on first use (1-2 minutes,
-        # cached in ~/.cache/torch_extensions). CPU runs are tests and demos, where gloo is fast
-        # enough: mark the op unavailable so DeepSpeed uses gloo. MCL_DS_SHM_COMM=1 keeps the op.
-        from deepspeed import ops
-
-        ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    return deepspeed
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def build_ds_config(tcfg: TrainConfig, world_size: int, device: torch.device) -> dict:
-    """The DeepSpeed config derived from our train settings (+ the optional raw JSON)."""
-    micro = tcfg.global_batch_size // (world_size * tcfg.accum_freq)
-    bf16 = autocast_dtype(tcfg.precision, device) is not None
-    cfg: dict[str, Any] = {
-        "train_batch_size": tcfg.global_batch_size,
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": tcfg.accum_freq,
-        "gradient_clipping": float(tcfg.grad_clip_norm),
-        "zero_optimization": {"stage": tcfg.zero_stage},
-        "bf16": {"enabled": bf16},
-        # our torch AdamW (the DDP engine's numerics and checkpoint layout), with offloading too
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
-        "steps_per_print": 1 << 30,
-        "wall_clock_breakdown": False,
-    }
-    if bf16 and tcfg.zero_stage == 0:
-        raise ConfigError("train.engine=deepspeed with train.zero_stage=0 and bf16 is not supported (DeepSpeed would "
-                          "accumulate gradients in bf16); use train.zero_stage=1, 2 or 3, or train.engine=ddp "
-                          "(AMP bf16)")
-    if tcfg.deepspeed_config:
-        path = tcfg.deepspeed_config
-        if not os.path.exists(path):
-            raise ConfigError(f"train.deepspeed_config: {path}: file not found")
-        try:
-            with open(path) as f:
-                raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"train.deepspeed_config: {path}: not valid JSON ({e})") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"train.deepspeed_config: {path}: must hold a JSON object")
-        for key in _REFUSED:
-            if key in raw:
-                raise ConfigError(f"train.deepspeed_config: {path}: remove the '{key}' section; the optimizer and "
-                                  f"the LR schedule come from train.lr, train.wd, train.warmup_steps, ...")
-        for key in _OWNED:
-            if key in raw and raw[key] not in ("auto", cfg[key]):
-                raise ConfigError(f"train.deepspeed_config: {path}: '{key}' is {raw[key]} but train.global_batch_size, "
-                                  f"train.accum_freq and the world size ({world_size}) give {cfg[key]}; drop the key "
-                                  f"or set it to \"auto\"")
-        raw = {k: v for k, v in raw.items() if k not in _OWNED}
-        cfg = _merge(cfg, raw)
-    return cfg
 
 
 class DeepSpeedEngine:
     name = "deepspeed"
+    check = staticmethod(check_settings)  # at config load
 
     def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, device: torch.device, total_steps: int,
                  base_lr: float):
@@ -209,7 +130,7 @@ class DeepSpeedEngine:
         self.ds.backward(loss, scale_wrt_gas=False)  # the trainer already divided by accum_freq
 
     def step(self) -> Optional[float]:
-        self._lr = stage_lr(self.tcfg, self.step_count, self.total_steps, self.base_lr)
+        self._lr = scheduled_lr(self.tcfg, self.step_count, self.total_steps, self.base_lr)
         for g in self.optimizer.param_groups:  # the base optimizer ZeRO steps on its flat partitions
             g["lr"] = self._lr
         self.ds.set_gradient_accumulation_boundary(True)
@@ -370,7 +291,7 @@ class DeepSpeedEngine:
                 for k in _ADAM_KEYS:
                     self._set_moment(p, entry[k].to(self.device, torch.float32), k)
         self.step_count = int(state["scheduler"]["step"])
-        self._lr = stage_lr(self.tcfg, max(0, self.step_count - 1), self.total_steps, self.base_lr)
+        self._lr = scheduled_lr(self.tcfg, max(0, self.step_count - 1), self.total_steps, self.base_lr)
 
     def _init_optimizer_state(self, step: torch.Tensor) -> None:
         """Create AdamW's lazily made state on the flat partitions so it can be filled in now."""

@@ -20,6 +20,8 @@ import torch
 from tqdm import tqdm
 
 from mcl_dist import distributed as mdist
+from mcl_dist.config import Config, ConfigError
+from mcl_dist.registry import Choice
 
 
 @dataclass
@@ -147,6 +149,18 @@ def _check(x, k, spherical, device, chunk):
         raise ValueError(f"k must be between 1 and the number of rows ({n}), got k={k}")
     offset = int(sizes[: mdist.rank()].sum())
     return aux, n, offset, int(dims[sizes > 0][0])
+
+
+def _check_faiss(cfg: Config, where: str) -> None:
+    try:
+        import faiss  # noqa: F401  (optional: the faiss extra)
+    except ImportError as e:
+        raise ConfigError(f"{where}: cluster.backend=faiss needs faiss, which is not importable ({e}); "
+                          f"pip install -e .[faiss] (faiss-gpu for CUDA), or use cluster.backend=torch") from None
+
+
+# `cluster.backend`: the nearest-centroid search (_Search)
+BACKENDS = {"torch": Choice(), "faiss": Choice(check=_check_faiss)}
 
 
 class _Search:

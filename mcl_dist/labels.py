@@ -6,7 +6,7 @@ preceding stage, so the label of stage s is the pair (label of stage s-1, cluste
 
 A combination with fewer than `min_label_size` samples cannot give its samples useful negatives,
 so its samples fall back to the parent label (all small children of one parent share it). The
-threshold must stay small (a few samples, not a batch): the prototype in DESIGN section 7 found
+threshold must stay small (a few samples, not a batch): the prototype in docs/design.md section 7 found
 that stage-2 labels are typically ~20 samples, and a batch-sized threshold would send most of
 them back to stage 1, silently repeating the previous stage.
 

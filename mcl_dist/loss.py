@@ -1,7 +1,7 @@
 """Label-masked contrastive losses: CLIP InfoNCE and SimCLR's NT-Xent.
 
 MCL's feature-aware negative sampling: an anchor's negatives are only the samples that share its
-pseudo-label. A micro-batch normally holds several label groups (DESIGN section 7), so the logits
+pseudo-label. A micro-batch normally holds several label groups (docs/design.md section 7), so the logits
 of pairs with different labels are set to -inf before the cross-entropy; the positive always has
 the anchor's own label, so every row keeps a finite logit.
 

@@ -12,7 +12,19 @@ from __future__ import annotations
 
 import math
 
-SCHEDULERS = ("cosine", "const", "const-cooldown")
+from mcl_dist.config import Config, ConfigError
+from mcl_dist.registry import Choice
+
+
+def _check_cooldown(cfg: Config, where: str) -> None:
+    t = cfg.train
+    if t.lr_cooldown_steps <= 0:
+        raise ConfigError(f"{where}: 'train.lr_scheduler' const-cooldown needs 'train.lr_cooldown_steps' > 0, "
+                          f"got {t.lr_cooldown_steps}")
+
+
+# `train.lr_scheduler`
+SCHEDULERS = {"cosine": Choice(), "const": Choice(), "const-cooldown": Choice(check=_check_cooldown)}
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, kind: str = "cosine", base_lr: float = 1.0,
@@ -39,7 +51,7 @@ def warmup_steps(tcfg, total_steps: int) -> int:
     return tcfg.warmup_steps
 
 
-def stage_lr(tcfg, step: int, total_steps: int, base_lr: float, warmup: int | None = None) -> float:
+def scheduled_lr(tcfg, step: int, total_steps: int, base_lr: float, warmup: int | None = None) -> float:
     """`lr_at` with a TrainConfig's scheduler settings (warm-up: `warmup_steps(tcfg, total_steps)`)."""
     warmup = warmup_steps(tcfg, total_steps) if warmup is None else warmup
     return lr_at(step, total_steps, warmup, tcfg.lr_scheduler, base_lr, tcfg.lr_cooldown_steps,

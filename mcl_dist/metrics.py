@@ -24,7 +24,7 @@ class MetricsLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(os.path.join(stage_dir, "tb"))
-            except ImportError:  # tensorboard is optional; the JSONL file has everything
+            except ImportError:  # the optional tensorboard extra; the JSONL file has everything
                 self.tb = None
 
     def log(self, step: int, values: dict[str, Any]) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from mcl_dist.config import TrainConfig
+from mcl_dist.config import Config, ConfigError, TrainConfig
+from mcl_dist.registry import Choice
 
 
 def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
@@ -32,9 +33,28 @@ def adamw(groups: list[dict], tcfg: TrainConfig, base_lr: float, fused: bool | N
 
 
 def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig, base_lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, tcfg.wd)
-    if tcfg.optimizer == "lars":
-        return LARS(groups, lr=base_lr, momentum=tcfg.beta1, weight_decay=tcfg.wd)
+    return OPTIMIZERS[tcfg.optimizer].build(param_groups(model, tcfg.wd), tcfg, base_lr)
+
+
+def _check_betas(cfg: Config, where: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = getattr(cfg.train, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{where}: 'train.{key}' must be in [0, 1) for train.optimizer={cfg.train.optimizer}, "
+                              f"got {value}")
+
+
+def _check_adamw(cfg: Config, where: str) -> None:
+    _check_betas(cfg, where, ("beta1", "beta2"))
+    if cfg.train.eps <= 0:
+        raise ConfigError(f"{where}: 'train.eps' must be positive for train.optimizer=adamw, got {cfg.train.eps}")
+
+
+def _lars(groups: list[dict], tcfg: TrainConfig, base_lr: float) -> torch.optim.Optimizer:
+    return LARS(groups, lr=base_lr, momentum=tcfg.beta1, weight_decay=tcfg.wd)
+
+
+def _fused_adamw(groups: list[dict], tcfg: TrainConfig, base_lr: float) -> torch.optim.Optimizer:
     # the fused kernel does one pass over all parameters: ~9x faster than foreach on CPU for the tiny
     # models (whose 49k-token embedding dominates), and supported on CUDA too
     params = [p for g in groups for p in g["params"]]
@@ -79,3 +99,8 @@ class LARS(torch.optim.Optimizer):
                     buf.mul_(group["momentum"]).add_(grad)
                 p.add_(buf, alpha=-group["lr"])
         return loss
+
+
+# `train.optimizer` (LARS's momentum is train.beta1)
+OPTIMIZERS = {"adamw": Choice(_fused_adamw, _check_adamw),
+              "lars": Choice(_lars, lambda cfg, where: _check_betas(cfg, where, ("beta1",)))}

@@ -168,7 +168,7 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
     else:
         md.append("No evaluation results (evaluation disabled or not run).\n")
 
-    mmvp = {m: results[m]["mmvp"] for m in models if isinstance(results[m].get("mmvp"), dict)}
+    mmvp = {m: results[m]["mmvp"] for m in models if isinstance(results[m].get("mmvp"), dict) and results[m]["mmvp"]}
     md.append("## MMVP-VLM pairs\n")
     if mmvp:
         cats = sorted({c for r in mmvp.values() for c in r.get("per_category", {})})

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist.config import ConfigError, micro_batch_size, stage_lr, stage_steps
+from mcl_dist.config import ConfigError, micro_batch_size, stage_peak_lr, stage_steps
 from mcl_dist.data.preflight import DataError
 from mcl_dist.data.sampler import EpochPlan
 from mcl_dist.data.shards import count_samples, local_path
@@ -237,7 +237,7 @@ def train_step(pipe, s: int, fp: str) -> dict:
             source, total, epoch_plan = _planned_source(pipe, s, index, labels, decoder)
             gather, plan = epoch_plan.mode == "global", epoch_plan.stats
         spec = StageSpec(stage=s, stage_dir=pipe.stage_dir(s), bundle=bundle, source=source, total_steps=total,
-                         base_lr=stage_lr(c, s), gather=gather, fingerprint=fp,
+                         base_lr=stage_peak_lr(c, s), gather=gather, fingerprint=fp,
                          extra_metrics={f"plan/{k}": float(v) for k, v in plan.items() if isinstance(v, (int, float))},
                          kill_after_step=pipe.kill_step(f"stage_{s}/train"))
         result["final"] = StageTrainer(c, spec).run()

@@ -3,7 +3,6 @@ real open_clip tiny ViTs, real webdataset tars in clip_benchmark's wds layout ma
 import io
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from PIL import Image
 from conftest import COLORS, ROOT
 
 pytest.importorskip("clip_benchmark", reason="clip_benchmark is not installed (pip install -e .[eval])")
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 CLASSES = list(COLORS)
 
@@ -84,7 +82,7 @@ def setup(tmp_path_factory):
 
 
 def bench(setup, models, *extra, dataset="wds/tiny", root=None):
-    from mcl_dist.clip_benchmark import main
+    from mcl_dist.eval.clip_benchmark import main
 
     out = str(setup["tmp"] / "out" / "{model}_{dataset}_{task}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -100,7 +98,7 @@ def read(path):
 
 
 def test_zero_shot_matches_our_evaluate(setup):
-    import evaluate as our_eval
+    from mcl_dist.commands import evaluate as our_eval
 
     run = setup["run"]
     models = [str(run / "integrated" / "model.pt"), str(run / "stage_1" / "checkpoint.pt")]
@@ -143,7 +141,7 @@ def test_linear_probe_runs_on_both_model_kinds(setup):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message")
 def test_linear_probe_without_gpu_is_one_error_line(setup, capsys):
-    from mcl_dist.clip_benchmark import main
+    from mcl_dist.eval.clip_benchmark import main
 
     ck = str(setup["run"] / "stage_0" / "checkpoint.pt")
     assert main(["eval", "--model", ck, "--dataset", "wds/tiny", "--task", "linear_probe"]) == 2
@@ -168,7 +166,7 @@ def test_open_clip_model_type_gets_the_run_config_registered(setup):
 
 
 def test_missing_model_file_is_one_error_line(setup, capsys):
-    from mcl_dist.clip_benchmark import main
+    from mcl_dist.eval.clip_benchmark import main
 
     assert main(["eval", "--model", str(setup["tmp"] / "nope.pt"), "--dataset", "wds/tiny"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

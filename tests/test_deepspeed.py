@@ -16,11 +16,9 @@ import sys
 import pytest
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
+from conftest import ROOT, tiny_config, torchrun  # run as a torchrun script too: its folder is on sys.path
 
-from conftest import ROOT, tiny_config, torchrun  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 needs_deepspeed = pytest.mark.skipif(
@@ -186,7 +184,7 @@ def test_zero2_trainer_kill_resume_matches_ddp_loss_trajectory(tmp_path, shards)
 # -- fast checks without torchrun ------------------------------------------------------------
 def test_missing_deepspeed_says_how_to_install(monkeypatch):
     from mcl_dist.config import ConfigError
-    from mcl_dist.engine_deepspeed import import_deepspeed
+    from mcl_dist.deepspeed_config import import_deepspeed
 
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # `import deepspeed` now raises ImportError
     with pytest.raises(ConfigError) as e:
@@ -198,7 +196,7 @@ def test_missing_deepspeed_says_how_to_install(monkeypatch):
 
 def test_deepspeed_config_comes_from_ours_and_raw_json_overrides(tmp_path):
     from mcl_dist.config import ConfigError, TrainConfig
-    from mcl_dist.engine_deepspeed import build_ds_config
+    from mcl_dist.deepspeed_config import build_ds_config
 
     t = TrainConfig(global_batch_size=64, accum_freq=2, grad_clip_norm=1.5, zero_stage=3)
     cfg = build_ds_config(t, world_size=4, device=torch.device("cpu"))

@@ -287,7 +287,7 @@ def test_fewer_shards_than_ranks_is_refused_when_stage_0_trains():
     with pytest.raises(DataError) as e:
         check_shard_count(1, 2, stage0_trains=True)
     assert str(e.value) == ("data.train_shards: 1 shard for 2 ranks; stage 0 gives every rank whole shards, so it "
-                            "needs at least 2. Split the data into more shards (tools/make_shards.py) or run with "
+                            "needs at least 2. Split the data into more shards (mcl-make-shards) or run with "
                             "at most 1 ranks")
     check_shard_count(1, 2, stage0_trains=False)  # a pretrained stage 0: later stages split by sample
 

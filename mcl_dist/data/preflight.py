@@ -34,7 +34,7 @@ def check_shard_count(n_shards: int, world: int, stage0_trains: bool) -> None:
         raise DataError(
             f"data.train_shards: {n_shards} shard{'s' if n_shards != 1 else ''} for {world} ranks; stage 0 gives "
             f"every rank whole shards, so it needs at least {world}. Split the data into more shards "
-            f"(tools/make_shards.py) or run with at most {n_shards} ranks")
+            f"(mcl-make-shards) or run with at most {n_shards} ranks")
 
 
 def lost_samples(index) -> dict[str, int]:
@@ -60,7 +60,7 @@ def _check_names(index) -> None:
             except UnicodeDecodeError:
                 raise DataError(f"{index.shards[index.shard_of(i)]}: member name {k!r} is not UTF-8; sample keys "
                                 "must be UTF-8 text (rewrite the shard with UTF-8 names, e.g. with "
-                                "tools/make_shards.py)") from None
+                                "mcl-make-shards)") from None
     for e in index.extensions:  # decoded with surrogateescape: undecodable bytes became surrogates
         if any("\udc80" <= ch <= "\udcff" for ch in e):
             raise DataError(f"a member extension ({e.encode('utf-8', 'surrogateescape')!r}) in the shards is "

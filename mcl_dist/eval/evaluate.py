@@ -1,9 +1,9 @@
-"""Evaluation of a stage checkpoint or the integrated model: zero-shot, MMVP-VLM pairs, linear probe.
+"""Evaluation of a stage checkpoint or the integrated model by the registered metrics (registry.py).
 
 `evaluate_loaded` runs whichever evaluations it is given data for and returns one JSON-ready
 dict; every piece it skips is listed under "notes" so a report can say why it is missing:
 
-    {"zero_shot": {set: {"top1", "top5", "n", "classes"}},
+    {"zero_shot": {set: {"top1", "top5", "n", "classes"}},      # one entry per metric, {} without data
      "linear_probe": {field: {"top1", "train_top1", ...}}, "knn": {field: {"top1", "k", ...}},
      "mmvp": {"per_category": {...}, "mean", "overall", "pairs"}, "notes": [...]}
 
@@ -17,13 +17,12 @@ import logging
 import os
 from typing import Any, Optional, Sequence
 
-import torch
-
+from mcl_dist.eval.inputs import EvalInputs, has_text
 from mcl_dist.eval.linear_probe import extract_features, knn_accuracy, linear_probe
 from mcl_dist.eval.mmvp import evaluate_mmvp, read_pairs
-from mcl_dist.eval.zero_shot import (CLS, DEFAULT_TEMPLATES, evaluate_zero_shot, folder_classnames, iter_image_folder,
-                                     iter_labelled_samples, iter_webdataset, label_indices, load_classnames,
-                                     scan_label_values, zero_shot_classifier, zero_shot_scores)
+from mcl_dist.eval.registry import selected
+from mcl_dist.eval.zero_shot import (CLS, evaluate_zero_shot, iter_image_folder, iter_labelled_samples, iter_webdataset,
+                                     load_classnames, scan_label_values, zero_shot_classifier, zero_shot_scores)
 from mcl_dist.integrate import load_model
 
 __all__ = ["evaluate_loaded", "evaluate_model", "evaluate_mmvp", "evaluate_zero_shot", "extract_features",
@@ -33,97 +32,33 @@ __all__ = ["evaluate_loaded", "evaluate_model", "evaluate_mmvp", "evaluate_zero_
 log = logging.getLogger("mcl_dist")
 
 
-def has_text(model: Any) -> bool:
-    stages = getattr(model, "stages", None)
-    return all(hasattr(m, "encode_text") for m in (stages if stages is not None else [model]))
-
-
-def _embed_shards(model, preprocess, urls, fields, device, batch_size, max_samples=None):
-    """Features of a shard set plus every field's raw labels, from one pass."""
-    labels: list[dict] = []
-
-    def numbered():
-        for img, lab in iter_labelled_samples(urls, fields, max_samples=max_samples):
-            labels.append(lab)
-            yield img, len(labels) - 1  # the "label" is the sample number; real labels stay aside
-
-    feats, _ = extract_features(model, preprocess, numbered(), device, batch_size)
-    return feats, labels
-
-
-def _field_labels(labels: list[dict], field: str, classnames, where: str):
-    idx = label_indices([lab[field] for lab in labels], classnames, where)
-    keep = torch.tensor([i is not None for i in idx], dtype=torch.bool)
-    return keep, torch.tensor([i for i in idx if i is not None], dtype=torch.long)
-
-
 def evaluate_loaded(model: Any, preprocess: Any, tokenizer: Any, *, device: Any = "cpu", batch_size: int = 256,
                     test_urls: Any = None, train_urls: Any = None, label_fields: Sequence[str] = (),
                     zero_shot_classes: Optional[dict] = None, probe_max_samples: Optional[int] = 4000,
                     zs_folder: Optional[str] = None, zs_classnames: Optional[list] = None,
                     zs_templates: Optional[list] = None, mmvp_dir: Optional[str] = None, knn_k: int = 20,
-                    probe_seed: int = 0) -> dict[str, Any]:
-    """Run every evaluation that has data. `zero_shot_classes`: {field: {"classnames", "templates"}};
-    a field without an entry uses its string label values as class names. `label_fields` may
-    contain ".cls" for the `{key}.cls` member."""
+                    probe_seed: int = 0, metrics: Sequence[str] = ()) -> dict[str, Any]:
+    """Run every metric of `metrics` (default: all the pipeline runs, mcl_dist/eval/registry.py)
+    that has data. `zero_shot_classes`: {field: {"classnames", "templates"}}; a field without an
+    entry uses its string label values as class names. `label_fields` may contain ".cls" for the
+    `{key}.cls` member."""
     model.eval()
-    out: dict[str, Any] = {"zero_shot": {}, "linear_probe": {}, "knn": {}, "notes": []}
-    text = has_text(model)
-    note = out["notes"].append
-    zsc = zero_shot_classes or {}
-
-    if zs_folder:
-        if text:
-            names = list(zs_classnames) if zs_classnames else folder_classnames(zs_folder)
-            out["zero_shot"][os.path.basename(os.path.normpath(zs_folder))] = evaluate_zero_shot(
-                model, preprocess, tokenizer, iter_image_folder(zs_folder, names), names,
-                zs_templates or DEFAULT_TEMPLATES, device, batch_size)
-        else:
-            note("zero-shot (folder) skipped: the model has no text tower")
-
-    fields = list(label_fields)
-    if test_urls and fields:
-        test_x, test_labels = _embed_shards(model, preprocess, test_urls, fields, device, batch_size)
-        train = None
-        if train_urls:
-            train = _embed_shards(model, preprocess, train_urls, fields, device, batch_size, probe_max_samples)
-        else:
-            note("linear probe / k-NN skipped: no training shards given")
-        for f in fields:
-            entry = zsc.get(f, {})
-            values = sorted({lab[f] for lab in test_labels if lab[f] is not None} |
-                            ({lab[f] for lab in train[1] if lab[f] is not None} if train else set()),
-                            key=lambda v: (not isinstance(v, int), v))
-            names = entry.get("classnames") or ([v for v in values if isinstance(v, str)] or None)
-            keep, y = _field_labels(test_labels, f, names, f"test shards, field {f!r}")
-            if not len(y):
-                note(f"field {f!r}: no test sample carries it")
-                continue
-            if text and names:
-                clf = zero_shot_classifier(model, tokenizer, names, entry.get("templates") or DEFAULT_TEMPLATES, device)
-                out["zero_shot"][f] = zero_shot_scores(test_x[keep], y, clf.cpu())
-            elif text:
-                note(f"zero-shot {f!r} skipped: integer labels and no class names in zero_shot_classes")
-            if train is not None:
-                tkeep, ty = _field_labels(train[1], f, names, f"probe shards, field {f!r}")
-                if not len(ty):
-                    note(f"linear probe {f!r} skipped: no training sample carries it")
-                    continue
-                n_cls = len(names) if names else int(max(ty.max(), y.max())) + 1
-                out["linear_probe"][f] = linear_probe(train[0][tkeep], ty, test_x[keep], y, seed=probe_seed,
-                                                      num_classes=n_cls)
-                out["knn"][f] = knn_accuracy(train[0][tkeep], ty, test_x[keep], y, k=knn_k)
-    elif fields:
-        note("zero-shot / linear probe on shards skipped: no test shards given")
-    elif test_urls:
-        note("zero-shot / linear probe on shards skipped: no label fields given")
-    if not text:
-        note("MMVP and shard zero-shot need a text tower; the model has none")
-
-    if mmvp_dir and text:
-        out["mmvp"] = evaluate_mmvp(model, preprocess, tokenizer, mmvp_dir, device)
-    elif not mmvp_dir:
-        note("MMVP skipped: no MMVP-VLM folder given")
+    inp = EvalInputs(model, preprocess, tokenizer, device=device, batch_size=batch_size, test_urls=test_urls,
+                     train_urls=train_urls, fields=list(label_fields), zero_shot_classes=zero_shot_classes or {},
+                     probe_max_samples=probe_max_samples, zs_folder=zs_folder, zs_classnames=zs_classnames,
+                     zs_templates=zs_templates, mmvp_dir=mmvp_dir, knn_k=knn_k, probe_seed=probe_seed)
+    out: dict[str, Any] = {}
+    for metric in selected(metrics):
+        out[metric.name] = metric.run(inp)  # one shape: {what it scored: scores}, {} when it had no data
+    if inp.fields and not test_urls:
+        inp.notes.append("zero-shot / linear probe on shards skipped: no test shards given")
+    elif test_urls and not inp.fields:
+        inp.notes.append("zero-shot / linear probe on shards skipped: no label fields given")
+    elif inp.test() is not None and not train_urls:
+        inp.notes.append("linear probe / k-NN skipped: no training shards given")
+    if not inp.text:
+        inp.notes.append("MMVP and shard zero-shot need a text tower; the model has none")
+    out["notes"] = inp.notes
     return out
 
 
@@ -149,6 +84,7 @@ def evaluate_model(path: str, cfg: Any, urls: Sequence[str], device: Any = "cpu"
     res = evaluate_loaded(model, preprocess, tokenizer, device=device, batch_size=ev.batch_size,
                           test_urls=ev.test_shards or None, train_urls=list(urls) or None,
                           label_fields=list(ev.label_fields), zero_shot_classes=_zero_shot_classes(ev.zero_shot_classes),
-                          probe_max_samples=ev.probe_max_samples, mmvp_dir=ev.mmvp_dir or None)
+                          probe_max_samples=ev.probe_max_samples, mmvp_dir=ev.mmvp_dir or None,
+                          metrics=list(ev.metrics))
     res["model"] = path
     return res

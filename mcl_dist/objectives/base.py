@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from mcl_dist.config import Config, StageConfig
+from mcl_dist.config import Config, ConfigError, StageConfig
 
 
 class Objective:
@@ -19,6 +19,17 @@ class Objective:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+
+    @classmethod
+    def check(cls, cfg: Config, where: str) -> None:
+        """Refuse settings this objective cannot run, when the config loads (a ConfigError)."""
+        if cls.captions:
+            return
+        if not cfg.data.augment:
+            raise ConfigError(f"{where}: 'data.augment' false applies to CLIP only; the views of objective "
+                              f"{cls.name} are set under {cls.name}.* (crop, colour jitter)")
+        if cfg.cluster.embed != "image":
+            raise ConfigError(f"{where}: 'cluster.embed' must be image for objective {cls.name} (there is no text)")
 
     def create_bundle(self, device: torch.device, pretrained: Optional[str] = None) -> dict[str, Any]:
         """{"model", "name", "config", "preprocess_train", "preprocess_val", "tokenizer"}; `pretrained`

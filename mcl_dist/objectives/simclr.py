@@ -14,7 +14,7 @@ import torch.nn as nn
 import torchvision
 from torchvision import transforms as T
 
-from mcl_dist.config import ConfigError, SimCLRConfig
+from mcl_dist.config import Config, ConfigError, SimCLRConfig
 from mcl_dist.data.decode import decode_image
 from mcl_dist.loss import nt_xent
 from mcl_dist.objectives.base import Objective
@@ -95,6 +95,12 @@ class SimCLR(Objective):
 
     name = "simclr"
     captions = False
+
+    @classmethod
+    def check(cls, cfg: Config, where: str) -> None:
+        super().check(cfg, where)
+        if cfg.simclr.arch not in ARCHS:
+            raise ConfigError(f"{where}: 'simclr.arch' must be one of {', '.join(ARCHS)}, got {cfg.simclr.arch!r}")
 
     def create_bundle(self, device: torch.device, pretrained: Optional[str] = None) -> dict[str, Any]:
         scfg = self.cfg.simclr

@@ -1,6 +1,6 @@
 """Score stage checkpoints and integrated models with clip_benchmark's own evaluation code.
 
-    python -m mcl_dist.clip_benchmark eval --model runs/x/integrated/model.pt runs/x/stage_0/checkpoint.pt \\
+    python -m mcl_dist.eval.clip_benchmark eval --model runs/x/integrated/model.pt runs/x/stage_0/checkpoint.pt \\
         --dataset wds/NAME --dataset_root DIR --task zeroshot_classification [clip_benchmark options]
 
 Every `--model` value that is a file becomes a model of type `mcl_dist` (loaded by
@@ -14,7 +14,7 @@ Two things differ from calling `clip_benchmark` directly:
   rejects; it is replaced (in zero-shot and linear probe alike) by one that returns the same value.
 - clip_benchmark 1.6.2's linear probe is CUDA-only (it asserts `device == 'cuda'` and calls
   `.cuda()`); without a GPU `--task linear_probe` stops with one error line instead of an
-  assertion (on CPU use `tools/evaluate.py --probe-train ... --probe-test ...`).
+  assertion (on CPU use `mcl-evaluate --probe-train ... --probe-test ...`).
 `--no_amp` matters on CPU, where clip_benchmark's default AMP means bf16 autocast.
 """
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _option(argv: list[str], name: str) -> Optional[str]:
 def check_task(argv: list[str]) -> None:
     if _option(argv, "--task") == "linear_probe" and not torch.cuda.is_available():
             raise ValueError("clip_benchmark 1.6.2's linear probe runs on CUDA only and no GPU is visible; "
-                             "on CPU use tools/evaluate.py --probe-train TRAIN --probe-test TEST")
+                             "on CPU use mcl-evaluate --probe-train TRAIN --probe-test TEST")
 
 
 def _register_pretrained_runs(argv: list[str]) -> None:

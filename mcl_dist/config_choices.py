@@ -1,0 +1,39 @@
+"""Every choice the config names, as one table of registries checked when the config loads:
+an unknown name is refused with the closest valid one, and the chosen entry's `check` refuses the
+settings it cannot run, so `--dry-run` catches every impossible combination before any training.
+
+    objective           mcl_dist/objectives/__init__.py   REGISTRY      (classes: Objective.check)
+    train.engine        mcl_dist/engine.py                ENGINES       (classes: .check)
+    train.optimizer     mcl_dist/optim.py                 OPTIMIZERS
+    train.lr_scheduler  mcl_dist/lr_schedule.py           SCHEDULERS
+    cluster.backend     mcl_dist/kmeans.py                BACKENDS
+    eval.metrics        mcl_dist/eval/registry.py         METRICS       (a list: eval.registry.validate)
+"""
+from __future__ import annotations
+
+from mcl_dist.config import Config
+from mcl_dist.engine import ENGINES
+from mcl_dist.eval import registry as eval_registry
+from mcl_dist.kmeans import BACKENDS
+from mcl_dist.lr_schedule import SCHEDULERS
+from mcl_dist.objectives import REGISTRY as OBJECTIVES
+from mcl_dist.optim import OPTIMIZERS
+from mcl_dist.registry import unknown_choice
+
+REGISTRIES = {"objective": OBJECTIVES, "train.engine": ENGINES, "train.optimizer": OPTIMIZERS,
+              "train.lr_scheduler": SCHEDULERS, "cluster.backend": BACKENDS}
+
+
+def chosen(cfg: Config, key: str):
+    section, _, name = key.rpartition(".")
+    return getattr(getattr(cfg, section) if section else cfg, name)
+
+
+def check_choices(cfg: Config, where: str) -> None:
+    """Each named choice exists, then each chosen entry checks the settings it depends on."""
+    for key, registry in REGISTRIES.items():
+        if chosen(cfg, key) not in registry:
+            raise unknown_choice(key, chosen(cfg, key), registry, where)
+    for key, registry in REGISTRIES.items():
+        registry[chosen(cfg, key)].check(cfg, where)
+    eval_registry.validate(cfg, where, captions=OBJECTIVES[cfg.objective].captions)

@@ -1,0 +1,88 @@
+"""The package's import graph (module-level imports, read with ast): no circle, and imports inside
+functions only for optional dependencies (docs/design.md, style)."""
+import ast
+import os
+
+from conftest import ROOT
+
+PKG = os.path.join(ROOT, "mcl_dist")
+# imported on first use only: optional extras, or heavy/special modules a command needs alone
+OPTIONAL = {"faiss", "deepspeed", "clip_benchmark", "sklearn", "pandas", "torch.utils.tensorboard",
+            "open_clip_train"}
+
+
+def modules() -> dict[str, str]:
+    out = {}
+    for d, _, files in os.walk(PKG):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(d, f), ROOT)[:-3].replace(os.sep, ".")
+                out[rel[: -len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(d, f)
+    return out
+
+
+def _targets(node: ast.AST, name: str, known: set) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = node.module or ""
+    if node.level:  # relative import
+        parts = name.split(".")[: -node.level]
+        base = ".".join(parts + ([base] if base else []))
+    return [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+
+
+def module_level_imports(name: str, path: str, known: set) -> set[str]:
+    out, todo = set(), [ast.parse(open(path).read())]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.update(t for t in _targets(node, name, known) if t in known and t != name)
+        # a function's body runs later: its imports are no import-time edge
+        todo += [c for c in ast.iter_child_nodes(node) if not isinstance(c, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return out
+
+
+def function_imports(path: str) -> list[str]:
+    out = []
+    for fn in ast.walk(ast.parse(open(path).read())):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    out += [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    out.append(node.module)
+    return out
+
+
+def find_cycle(graph: dict[str, set]) -> list[str]:
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = "open"
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == "open":
+                return stack[stack.index(m):] + [m]
+            if m not in state and (c := visit(m)):
+                return c
+        state[n] = "done"
+        stack.pop()
+        return []
+
+    for n in sorted(graph):
+        if n not in state and (c := visit(n)):
+            return c
+    return []
+
+
+def test_no_import_cycle_inside_the_package():
+    mods = modules()
+    graph = {n: module_level_imports(n, p, set(mods)) for n, p in mods.items()}
+    assert len(graph) > 50 and graph["mcl_dist.pipeline"] >= {"mcl_dist.steps", "mcl_dist.manifest"}
+    assert find_cycle(graph) == []
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the walk finds one
+
+
+def test_imports_inside_functions_are_optional_dependencies():
+    late = {(os.path.relpath(p, ROOT), m) for p in modules().values() for m in function_imports(p)}
+    assert sorted((p, m) for p, m in late if not any(m == o or m.startswith(o + ".") for o in OPTIONAL)) == []
