@@ -21,6 +21,7 @@ from mcl_dist.config_load import check_world, load_config
 from mcl_dist.data.shards import count_samples, expand_urls, is_local, local_path
 from mcl_dist.lr_schedule import warmup_steps
 from mcl_dist.objectives import get_objective
+from mcl_dist.steps import plan_steps, run_files
 
 KMEANS_CHUNK = 65536  # kmeans()'s default chunk of rows on a GPU
 
@@ -115,7 +116,8 @@ def build_plan(cfg: Config, config_path: str, run_dir: str, world: int) -> dict[
             "embed_rows": rows, "embed_bytes": rows * dim * 2,  # fp16 parts
             # per-row label/distance/bound state + one chunk of rows and scores + centroid sums
             "kmeans_bytes": rows * 20 + chunk * (k_max + 2 * dim) * 4 + k_max * dim * 12 if k_max else 0,
-            "paths": planned_paths(cfg, run_dir, world)}
+            "paths": planned_paths(cfg, run_dir, world), "steps": step_lines(cfg, world),
+            "synthetic": f"{cfg.data.synthetic_dir}/" if cfg.data.synthetic and not cfg.data.train_shards else ""}
 
 
 def weights_notes(cfg: Config) -> list[str]:
@@ -131,29 +133,15 @@ def weights_notes(cfg: Config) -> list[str]:
 
 
 def planned_paths(cfg: Config, run_dir: str, world: int) -> list[str]:
-    j = os.path.join
-    out = [j(run_dir, "config.yaml"), j(run_dir, "manifest.json")]
-    if cfg.data.synthetic and not cfg.data.train_shards:
-        out.append(f"{cfg.data.synthetic_dir}/ (synthetic shards, MMVP folder, zero_shot.json; first use only)")
-    for s, st in enumerate(cfg.stages):
-        d = j(run_dir, f"stage_{s}")
-        if s:
-            out += [j(d, "embed", f"part{{0000..{world - 1:04d}}}-of{world:04d}.npy"),
-                    j(d, "kmeans", f"assign{{0000..{world - 1:04d}}}-of{world:04d}.npz"),
-                    j(d, "kmeans", "centroids.npz"), j(d, "kmeans", "kmeans.json"), j(d, "labels.npz")]
-            if s == 1:
-                out.append(j(cfg.data.index_dir or j(run_dir, "index"), "") + " (tar index cache)")
-        if not (s == 0 and st.pretrained):
-            out += [j(d, "checkpoints", "step_*.pt") + f" (last {cfg.train.keep_checkpoints} kept)",
-                    j(d, "metrics.jsonl"), j(d, "tb", "")]
-            if cfg.debug.log_batches:
-                out.append(j(d, "batches", "rank*.jsonl"))
-        out.append(j(d, "checkpoint.pt"))
-    out.append(j(run_dir, "integrated", "model.pt"))
-    if cfg.eval.enabled:
-        out.append(j(run_dir, "eval", "results.json"))
-    out += [j(run_dir, "report.md"), j(run_dir, "*.png") + " (loss curves, cluster sizes, MMVP)"]
+    """Exactly the paths the run writes: the plan's steps' outputs plus the run's own files."""
+    out = run_files(cfg, run_dir)
+    for step in plan_steps(cfg, world):
+        out += step.outputs(run_dir, world)
     return out
+
+
+def step_lines(cfg: Config, world: int) -> list[str]:
+    return [f"  {step.name:<16} {step.describe(world)}" for step in plan_steps(cfg, world)]
 
 
 def format_plan(p: dict[str, Any]) -> str:
@@ -180,7 +168,10 @@ def format_plan(p: dict[str, Any]) -> str:
               f"checkpoints: stage checkpoint.pt {_bytes(m['state_bytes'])}; training checkpoints (model + "
               f"optimizer, DDP) up to {_bytes(max(st['train_checkpoint_bytes'] for st in p['stages']))} each; "
               f"integrated model {_bytes(m['state_bytes'] * len(p['stages']))}",
-              ""] + [f"note: {n}" for n in p["notes"]] + ["paths written:"] + [f"  {path}" for path in p["paths"]]
+              ""] + [f"note: {n}" for n in p["notes"]] + ["steps:"] + p["steps"]
+    if p["synthetic"]:
+        lines.append(f"synthetic data (shards, MMVP folder, zero_shot.json) made on first use under {p['synthetic']}")
+    lines += ["paths written:"] + [f"  {path}" for path in p["paths"]]
     return "\n".join(lines)
 
 

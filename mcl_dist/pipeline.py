@@ -1,45 +1,32 @@
 """The whole MCL run as one list of resumable steps recorded in the manifest.
 
-    stage_0/train
-    stage_s/embed -> stage_s/kmeans -> stage_s/labels -> stage_s/train      (s = 1 .. S-1)
-    integrate -> eval -> report
-
-`Pipeline.plan()` lists every step with the settings its result depends on (each step's
-settings include the fingerprints of the steps it reads); the bodies live in mcl_dist/steps.py.
-Every rank walks the same list. A step that the manifest records as done with the same
+`Pipeline.plan()` is mcl_dist/steps/'s `plan_steps`: every step with the settings its result
+depends on. Every rank walks the same list. A step that the manifest records as done with the same
 fingerprint is skipped; one whose settings changed is refused; an interrupted one is redone
-(training steps resume from their last checkpoint).
+(training steps resume from their last checkpoint). Step bodies receive a RunContext
+(mcl_dist/run_context.py), never the pipeline.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist import files, rundir, steps
+from mcl_dist import files, rundir
 from mcl_dist.config import Config, ConfigError, default_run_dir, save_config
 from mcl_dist.config_load import check_world, load_config
 from mcl_dist.data.preflight import DataError, check_index, check_shard_count
 from mcl_dist.data.shards import expand_urls, is_local, local_path
-from mcl_dist.data.tar_index import build_or_load_index
 from mcl_dist.manifest import Manifest, fingerprint
 from mcl_dist.objectives import get_objective
+from mcl_dist.run_context import RunContext
+from mcl_dist.steps import Step, plan_steps
+from mcl_dist.steps.base import existing
 from mcl_dist.synthetic import ensure_demo_data
 
 log = logging.getLogger("mcl_dist")
-
-# settings that change how a run is logged or checkpointed, not what it computes
-_NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size"}
-
-
-def _results_only(section: Any) -> dict:
-    d = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
-    return {k: v for k, v in d.items() if k not in _NOT_RESULTS}
 
 
 def data_identity(urls: list[str]) -> list:
@@ -71,28 +58,6 @@ def resolve_data(cfg: Config) -> list[str]:
     return expand_urls(cfg.data.train_shards)
 
 
-@dataclass
-class Step:
-    name: str
-    settings: dict  # what the step's result depends on; its fingerprint is recorded in the manifest
-    body: Callable[[str], dict]  # body(fingerprint) -> outputs
-    main_only: bool = False  # rank 0 alone, the others wait outside any collective
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.settings)
-
-
-def step_outputs(run_dir: str, name: str) -> list[str]:
-    """What `--redo` removes before recomputing a step (so no part of the old result is reused)."""
-    stage, _, step = name.partition("/")
-    sd = os.path.join(run_dir, stage)
-    return {"train": [os.path.join(sd, p) for p in ("checkpoints", "checkpoint.pt", "metrics.jsonl", "tb", "batches")],
-            "embed": [os.path.join(sd, "embed")], "kmeans": [os.path.join(sd, "kmeans")],
-            "labels": [os.path.join(sd, "labels.npz")]}.get(step, []) if step else \
-        {"integrate": [os.path.join(run_dir, "integrated")], "eval": [os.path.join(run_dir, "eval")]}.get(name, [])
-
-
 class Pipeline:
     def __init__(self, cfg: Config, run_dir: str, redo: str = ""):
         self.cfg, self.run_dir = cfg, run_dir
@@ -100,6 +65,7 @@ class Pipeline:
         self.urls = resolve_data(cfg)
         self.manifest = Manifest(run_dir)
         self.data_fp = fingerprint({"shards": data_identity(self.urls)})
+        self.ctx = RunContext(cfg, run_dir, self.info, self.urls, self.data_fp)
         self.steps = self.plan()
         self.redo, self.redoing = redo, False
         names = [st.name for st in self.steps]
@@ -109,20 +75,12 @@ class Pipeline:
         if kill.startswith("write:"):  # tests: die while writing this file (temp written, not renamed)
             files.kill_on_write(kill[len("write:"):], dist_utils.kill_job_now)
 
-    def stage_dir(self, s: int) -> str:
-        return os.path.join(self.run_dir, f"stage_{s}")
-
-    def kill_step(self, step: str) -> int:
-        """debug.kill_at="stage_1/train:3" -> 3 for that step, else 0."""
-        name, _, at = self.cfg.debug.kill_at.partition(":")
-        return int(at) if name == step and at.isdigit() else 0
-
     def run_step(self, step: Step) -> dict:
         """Run the step's body unless the manifest has it done with these settings; all ranks agree."""
         name, settings = step.name, step.settings
 
         def fn() -> dict:
-            return step.body(step.fingerprint)
+            return step.run(self.ctx)
 
         self.manifest = Manifest(self.run_dir)  # re-read: rank 0 may have written it
         if name == self.redo and not self.redoing:
@@ -164,51 +122,21 @@ class Pipeline:
         """--redo: forget the records and remove the outputs of `name` and every later step, all
         at once, so that a launch killed during the redo cannot reuse any of them."""
         names = [st.name for st in self.steps]
-        for later in names[names.index(name):]:
-            for path in step_outputs(self.run_dir, later):
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                elif os.path.exists(path):
-                    os.remove(path)
-            if self.manifest.data["steps"].pop(later, None) is not None:
-                self.manifest.data["order"].remove(later)
+        for step in self.steps[names.index(name):]:
+            for pattern in step.outputs(self.run_dir, self.info.world_size):
+                for path in existing(pattern):
+                    if path.endswith("/"):
+                        shutil.rmtree(path)
+                    else:
+                        os.remove(path)
+            if self.manifest.data["steps"].pop(step.name, None) is not None:
+                self.manifest.data["order"].remove(step.name)
         self.manifest.save()
         log.info("step %s: recomputing it and every later step (--redo %s)", name, self.redo)
 
-    # -- the step list, with what each step's result depends on ---------------------------
     def plan(self) -> list[Step]:
-        c, out, fps = self.cfg, [], {}
-
-        def add(name: str, settings: dict, body: Callable[[str], dict], main_only: bool = False) -> None:
-            out.append(Step(name, settings, body, main_only))
-            fps[name] = out[-1].fingerprint
-
-        def train(s: int, upstream: list[str]) -> dict:
-            return {"data": self.data_fp, "data_cfg": _results_only(c.data), "model": _results_only(c.model),
-                    "train": _results_only(c.train), "stage": _results_only(c.stages[s]),
-                    "world_size": self.info.world_size, "upstream": [fps[u] for u in upstream]}
-
-        add("stage_0/train", train(0, []), lambda fp: steps.train_step(self, 0, fp))
-        for s in range(1, len(c.stages)):
-            d = f"stage_{s}/"
-            add(d + "embed", {"upstream": [fps[f"stage_{s - 1}/train"]], "data": self.data_fp, "mode": c.cluster.embed},
-                lambda fp, s=s: steps.embed_step(self, s))
-            add(d + "kmeans", {"upstream": [fps[d + "embed"]], "k": c.stages[s].k, "iters": c.cluster.kmeans_iters,
-                               "tol": c.cluster.kmeans_tol, "spherical": c.cluster.spherical,
-                               "backend": c.cluster.backend, "seed": c.train.seed},
-                lambda fp, s=s: steps.kmeans_step(self, s))
-            up = [fps[d + "kmeans"]] + ([fps[f"stage_{s - 1}/labels"]] if s > 1 else [])
-            add(d + "labels", {"upstream": up, "min_label_size": c.cluster.min_label_size},
-                lambda fp, s=s: steps.labels_step(self, s), main_only=True)
-            add(d + "train", train(s, [d + "labels", f"stage_{s - 1}/train"]), lambda fp, s=s: steps.train_step(self, s, fp))
-        add("integrate", {"upstream": [fps[f"stage_{s}/train"] for s in range(len(c.stages))]},
-            lambda fp: steps.integrate_step(self), main_only=True)
-        if c.eval.enabled:
-            ev = json.loads(json.dumps(c.eval.__dict__, default=str))
-            add("eval", {"upstream": [fps["integrate"]], "eval": ev}, lambda fp: steps.eval_step(self), main_only=True)
-        add("report", {"upstream": [fps["integrate"]] + ([fps["eval"]] if "eval" in fps else [])},
-            lambda fp: steps.report_step(self), main_only=True)
-        return out
+        """The step list (mcl_dist/steps/): what the run executes, --redo removes and --dry-run prints."""
+        return plan_steps(self.cfg, self.info.world_size, self.data_fp)
 
     def preflight(self) -> None:
         """Refuse data that would hang, idle a rank or fail at a late step (mcl_dist/data/preflight.py)."""
@@ -222,7 +150,7 @@ class Pipeline:
     def _check_data(self) -> dict:
         c = self.cfg
         try:
-            index = build_or_load_index(steps.shard_paths(self), steps.index_dir(self), progress=True)
+            index = self.ctx.load_index(progress=True)
             stats = check_index(index, image_exts=c.data.image_ext, caption_ext=c.data.caption_ext,
                                 need_caption=get_objective(c).captions, max_member_bytes=c.data.max_member_bytes,
                                 max_bad_fraction=c.data.max_bad_fraction)
@@ -240,10 +168,17 @@ class Pipeline:
         for step in self.steps:
             outputs[step.name] = self.run_step(step)
         if self.info.is_main:
-            print(f"\nMCL run finished. Report: {outputs['report'].get('report')}\nIntegrated model: "
-                  f"{steps.integrated_path(self.run_dir)} (load with mcl_dist.integrate.load_model)", flush=True)
+            print(self.summary(outputs), flush=True)
         dist_utils.barrier()
         return 0
+
+
+    def summary(self, outputs: dict[str, dict]) -> str:
+        """The end-of-run lines, from the plan's steps and what they returned."""
+        by_kind = {st.kind: st for st in self.steps}
+        model = by_kind["integrate"].outputs(self.run_dir, self.info.world_size)[0]
+        return (f"\nMCL run finished. Report: {outputs['report'].get('report')}\nIntegrated model: "
+                f"{model} (load with mcl_dist.integrate.load_model)")
 
 
 def _lock_run_dir(run_dir: str) -> str:

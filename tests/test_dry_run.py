@@ -43,7 +43,8 @@ def test_paper_config_cli_prints_the_hand_computed_plan_and_writes_nothing(tmp_p
     assert "ViT-L-14, 427,616,513 parameters, feature dim 768" in out
     # 10,000,000 / 8 ranks x 768 dims x 2 bytes (fp16)
     assert f"embeddings 1,250,000 x 768 fp16 = {1_250_000 * 768 * 2 / 2**30:.1f} GiB" in out
-    assert "runs/cc12m_vit_l14_paper/stage_2/embed/part{0000..0007}-of0008.npy" in out
+    assert "runs/cc12m_vit_l14_paper/stage_2/embed/part{0000..0007}-of0008.feats.npy" in out
+    assert "runs/cc12m_vit_l14_paper/stage_2/embed/part{0000..0007}-of0008.keys.npy" in out
     assert "runs/cc12m_vit_l14_paper/integrated/model.pt" in out
     # no download in a dry run; one note for the tag both keys name
     assert "note: model.pretrained and stages.0.pretrained: open_clip weights 'openai' (downloaded" in out

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import types
 
 import numpy as np
 import pytest
@@ -220,7 +219,8 @@ def test_running_step_with_changed_settings_is_refused(tmp_path):
 def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
     from mcl_dist.config_load import load_config
     from mcl_dist.embed import part_paths
-    from mcl_dist.steps import kmeans_step
+    from mcl_dist.run_context import RunContext
+    from mcl_dist.steps import KMeansStep
 
     feats = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float16)
     feats[3, 1] = np.nan
@@ -229,11 +229,8 @@ def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
     np.save(f, feats)
     np.save(k, np.array([f"k{i}" for i in range(20)]))
     cfg = load_config(None, ["data.synthetic=true", "stages=[{}, {k: 3}]"])
-    pipe = types.SimpleNamespace(cfg=cfg, info=types.SimpleNamespace(rank=0, world_size=1, is_main=True,
-                                                                     device=torch.device("cpu")),
-                                 stage_dir=lambda s: str(tmp_path / f"stage_{s}"), kill_step=lambda name: 0)
     with pytest.raises(DataError) as e:
-        kmeans_step(pipe, 1)
+        KMeansStep(cfg, stage=1).run(RunContext(cfg, str(tmp_path)))
     assert str(e.value) == (f"stage_1/kmeans on {tmp_path}/stage_1/embed: 1 of 20 rows contain NaN or inf (or "
                             "overflow float32): the embeddings are broken; re-embed with a healthy checkpoint; "
                             "recover with --redo stage_1/embed (it recomputes that step and every later one)")
@@ -242,16 +239,15 @@ def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
 def test_labels_of_other_shards_name_the_step_to_redo(tmp_path):
     from mcl_dist.config_load import load_config
     from mcl_dist.labels import save_labels
-    from mcl_dist.steps import train_step
+    from mcl_dist.run_context import RunContext
+    from mcl_dist.steps import TrainStep
 
     urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=8)
     cfg = load_config(None, [f"data.train_shards={urls[0]}::{urls[1]}", "stages=[{}, {k: 3}]"])
-    pipe = types.SimpleNamespace(cfg=cfg, urls=urls, run_dir=str(tmp_path), info=types.SimpleNamespace(
-        rank=0, world_size=1, is_main=True, device=torch.device("cpu")), stage_dir=lambda s: str(tmp_path / f"stage_{s}"))
     keys = np.array([f"s{i:06d}" for i in range(16)])
     save_labels(str(tmp_path / "stage_1" / "labels.npz"), keys, np.zeros(16), np.zeros((1, 16)), "f" * 64)
     with pytest.raises(DataError) as e:
-        train_step(pipe, 1, "fp")
+        TrainStep(cfg, stage=1).run(RunContext(cfg, str(tmp_path), urls=urls))
     assert str(e.value).startswith(f"{tmp_path}/stage_1/labels.npz: these labels belong to different shards")
     assert str(e.value).endswith("; recover with --redo stage_1/labels (it recomputes that step and every later one)")
 

@@ -1,5 +1,6 @@
 """The whole MCL pipeline under a real torchrun: 2 gloo ranks x 2 workers, tiny ViT, synthetic
 shards, 2 stages, accumulation 2, several label groups per micro-batch."""
+import fnmatch
 import glob
 import json
 import os
@@ -142,3 +143,29 @@ def test_labels_step_records_the_stopping_signal(finished):
     assert out["signal/labels_before"] == 1 and out["signal/split_labels"] == 1.0
     assert out["signal/labels_after"] == out["num_labels"] > 1
     assert out["signal/nmi"] == 0.0  # the root label carries no information
+
+
+def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
+    """Every file the run left is under a path of the plan (the steps' outputs plus the run's own
+    files), every path of the plan without a wildcard exists, and --dry-run prints those paths."""
+    from braceexpand import braceexpand
+
+    from mcl_dist.config_load import load_config
+    from mcl_dist.dry_run import dry_run
+    from mcl_dist.steps import plan_steps, run_files
+
+    cfg_path, run_dir, _ = finished
+    cfg = load_config(cfg_path)
+    planned = run_files(cfg, str(run_dir)) + [p for st in plan_steps(cfg, 2) for p in st.outputs(str(run_dir), 2)]
+    expanded = [p for pattern in planned for p in braceexpand(pattern)]
+    found = sorted(os.path.join(d, f) for d, _, fs in os.walk(run_dir) for f in fs)
+
+    def covered(path):
+        return any(path.startswith(p) if p.endswith("/") else fnmatch.fnmatch(path, p) for p in expanded)
+
+    assert [f for f in found if not covered(f)] == []
+    assert [p for p in expanded if "*" not in p and not os.path.exists(p)] == []
+    assert len({p for p in expanded if "-of0002." in p}) == 2 * 2 + 2  # feats + keys per rank, assignments
+    assert dry_run(cfg_path, str(run_dir), [], world=2) == 0
+    printed = capsys.readouterr().out.split("paths written:\n", 1)[1].splitlines()
+    assert [line.strip() for line in printed] == planned

@@ -1,0 +1,76 @@
+"""What a step body may know about its run (mcl_dist/steps/): the config, the run directory, this
+rank, the shard list with its fingerprint, the tar index, and the manifest's records, read-only.
+
+Step bodies take a `RunContext`, never the orchestrator (mcl_dist/pipeline.py), so a step cannot
+reach back into the step list or the manifest's bookkeeping.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from mcl_dist import distributed as dist_utils
+from mcl_dist.config import Config
+from mcl_dist.data.shards import local_path
+from mcl_dist.data.tar_index import build_or_load_index
+from mcl_dist.distributed import DistInfo
+from mcl_dist.manifest import Manifest
+
+
+def stage_dir(run_dir: str, s: int) -> str:
+    return os.path.join(run_dir, f"stage_{s}")
+
+
+def integrated_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "integrated", "model.pt")
+
+
+def index_dir(cfg: Config, run_dir: str) -> str:
+    """The tar index cache: data.index_dir, else <run_dir>/index."""
+    return cfg.data.index_dir or os.path.join(run_dir, "index")
+
+
+@dataclass
+class RunContext:
+    cfg: Config
+    run_dir: str
+    info: DistInfo = field(default_factory=DistInfo)
+    urls: list = field(default_factory=list)  # the expanded shard list
+    data_fp: str = ""  # fingerprint of the shards (names, sizes, mtimes)
+
+    def stage_dir(self, s: int) -> str:
+        return stage_dir(self.run_dir, s)
+
+    @property
+    def index_dir(self) -> str:
+        return index_dir(self.cfg, self.run_dir)
+
+    def shard_paths(self) -> list[str]:
+        """The run's shards as local paths (the tar index reads files, not URLs)."""
+        return [local_path(u) for u in self.urls]
+
+    def load_index(self, progress: bool = False):
+        """The cached tar index (built on first use); rank 0 alone, or after shard_index."""
+        return build_or_load_index(self.shard_paths(), self.index_dir, progress=progress)
+
+    def shard_index(self, step: str):
+        """Rank 0 builds (or validates) the cached tar index first, the others wait outside any
+        collective (a long build must not run into dist.timeout_min), then load it."""
+        built: dict = {}
+
+        def build() -> bool:
+            built["index"] = build_or_load_index(self.shard_paths(), self.index_dir)
+            return True
+
+        dist_utils.run_on_main(f"index-{step}", build)
+        return built["index"] if built else self.load_index()
+
+    def kill_step(self, step: str) -> int:
+        """debug.kill_at="stage_1/train:3" -> 3 for that step, else 0 (tests)."""
+        name, _, at = self.cfg.debug.kill_at.partition(":")
+        return int(at) if name == step and at.isdigit() else 0
+
+    def record(self, step: str) -> Optional[dict[str, Any]]:
+        """The manifest's record of an earlier step (read-only)."""
+        return Manifest(self.run_dir).step(step)

@@ -1,0 +1,33 @@
+"""Helpers the step bodies share: the redo hint of a broken input, stale rank parts, a stage's model."""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+from mcl_dist import distributed as dist_utils
+from mcl_dist.config import ConfigError
+from mcl_dist.data.preflight import DataError
+from mcl_dist.files import load_torch
+from mcl_dist.objectives import get_objective
+from mcl_dist.run_context import RunContext
+
+
+def redo_hint(e: Exception, step: str) -> ConfigError:
+    return DataError(f"{e}; recover with --redo {step} (it recomputes that step and every later one)")
+
+
+def remove_stale(directory: str, pattern: str, world: int) -> None:
+    """Parts written by an interrupted run with another world size must not be mixed in."""
+    if dist_utils.info().is_main:
+        for path in glob.glob(os.path.join(directory, pattern)):
+            if f"-of{world:04d}." not in os.path.basename(path):
+                os.remove(path)
+    dist_utils.barrier()
+
+
+def load_stage_model(ctx: RunContext, s: int) -> dict[str, Any]:
+    bundle = get_objective(ctx.cfg).create_bundle(ctx.info.device, pretrained="")
+    state = load_torch(os.path.join(ctx.stage_dir(s), "checkpoint.pt"))
+    bundle["model"].load_state_dict(state["state_dict"])
+    return bundle

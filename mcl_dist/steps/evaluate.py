@@ -1,0 +1,51 @@
+"""eval (rank 0): every stage and the integrated model scored by the eval metrics
+(mcl_dist/eval/); writes `eval/results.json`."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from mcl_dist import distributed as dist_utils
+from mcl_dist.eval.evaluate import evaluate_model
+from mcl_dist.files import write_json
+from mcl_dist.run_context import RunContext, integrated_path
+from mcl_dist.steps.base import Step
+
+log = logging.getLogger("mcl_dist")
+
+
+def results_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "eval", "results.json")
+
+
+@dataclass
+class EvalStep(Step):
+    kind = "eval"
+    main_only = True
+
+    def result_settings(self) -> dict:
+        ev = json.loads(json.dumps(self.cfg.eval.__dict__, default=str))
+        if not ev.get("metrics"):  # the default (every metric with data) keeps older runs' fingerprints
+            ev.pop("metrics", None)
+        return {"eval": ev}
+
+    def outputs(self, run_dir: str, world: int) -> list[str]:
+        return [results_path(run_dir)]
+
+    def describe(self, world: int) -> str:
+        return f"metrics {', '.join(self.cfg.eval.metrics) or 'all with data'} on every stage and the integrated model"
+
+    def run(self, ctx: RunContext) -> dict:
+        """Rank 0 only: every stage and the integrated model (evaluation sets are small)."""
+        models = [(f"stage_{s}", os.path.join(ctx.stage_dir(s), "checkpoint.pt")) for s in range(len(ctx.cfg.stages))]
+        results: dict[str, Any] = {}
+        for i, (name, path) in enumerate(models + [("integrated", integrated_path(ctx.run_dir))]):
+            log.info("evaluating %s", name)
+            results[name] = evaluate_model(path, ctx.cfg, ctx.urls, device=ctx.info.device)
+            if ctx.cfg.debug.kill_at == f"eval:{i + 1}":  # tests: killed half-way through evaluation
+                dist_utils.kill_job_now()
+        write_json(results, results_path(ctx.run_dir))
+        return {"results": results_path(ctx.run_dir)}

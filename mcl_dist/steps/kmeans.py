@@ -1,0 +1,63 @@
+"""stage_s/kmeans: distributed Lloyd over the ranks' embedding shares (mcl_dist/kmeans.py).
+
+Writes `stage_s/kmeans/assign<rank>-of<world>.npz` (keys, cluster ids), `centroids.npz` and
+`kmeans.json` (inertia per iteration, sizes).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mcl_dist import distributed as dist_utils
+from mcl_dist.data.preflight import DataError
+from mcl_dist.embed import load_share
+from mcl_dist.files import save_npz, write_json
+from mcl_dist.kmeans import kmeans
+from mcl_dist.run_context import RunContext, stage_dir
+from mcl_dist.steps.base import StageStep, rank_parts
+from mcl_dist.steps.common import redo_hint, remove_stale
+
+
+@dataclass
+class KMeansStep(StageStep):
+    kind = "kmeans"
+
+    def result_settings(self) -> dict:
+        c = self.cfg
+        return {"k": c.stages[self.stage].k, "iters": c.cluster.kmeans_iters, "tol": c.cluster.kmeans_tol,
+                "spherical": c.cluster.spherical, "backend": c.cluster.backend, "seed": c.train.seed}
+
+    def outputs(self, run_dir: str, world: int) -> list[str]:
+        d = os.path.join(stage_dir(run_dir, self.stage), "kmeans")
+        return [rank_parts(d, "assign", ".npz", world), os.path.join(d, "centroids.npz"), os.path.join(d, "kmeans.json")]
+
+    def describe(self, world: int) -> str:
+        c = self.cfg.cluster
+        return (f"K={self.cfg.stages[self.stage].k}, {c.kmeans_iters} iterations, {c.backend} backend"
+                f"{', spherical' if c.spherical else ''}")
+
+    def run(self, ctx: RunContext) -> dict:
+        c, info, s = ctx.cfg, ctx.info, self.stage
+        remove_stale(os.path.join(ctx.stage_dir(s), "kmeans"), "assign*-of*.npz", info.world_size)
+        feats, keys = load_share(os.path.join(ctx.stage_dir(s), "embed"), info.rank, info.world_size)
+        kill_at = ctx.kill_step(self.name)
+        try:
+            res = kmeans(torch.from_numpy(np.ascontiguousarray(feats)), c.stages[s].k, iters=c.cluster.kmeans_iters,
+                         tol=c.cluster.kmeans_tol, seed=c.train.seed + s, spherical=c.cluster.spherical,
+                         backend=c.cluster.backend, device=info.device, progress=info.is_main,
+                         on_iter=(lambda it: it == kill_at and dist_utils.kill_launcher()) if kill_at else None)
+        except ValueError as e:  # every rank raises the same: NaN/inf rows, k larger than the data, ...
+            msg = f"{self.name} on {os.path.join(ctx.stage_dir(s), 'embed')}: {e}"
+            raise (redo_hint(ValueError(msg), f"stage_{s}/embed") if "NaN or inf" in str(e) else DataError(msg)) from None
+        out = os.path.join(ctx.stage_dir(s), "kmeans")
+        save_npz(os.path.join(out, f"assign{info.rank:04d}-of{info.world_size:04d}.npz"), keys=keys,
+                 clusters=res.assignments.numpy().astype(np.int32))
+        summary = {"k": c.stages[s].k, "inertia": [float(v) for v in res.inertia], "iterations": res.iterations,
+                   "converged": bool(res.converged), "sizes": res.sizes.tolist()}
+        if info.is_main:
+            save_npz(os.path.join(out, "centroids.npz"), centroids=res.centroids.numpy())
+            write_json(summary, os.path.join(out, "kmeans.json"))
+        return {"iterations": res.iterations, "final_inertia": summary["inertia"][-1] if res.inertia else None}

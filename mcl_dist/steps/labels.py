@@ -1,0 +1,65 @@
+"""stage_s/labels (rank 0): this stage's clusters combined with every earlier stage's into
+pseudo-labels keyed by sample (mcl_dist/labels.py); writes `stage_s/labels.npz`."""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from mcl_dist.files import load_npz
+from mcl_dist.labels import compose_labels, label_stats, load_labels, save_labels
+from mcl_dist.run_context import RunContext, stage_dir
+from mcl_dist.steps.base import StageStep
+from mcl_dist.steps.common import redo_hint
+from mcl_dist.stop_signal import split_signal
+
+log = logging.getLogger("mcl_dist")
+
+
+def clusters_in_index_order(ctx: RunContext, s: int, index) -> np.ndarray:
+    out = np.full(len(index), -1, np.int64)
+    for path in sorted(glob.glob(os.path.join(ctx.stage_dir(s), "kmeans", "assign*-of*.npz"))):
+        part = load_npz(path)
+        where = index.key_to_index(part["keys"])
+        known = where >= 0
+        out[where[known]] = part["clusters"][known]
+    return out
+
+
+@dataclass
+class LabelsStep(StageStep):
+    kind = "labels"
+    main_only = True
+
+    def result_settings(self) -> dict:
+        return {"min_label_size": self.cfg.cluster.min_label_size}
+
+    def outputs(self, run_dir: str, world: int) -> list[str]:
+        return [os.path.join(stage_dir(run_dir, self.stage), "labels.npz")]
+
+    def describe(self, world: int) -> str:
+        return (f"stage {self.stage} clusters x stages {list(range(1, self.stage))} labels, smaller than "
+                f"{self.cfg.cluster.min_label_size} fall back to their parent") if self.stage > 1 else \
+            f"stage 1 clusters, smaller than {self.cfg.cluster.min_label_size} fall back to one label"
+
+    def run(self, ctx: RunContext) -> dict:
+        """Rank 0 only (a main_only step): the others wait outside any collective."""
+        s = self.stage
+        index = ctx.load_index(progress=True)
+        rows, current = [], np.zeros(len(index), np.int64)  # stage 1 splits the root label
+        if s > 1:
+            try:
+                prev = load_labels(os.path.join(ctx.stage_dir(s - 1), "labels.npz"), index.fingerprint())
+            except (ValueError, RuntimeError, FileNotFoundError) as e:
+                raise redo_hint(e, f"stage_{s - 1}/labels") from None
+            rows, current = list(prev["cluster_ids"]), prev["labels"]
+        rows.append(clusters_in_index_order(ctx, s, index))
+        labels = compose_labels(rows, min_label_size=ctx.cfg.cluster.min_label_size)
+        save_labels(os.path.join(ctx.stage_dir(s), "labels.npz"), index.keys, labels, np.stack(rows), index.fingerprint())
+        signal = split_signal(current, rows[-1], ctx.cfg.cluster.min_label_size)
+        stats = {**label_stats(labels), **{f"signal/{k}": v for k, v in signal.items()}}
+        log.info("stage %d labels: %s", s, stats)
+        return stats

@@ -1,0 +1,54 @@
+"""report (rank 0): `report.md` and its plots (mcl_dist/report.py) from the stages' metrics, the
+cluster sizes, the labels and the evaluation."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from mcl_dist.files import read_json
+from mcl_dist.metrics import read_metrics
+from mcl_dist.report import write_report
+from mcl_dist.run_context import RunContext
+from mcl_dist.steps.base import Step
+from mcl_dist.steps.evaluate import results_path
+
+PLOTS = ("loss_curves.png", "cluster_sizes.png", "mmvp_by_stage.png")  # each only when it has data
+
+
+def label_stats(ctx: RunContext, s: int) -> dict:
+    """What the labels step recorded, and how the sampler used the labels (docs/design.md, "what a
+    prototype measured")."""
+    rec = ctx.record(f"stage_{s}/labels")
+    if not rec:
+        return {}
+    stats = dict(rec.get("outputs", {}))
+    plan = (ctx.record(f"stage_{s}/train") or {}).get("outputs", {}).get("plan", {})
+    for k in ("short_group_share", "groups_per_micro_batch", "skipped_singletons", "dropped"):
+        if k in plan:
+            stats[k] = round(plan[k], 3) if isinstance(plan[k], float) else plan[k]
+    return stats
+
+
+@dataclass
+class ReportStep(Step):
+    kind = "report"
+    main_only = True
+
+    def outputs(self, run_dir: str, world: int) -> list[str]:
+        return [os.path.join(run_dir, "report.md")] + [os.path.join(run_dir, p) for p in PLOTS]
+
+    def describe(self, world: int) -> str:
+        return "report.md with the evaluation by stage, loss curves, cluster sizes and label statistics"
+
+    def run(self, ctx: RunContext) -> dict:
+        stages = range(len(ctx.cfg.stages))
+        curves = {s: [(r["step"], r["loss"]) for r in read_metrics(ctx.stage_dir(s)) if "loss" in r] for s in stages}
+        sizes = {}
+        for s in stages:
+            km = os.path.join(ctx.stage_dir(s), "kmeans", "kmeans.json")
+            if os.path.exists(km):
+                sizes[s] = read_json(km)["sizes"]
+        labelled = {s: st for s in stages if (st := label_stats(ctx, s))}
+        res_path = results_path(ctx.run_dir)
+        results = read_json(res_path) if os.path.exists(res_path) else {}
+        return {"report": write_report(ctx.run_dir, results, curves, sizes, labelled)}

@@ -1,0 +1,164 @@
+"""stage_s/train: one stage's training. Stage 0 streams the shards (or takes pretrained weights);
+later stages draw the batches the cluster-bucketed planner makes from the stage's labels.
+
+Writes `stage_s/checkpoints/step_*.pt` (the last few), `metrics.jsonl`, `tb/`, `batches/`
+(debug.log_batches) and the stage checkpoint `checkpoint.pt` (open_clip-loadable).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mcl_dist import distributed as dist_utils
+from mcl_dist.config import ConfigError, micro_batch_size, stage_peak_lr, stage_steps
+from mcl_dist.data.sampler import EpochPlan
+from mcl_dist.data.shards import count_samples
+from mcl_dist.data.sources import PlannedSource, StreamSource
+from mcl_dist.data.streaming import cap_workers
+from mcl_dist.files import save_torch
+from mcl_dist.labels import load_labels
+from mcl_dist.models import stage_checkpoint
+from mcl_dist.objectives import get_objective
+from mcl_dist.run_context import RunContext, stage_dir
+from mcl_dist.steps.base import StageStep
+from mcl_dist.steps.common import load_stage_model, redo_hint
+from mcl_dist.train import StageSpec, StageTrainer
+
+log = logging.getLogger("mcl_dist")
+TENSORBOARD = importlib.util.find_spec("tensorboard") is not None  # the optional extra: stage_s/tb/
+
+# settings that change how a run is logged or checkpointed, not what it computes
+NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size"}
+
+
+def results_only(section: Any) -> dict:
+    d = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+    return {k: v for k, v in d.items() if k not in NOT_RESULTS}
+
+
+def init_weights(ctx: RunContext, s: int) -> dict[str, Any]:
+    """Stage 0: the run's starting weights (or the pretrained ones). Later stages, by `init`:
+    previous = stage s-1's weights; base = stage 0's starting weights; scratch = a fresh init."""
+    c, st = ctx.cfg, ctx.cfg.stages[s]
+    objective = get_objective(c)
+    if s == 0 or st.init == "base":
+        torch.manual_seed(c.train.seed)  # identical initial weights on every rank, and in every base stage
+        bundle = objective.create_bundle(ctx.info.device, pretrained=c.stages[0].pretrained or None)
+    elif st.init == "previous":
+        bundle = load_stage_model(ctx, s - 1)
+    else:
+        torch.manual_seed(c.train.seed + 1000 * s)
+        bundle = objective.create_bundle(ctx.info.device, pretrained="")
+    if s > 0:
+        objective.lock(bundle["model"], st)  # the stage's own lock_image / lock_text, if it sets them
+    return bundle
+
+
+def stream_source(ctx: RunContext, decoder) -> tuple[StreamSource, int]:
+    """Stage 0's source: the shards streamed in a shuffled order, every rank its own share."""
+    c, info, world = ctx.cfg, ctx.info, ctx.info.world_size
+    workers = cap_workers(len(ctx.urls), world, c.data.workers)
+    if workers < c.data.workers and info.is_main:
+        log.warning("data.workers=%d lowered to %d: %d shards cannot feed %d ranks x %d workers",
+                    c.data.workers, workers, len(ctx.urls), world, c.data.workers)
+    source = StreamSource(ctx.urls, decoder, micro_batch=micro_batch_size(c, world), rank=info.rank, world=world,
+                          seed=c.train.seed, shuffle_buffer=c.data.shuffle_buffer, workers=workers)
+    num_samples = c.data.num_samples or count_samples(ctx.urls)
+    total = stage_steps(c, 0, num_samples)
+    if info.is_main:
+        log.info("stage 0: %d steps of %d samples (%d samples per epoch, %d ranks, %d workers each)",
+                 total, c.train.global_batch_size, num_samples, world, workers)
+    return source, total
+
+
+def stage_labels(ctx: RunContext, s: int) -> tuple[Any, np.ndarray]:
+    """The shard index and stage s's labels in index order; read before any weights are loaded."""
+    index = ctx.shard_index(f"stage_{s}/train")
+    try:
+        labels = load_labels(os.path.join(ctx.stage_dir(s), "labels.npz"), index.fingerprint())["labels"]
+    except (ValueError, RuntimeError, FileNotFoundError) as e:  # labels of other shards, damaged file
+        raise redo_hint(e, f"stage_{s}/labels") from None
+    return index, labels
+
+
+def planned_source(ctx: RunContext, s: int, index, labels: np.ndarray, decoder) -> tuple[PlannedSource, int, EpochPlan]:
+    """A later stage's source: batches drawn group by group from the stage's labels."""
+    c, info, st = ctx.cfg, ctx.info, ctx.cfg.stages[s]
+    source = PlannedSource(index, labels, decoder, micro_batch=micro_batch_size(c, info.world_size),
+                           accum=c.train.accum_freq, world=info.world_size, rank=info.rank,
+                           group_size=st.group_size, seed=c.train.seed + s, workers=c.data.workers)
+    plan = source.plan(0)
+    if plan.num_steps == 0:
+        raise ConfigError(f"stage {s}: the cluster plan has no full step ({plan.stats}); lower "
+                          f"stages.{s}.group_size or train.global_batch_size, or lower stages.{s}.k")
+    total = stage_steps(c, s, plan.num_steps * c.train.global_batch_size)
+    if info.is_main:
+        log.info("stage %d: %d steps; plan of epoch 0: %s", s, total, plan.stats)
+    return source, total, plan
+
+
+@dataclass
+class TrainStep(StageStep):
+    kind = "train"
+
+    @property
+    def pretrained(self) -> bool:
+        return self.stage == 0 and bool(self.cfg.stages[0].pretrained)
+
+    def result_settings(self) -> dict:
+        c = self.cfg
+        return {"data_cfg": results_only(c.data), "model": results_only(c.model), "train": results_only(c.train),
+                "stage": results_only(c.stages[self.stage])}
+
+    def outputs(self, run_dir: str, world: int) -> list[str]:
+        d = stage_dir(run_dir, self.stage)
+        out = [] if self.pretrained else [os.path.join(d, "checkpoints", "step_*.pt"), os.path.join(d, "metrics.jsonl")]
+        if TENSORBOARD and not self.pretrained:
+            out.append(os.path.join(d, "tb", ""))
+        if self.cfg.debug.log_batches and not self.pretrained:
+            out.append(os.path.join(d, "batches", "rank*.jsonl"))
+        return out + [os.path.join(d, "checkpoint.pt")]
+
+    def describe(self, world: int) -> str:
+        if self.pretrained:
+            return f"pretrained '{self.cfg.stages[0].pretrained}' taken as stage 0 (no training)"
+        how = "streamed shards" if self.stage == 0 else "the cluster plan's batches"
+        return (f"{how}, global batch {self.cfg.train.global_batch_size}, last "
+                f"{self.cfg.train.keep_checkpoints} training checkpoints kept")
+
+    def run(self, ctx: RunContext) -> dict:
+        """Train stage s and save its checkpoint (`stages.0.pretrained`: taken as stage 0 as is)."""
+        c, info, s = ctx.cfg, ctx.info, self.stage
+        index, labels = stage_labels(ctx, s) if s > 0 else (None, None)
+        bundle = init_weights(ctx, s)
+        out_path = os.path.join(ctx.stage_dir(s), "checkpoint.pt")
+        result: dict[str, Any] = {"checkpoint": out_path}
+        if self.pretrained:
+            log.info("stage 0: using pretrained weights '%s' as stage 0 (no training)", c.stages[0].pretrained)
+            result["final"] = {"pretrained": c.stages[0].pretrained}
+        else:
+            decoder = get_objective(c).train_decoder(bundle)
+            if s == 0:  # stage 0 gathers features whenever there are other ranks
+                source, total = stream_source(ctx, decoder)
+                gather, plan = info.world_size > 1, {}
+            else:  # a later stage only when one label group spans the ranks
+                source, total, epoch_plan = planned_source(ctx, s, index, labels, decoder)
+                gather, plan = epoch_plan.mode == "global", epoch_plan.stats
+            spec = StageSpec(stage=s, stage_dir=ctx.stage_dir(s), bundle=bundle, source=source, total_steps=total,
+                             base_lr=stage_peak_lr(c, s), gather=gather, fingerprint=self.fingerprint,
+                             extra_metrics={f"plan/{k}": float(v) for k, v in plan.items() if isinstance(v, (int, float))},
+                             kill_after_step=ctx.kill_step(self.name))
+            result["final"] = StageTrainer(c, spec).run()
+            if s > 0:
+                result["plan"] = plan
+        if info.is_main:
+            save_torch(stage_checkpoint(bundle["model"], bundle["name"], bundle["config"], stage=s), out_path)
+        dist_utils.barrier()
+        return result
