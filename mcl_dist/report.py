@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -105,32 +105,37 @@ def _save(fig: Any, path: str) -> None:
     plt.close(fig)
 
 
-def _plot_losses(path: str, curves: dict) -> bool:
-    curves = {s: c for s, c in curves.items() if c}
-    if not curves:
+def _plot_by_stage(path: str, series: dict, draw: Callable[[Any, Any, Any], None], **axes: Any) -> bool:
+    """One line per stage that has data, in stage order; False (and no file) when none has."""
+    series = {s: v for s, v in series.items() if v}
+    if not series:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
-    for s in sorted(curves, key=lambda s: _order(f"stage_{s}")):
-        steps, losses = zip(*[(p[0], p[1]) for p in curves[s]])
-        ax.plot(steps, losses, marker="." if len(steps) < 50 else None, label=f"stage {s}")
-    ax.set(xlabel="step", ylabel="training loss", title="Loss by stage")
+    for s in sorted(series, key=lambda s: _order(f"stage_{s}")):
+        draw(ax, s, series[s])
+    ax.set(**axes)
     ax.legend()
     _save(fig, path)
     return True
+
+
+def _draw_loss(ax: Any, s: Any, curve: list) -> None:
+    steps, losses = zip(*[(p[0], p[1]) for p in curve])
+    ax.plot(steps, losses, marker="." if len(steps) < 50 else None, label=f"stage {s}")
+
+
+def _draw_sizes(ax: Any, s: Any, sizes: list) -> None:
+    v = sorted(sizes, reverse=True)
+    ax.plot(range(1, len(v) + 1), [max(x, 0.5) for x in v], marker=".", label=f"stage {s} (K={len(v)})")
+
+
+def _plot_losses(path: str, curves: dict) -> bool:
+    return _plot_by_stage(path, curves, _draw_loss, xlabel="step", ylabel="training loss", title="Loss by stage")
 
 
 def _plot_clusters(path: str, sizes: dict) -> bool:
-    sizes = {s: v for s, v in sizes.items() if v}
-    if not sizes:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for s in sorted(sizes, key=lambda s: _order(f"stage_{s}")):
-        v = sorted(sizes[s], reverse=True)
-        ax.plot(range(1, len(v) + 1), [max(x, 0.5) for x in v], marker=".", label=f"stage {s} (K={len(v)})")
-    ax.set(xlabel="cluster rank", ylabel="samples", yscale="log", title="k-means cluster sizes (sorted)")
-    ax.legend()
-    _save(fig, path)
-    return True
+    return _plot_by_stage(path, sizes, _draw_sizes, xlabel="cluster rank", ylabel="samples", yscale="log",
+                          title="k-means cluster sizes (sorted)")
 
 
 def _plot_mmvp(path: str, mmvp: dict[str, dict]) -> bool:
