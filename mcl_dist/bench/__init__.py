@@ -1,0 +1,1 @@
+"""Benchmarks and GPU checks: what the docs quote is measured here."""
