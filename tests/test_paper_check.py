@@ -49,3 +49,15 @@ def test_paper_check_cpu_smoke(tmp_path):
         assert abs(km["objective_ratio"] - 1) < 1e-3 and km["time_ratio"] > 0
     text = tab.read_text()
     assert "tiny_locked (tiny-vit, fp32)" in text and "5,000 x 32, K 16" in text
+
+
+def test_paper_check_budget_skips_and_still_writes(tmp_path):
+    """Past --budget-s no part starts: each is listed as skipped, and the JSON and table are written."""
+    out = tmp_path / "b.json"
+    proc = subprocess.run([sys.executable, "-m", "mcl_dist.bench.paper_check", "--cpu-smoke", "--budget-s", "0",
+                           "--parts", "ceilings,kmeans", "--out", str(out)], cwd=ROOT,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=300)
+    res = json.loads(out.read_text())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert res["skipped"] == ["ceilings", "data", "kmeans"] and res["errors"] == [] and res["part_seconds"] == {}
+    assert "paper_check (cpu-smoke)" in proc.stdout and "skipped (time budget): ceilings, data, kmeans" in proc.stdout

@@ -66,4 +66,5 @@ def table(res: dict) -> str:
     if res.get("kmeans"):
         lines += [""] + _kmeans_rows(res["kmeans"])
     lines += [f"part seconds: {res['part_seconds']}"] + [f"error: {e}" for e in res["errors"]]
+    lines += [f"skipped (time budget): {', '.join(res['skipped'])}"] if res.get("skipped") else []
     return "\n".join(lines)
