@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Wheels that the GPU machine's image lacks (it has torch, torchvision, timm, huggingface_hub,
-# regex, pyyaml, pillow, numpy, tqdm): downloaded here into .whl/ (git-ignored through
-# .git/info/exclude), carried with the run, installed there into /tmp/site. Versions = setup.py's.
+# regex, pyyaml, pillow, numpy, tqdm): downloaded here into .whl/ (in .gitignore), carried with the run, installed there into /tmp/site. Versions = setup.py's.
 #   bash tools/device_wheels.sh         # then run paper_check as docs/cluster.md says
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -14,6 +14,8 @@ Parts (each timed; a failing part is recorded in `errors` and the rest still run
    counted as the step runs, peak memory, then alternating rounds ours / open_clip_train
    (throughput.py's method): samples/s, ratio min/median/max, data-wait share, MFU.
    The paper's 1,000 per GPU is tried first; on out-of-memory the batch is halved (reported).
+   The ViT-L-14 recipe in fp16 AMP (the paper's `--precision amp`) runs last, if the time
+   budget leaves room.
 5. embed: encode_image samples/s in fp32 and bf16 autocast (model only) and the pipeline's
    embed step (bf16, JPEG decoding included), per model.
 6. kmeans: the pipeline's path (host fp16, spherical) at 10M x 768, K 10 and 1,000, vs faiss from
@@ -46,11 +48,11 @@ from mcl_dist.gpu_check import guarded
 from mcl_dist.models import create
 
 LOCKS = dict(lock_image=True, lock_text=True, quick_gelu=True)  # + lock_image_unlocked_groups from the sizes
-GPU = dict(recipes=[("vit_l14_paper", "ViT-L-14", 1000), ("vit_b32", "ViT-B-32", 256)], steps=10, warmup=3,
-           rounds=3, precision="amp_bf16", unlocked_groups=6, jpeg256=16_000, jpeg512=1_000, per_shard=500,
+GPU = dict(recipes=[("vit_l14_paper", "ViT-L-14", 1000, "amp_bf16"), ("vit_b32", "ViT-B-32", 256, "amp_bf16")],
+           late_recipes=[("vit_l14_paper_fp16", "ViT-L-14", 1000, "amp_fp16")], steps=10, warmup=3, rounds=3, unlocked_groups=6, jpeg256=16_000, jpeg512=1_000, per_shard=500,
            loader_samples=1_000, loader_batch=64, embed_models=["ViT-B-32", "ViT-L-14"], embed_batch=512,
            kmeans_n=10_000_000, kmeans_d=768, kmeans_k=[10, 1000], kmeans_iters=20, faiss_rows=1_000_000, faiss_iters=2)
-SMOKE = dict(recipes=[("tiny_locked", "tiny-vit", 8)], steps=6, warmup=2, rounds=1, precision="fp32", unlocked_groups=2,
+SMOKE = dict(recipes=[("tiny_locked", "tiny-vit", 8, "fp32")], late_recipes=[], steps=6, warmup=2, rounds=1, unlocked_groups=2,
              jpeg256=48, jpeg512=24, per_shard=24, loader_samples=32, loader_batch=8, embed_models=["tiny-vit"],
              embed_batch=8, kmeans_n=5_000, kmeans_d=32, kmeans_k=[4, 16], kmeans_iters=3, faiss_rows=0, faiss_iters=0)
 ANCHORS = {"ViT-B-32 LAION A100": 630.0, "ViT-L-14 LAION A100": 79.0, "ViT-L-14 DataComp A100": 86.0}
@@ -137,10 +139,10 @@ def _model_only(r: Recipe, dev: torch.device) -> tuple[Recipe, dict]:
                 torch.cuda.empty_cache()
 
 
-def part_train(c: dict, name: str, model: str, batch: int, data: dict, work: str, dev: torch.device,
+def part_train(c: dict, model: str, batch: int, precision: str, data: dict, work: str, dev: torch.device,
                workers: int, peak: tuple) -> dict:
     """`peak`: (data-sheet TFLOP/s or None, measured matmul TFLOP/s or None) for the MFUs."""
-    r = Recipe(model=model, batch_per_gpu=batch, precision=c["precision"], steps=c["steps"], warmup=c["warmup"],
+    r = Recipe(model=model, batch_per_gpu=batch, precision=precision, steps=c["steps"], warmup=c["warmup"],
                workers=workers, nproc=1, device=dev.type, lock_image_unlocked_groups=c["unlocked_groups"], **LOCKS)
     r, out = _model_only(r, dev)
     out["batch_note"] = "the paper's per-GPU batch" if r.batch_per_gpu == batch else f"{batch} did not fit; halved"
@@ -210,9 +212,13 @@ def plan(a, c: dict, result: dict, work: str, dev: torch.device, workers: int) -
 
     steps = [("ceilings", lambda: part_ceilings(dev, a.cpu_smoke)), ("data", lambda: part_data(c, work)),
              ("loader", lambda: part_loader(c, data(), workers))]
-    steps += [(f"train {name}", lambda name=name, model=model, batch=batch: part_train(
-        c, name, model, batch, data(), work, dev, workers, peak())) for name, model, batch in c["recipes"]]
+    def train(recipes: list) -> list:
+        return [(f"train {name}", lambda spec=spec: part_train(c, *spec, data(), work, dev, workers, peak()))
+                for name, *spec in recipes]
+
+    steps += train(c["recipes"])
     steps += [("kmeans", lambda: part_kmeans(c, dev)), ("embed", lambda: part_embed(c, data(), work, dev, workers))]
+    steps += train(c["late_recipes"])  # the paper's own fp16 AMP, when the budget leaves time
     return [(p, fn) for p, fn in steps if p.split(" ")[0] in parts]
 
 

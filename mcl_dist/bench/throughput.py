@@ -55,7 +55,7 @@ class Recipe:
     lock_text: bool = False
     quick_gelu: bool = False
     batch_per_gpu: int = 16
-    precision: str = "auto"  # ours' train.precision; open_clip_train gets the same (fp32 on CPU)
+    precision: str = "auto"  # ours' train.precision; open_clip_train gets the same (amp_fp16: its `amp`)
     steps: int = 12
     warmup: int = 4
     workers: int = 1
@@ -126,7 +126,8 @@ def run_ours(r: Recipe, shards: str, n: int, work: str, env: dict) -> dict:
 def run_open_clip(r: Recipe, shards: str, work: str, env: dict) -> dict:
     bt = _bench_train()
     name, cfg_file = bt.model_args(r.model)
-    precision = r.precision if r.precision not in ("auto", "bf16") else ("amp_bf16" if r.device == "cuda" else "fp32")
+    auto = "amp_bf16" if r.device == "cuda" else "fp32"
+    precision = {"auto": auto, "bf16": auto, "amp_fp16": "amp"}.get(r.precision, r.precision)  # amp: fp16 + scaler
     args = ["-m", "mcl_dist.bench.throughput", "--as-open-clip-train", cfg_file, "--", "--train-data", shards,
             "--dataset-type", "webdataset", "--train-num-samples", str(r.steps * r.global_batch), "--epochs", "1",
             "--batch-size", str(r.batch_per_gpu), "--workers", str(r.workers), "--model", name, "--lr", "1e-3",
