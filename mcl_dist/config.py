@@ -84,7 +84,7 @@ class TrainConfig:
     lr_cooldown_steps: int = 0  # const-cooldown: the last steps of each stage that cool down
     lr_cooldown_power: float = 1.0  # 1 = linear cool-down (open_clip_train's --lr-cooldown-power)
     lr_cooldown_end: float = 0.0  # lr at the end of the cool-down (--lr-cooldown-end)
-    precision: str = "auto"  # auto | fp32 | amp_bf16 | bf16
+    precision: str = "auto"  # auto | fp32 | amp_bf16 | bf16 | amp_fp16 (DDP, loss-scaled)
     seed: int = 0
     gather_with_grad: bool = True
     local_loss: bool = True

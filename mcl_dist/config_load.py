@@ -22,7 +22,7 @@ from mcl_dist.registry import unknown_choice
 # plain enumerations; the choices that are registries (objective, engine, optimizer, scheduler,
 # k-means backend, eval metrics) are checked by mcl_dist/config_choices.py
 _CHOICES = {
-    "train.precision": ("auto", "fp32", "amp_bf16", "bf16"),
+    "train.precision": ("auto", "fp32", "amp_bf16", "bf16", "amp_fp16"),
     "stages.init": ("previous", "base", "scratch"),
     "cluster.embed": ("image", "text", "joint"),
 }

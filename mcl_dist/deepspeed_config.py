@@ -103,6 +103,9 @@ def check_settings(cfg: Config, where: str) -> None:
     if t.optimizer != "adamw":
         raise ConfigError(f"{where}: train.engine=deepspeed runs AdamW only (its ZeRO partitions hold AdamW's "
                           f"moments); got train.optimizer={t.optimizer}: use train.engine=ddp for it")
+    if t.precision == "amp_fp16":
+        raise ConfigError(f"{where}: 'train.precision' amp_fp16 needs train.engine=ddp (the DeepSpeed engine runs "
+                          "bf16 or fp32)")
     if t.zero_stage == 0 and t.precision in ("bf16", "amp_bf16"):
         raise ConfigError(f"{where}: train.engine=deepspeed with train.zero_stage=0 and bf16 is not supported "
                           f"(DeepSpeed would accumulate gradients in bf16); use train.zero_stage=1, 2 or 3, or "

@@ -1,0 +1,210 @@
+"""One method for every trainer throughput figure: ours vs `open_clip_train` in alternating
+rounds, each arm's samples per wall-clock second over its whole timed window.
+
+    python tools/bench_throughput.py --model ViT-L-14 --lock-image-unlocked-groups 6 --lock-text \
+        --quick-gelu --batch 1000 --precision amp_bf16 --device cuda --rounds 3
+
+- Rounds alternate the arms: ours, open_clip_train, ours, open_clip_train, ... (>= 3 rounds), so
+  a drift of the machine (clocks, page cache, a neighbour) hits both. The ratio is taken per round
+  (ours_i / open_clip_train_i) and reported as min / median / max.
+- Rate: both trainers log every step with their own clock, contiguous intervals (ours:
+  `metrics.jsonl`, `samples_per_s` since the previous log; open_clip_train: `Batch (t)`, reset
+  after every log). After `warmup` steps, rate = samples of the timed steps / the sum of their
+  intervals, i.e. the whole timed window (not a median of per-step rates).
+- Same everything else: model, locks, QuickGELU, per-GPU batch, steps, precision, DataLoader
+  workers, shards, lr / wd / warm-up, no clipping, local loss + gathered features with gradient,
+  one epoch of exactly `steps` steps, and the same AdamW implementation (fused: ours picks it,
+  open_clip_train is given it by a shim, `_fused_adamw`).
+- Data-wait share: time blocked on the loader / window (ours: `data_time`; open_clip_train:
+  `Data (t)`, printed to the millisecond).
+- Model-only ceiling (`ModelOnly`): the same model, locks, engine, loss and optimizer step on
+  tensors already on the device: the rate with no data loading at all.
+- MFU: samples/s x FLOPs per sample (counted while one real step runs, `flops.py`) / peak.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from mcl_dist.bench import train_bench
+from mcl_dist.bench.devtime import sync
+from mcl_dist.bench.flops import step_flops
+from mcl_dist.config import ModelConfig, TrainConfig
+from mcl_dist.engine import DDPEngine
+from mcl_dist.loss import ClipLoss
+from mcl_dist.models import create
+
+OC_LINE = re.compile(r"Data \(t\): ([\d.]+) Batch \(t\): [\d.]+, ([\d.eE+]+)/s,")
+
+
+@dataclass
+class Recipe:
+    model: str = "tiny-vit"
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0
+    lock_text: bool = False
+    quick_gelu: bool = False
+    batch_per_gpu: int = 16
+    precision: str = "auto"  # ours' train.precision; open_clip_train gets the same (amp_fp16: its `amp`)
+    steps: int = 12
+    warmup: int = 4
+    workers: int = 1
+    nproc: int = 1
+    device: str = "cpu"
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_per_gpu * self.nproc
+
+
+def window(intervals: list[float], data_waits: list[float], samples_per_step: int) -> dict:
+    """Rate and data-wait share over contiguous step intervals (seconds)."""
+    total = sum(intervals)
+    if not intervals or total <= 0:
+        raise ValueError("no timed steps after the warm-up: raise steps or lower warmup")
+    return {"samples_per_s": len(intervals) * samples_per_step / total, "data_wait_share": sum(data_waits) / total,
+            "timed_steps": len(intervals), "window_s": total}
+
+
+def ours_window(run_dir: str, warmup: int, global_batch: int) -> dict:
+    with open(os.path.join(run_dir, "stage_0", "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    rows = [r for r in rows if r["step"] > warmup]
+    return window([global_batch / r["samples_per_s"] for r in rows], [r["data_time"] for r in rows], global_batch)
+
+
+def open_clip_window(log: str, warmup: int, global_batch: int) -> dict:
+    steps = OC_LINE.findall(log)[warmup:]
+    return window([global_batch / float(rate) for _, rate in steps], [float(d) for d, _ in steps], global_batch)
+
+
+def ratio_stats(ours: list[float], theirs: list[float]) -> dict:
+    ratios = [o / t for o, t in zip(ours, theirs)]
+    return {"ratios": ratios, "min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)}
+
+
+def lock_overrides(r: Recipe) -> tuple[list[str], list[str]]:
+    """(our dotted overrides, open_clip_train's flags) for the recipe's model options."""
+    ours = [f"model.lock_image={str(r.lock_image).lower()}", f"model.lock_text={str(r.lock_text).lower()}",
+            f"model.lock_image_unlocked_groups={r.lock_image_unlocked_groups}",
+            f"model.force_quick_gelu={str(r.quick_gelu).lower()}"]
+    theirs = (["--lock-image", "--lock-image-unlocked-groups", str(r.lock_image_unlocked_groups)] if r.lock_image else [])
+    # open_clip 3.3.0's CLIP.lock_text_tower asserts freeze_layer_norm (ours sets it): without the
+    # flag `open_clip_train --lock-text` stops with an AssertionError
+    theirs += (["--lock-text", "--lock-text-freeze-layer-norm"] if r.lock_text else [])
+    theirs += ["--force-quick-gelu"] if r.quick_gelu else []
+    return ours, theirs
+
+
+def run_ours(r: Recipe, shards: str, n: int, work: str, env: dict) -> dict:
+    a = argparse.Namespace(model=r.model, nproc=r.nproc, workers=r.workers, batch=r.global_batch, steps=r.steps,
+                           precision=r.precision, warmup=r.warmup, device=r.device)
+    run_dir = tempfile.mkdtemp(dir=work, prefix="ours-")
+    train_bench.run_ours(a, shards, n, work, env, extra=tuple(lock_overrides(r)[0]), run_dir=run_dir)
+    return ours_window(run_dir, r.warmup, r.global_batch)
+
+
+def run_open_clip(r: Recipe, shards: str, work: str, env: dict) -> dict:
+    name, cfg_file = train_bench.model_args(r.model)
+    auto = "amp_bf16" if r.device == "cuda" else "fp32"
+    precision = {"auto": auto, "bf16": auto, "amp_fp16": "amp"}.get(r.precision, r.precision)  # amp: fp16 + scaler
+    args = ["-m", "mcl_dist.bench.throughput", "--as-open-clip-train", cfg_file, "--", "--train-data", shards,
+            "--dataset-type", "webdataset", "--train-num-samples", str(r.steps * r.global_batch), "--epochs", "1",
+            "--batch-size", str(r.batch_per_gpu), "--workers", str(r.workers), "--model", name, "--lr", "1e-3",
+            "--wd", "0.2", "--warmup", "10", "--precision", precision, "--local-loss", "--gather-with-grad",
+            "--log-every-n-steps", "1", "--logs", tempfile.mkdtemp(dir=work, prefix="oc-"), "--save-frequency", "0",
+            "--report-to", "", "--seed", "0", "--device", r.device, *lock_overrides(r)[1]]
+    proc = train_bench.torchrun(r.nproc, args, env)
+    return open_clip_window(proc.stdout + proc.stderr, r.warmup, r.global_batch)
+
+
+def rounds(r: Recipe, shards: str, n: int, work: str, env: dict, n_rounds: int = 3, peak=None) -> dict:
+    """Alternating rounds; `peak` (a context manager factory) measures each arm's memory."""
+    arms = {"ours": [], "open_clip_train": []}
+    for _ in range(n_rounds):
+        for arm, fn in (("ours", lambda: run_ours(r, shards, n, work, env)),
+                        ("open_clip_train", lambda: run_open_clip(r, shards, work, env))):
+            if peak is None:
+                arms[arm].append(fn())
+                continue
+            with peak() as mem:
+                res = fn()
+            arms[arm].append({**res, "peak_mem_gb": mem.gib})
+    out = {"recipe": asdict(r), "rounds": n_rounds}
+    for arm, runs in arms.items():
+        out[arm] = {"samples_per_s": [x["samples_per_s"] for x in runs],
+                    "data_wait_share": [x["data_wait_share"] for x in runs],
+                    "peak_mem_gb": max((x.get("peak_mem_gb") or 0.0) for x in runs) or None}
+    out["ratio"] = ratio_stats(out["ours"]["samples_per_s"], out["open_clip_train"]["samples_per_s"])
+    return out
+
+
+class ModelOnly:
+    """Our training step (engine, loss, optimizer) on tensors already on the device."""
+
+    def __init__(self, r: Recipe, device: torch.device, config_file: str = ""):
+        mcfg = ModelConfig(name=r.model, config_file=config_file, lock_image=r.lock_image,
+                           lock_image_unlocked_groups=r.lock_image_unlocked_groups, lock_text=r.lock_text,
+                           force_quick_gelu=r.quick_gelu)
+        model = create(mcfg, device)["model"]
+        tcfg = TrainConfig(precision=r.precision, lr=1e-3, wd=0.2, warmup_steps=10, grad_clip_norm=0.0)
+        self.engine, self.device, self.batch = DDPEngine(model, tcfg, device, 10**6, 1e-3), device, r.batch_per_gpu
+        size = model.visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        g = torch.Generator(device=device).manual_seed(0)
+        self.image = torch.randn(self.batch, 3, size, size, device=device, generator=g)
+        vocab = getattr(model, "vocab_size", 49408)
+        self.text = torch.randint(1, vocab, (self.batch, model.context_length), device=device, generator=g)
+        self.loss_fn = ClipLoss()
+
+    def forward_loss(self) -> torch.Tensor:
+        out = self.engine.forward(image=self.image, text=self.text)
+        return self.loss_fn(out["image_features"].float(), out["text_features"].float(), out["logit_scale"].float())
+
+    def step(self) -> None:
+        self.engine.backward(self.forward_loss())
+        self.engine.step()
+
+    def flops(self) -> dict:
+        """FLOPs of one step as it runs; the gradients it leaves are cleared."""
+        counted = step_flops(self.forward_loss)
+        self.engine.optimizer.zero_grad(set_to_none=True)
+        return {**counted, "per_sample": counted["total"] / self.batch}
+
+    def rate(self, steps: int, warmup: int = 2) -> float:
+        for _ in range(warmup):
+            self.step()
+        sync(self.device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        sync(self.device)
+        return steps * self.batch / (time.perf_counter() - t)
+
+
+def _fused_adamw() -> None:
+    """open_clip_train builds torch.optim.AdamW with the default implementation (foreach on
+    CUDA); ours uses the fused one. Give open_clip_train the fused one too, so the comparison
+    is of the trainers, not of two AdamW kernels."""
+    base = torch.optim.AdamW
+
+    class FusedAdamW(base):
+        def __init__(self, params, *args, **kw):
+            kw.setdefault("fused", True)
+            super().__init__(params, *args, **kw)
+
+    torch.optim.AdamW = FusedAdamW
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--as-open-clip-train"]:
+    _fused_adamw()
+    train_bench.as_open_clip_train(sys.argv[2:])

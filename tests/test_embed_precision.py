@@ -1,0 +1,39 @@
+"""The embed step's autocast (bf16 on a GPU by default) gives the same features as fp32: cosine
+>= 0.999 per row. bf16 autocast runs on the CPU too, so this is checked here, on the tiny config
+and on ViT-B-32 (random init, seeded: no download)."""
+import os
+
+import pytest
+import torch
+
+from conftest import ROOT
+from mcl_dist.config import ModelConfig
+from mcl_dist.embed import encode
+from mcl_dist.models import create
+from mcl_dist.optim import autocast_dtype
+
+
+@pytest.mark.parametrize("mcfg", [ModelConfig(config_file=os.path.join(ROOT, "configs/models/tiny-vit.json")),
+                                  ModelConfig(name="ViT-B-32", force_quick_gelu=True)], ids=["tiny-vit", "ViT-B-32"])
+def test_bf16_features_match_fp32(mcfg):
+    torch.manual_seed(0)
+    bundle = create(mcfg, torch.device("cpu"))
+    model = bundle["model"].eval()
+    size = model.visual.image_size[0]
+    batch = {"image": torch.randn(6, 3, size, size),
+             "text": bundle["tokenizer"]([f"a photo of {w}" for w in ("a dog", "two cats", "a red car", "sky",
+                                                                        "a tree", "the sea")])}
+    for mode in ("image", "joint"):
+        ref = encode(model, batch, mode, torch.device("cpu"))
+        got = encode(model, batch, mode, torch.device("cpu"), torch.bfloat16)
+        assert got.dtype == torch.float32 and got.shape == ref.shape
+        assert not torch.equal(got, ref)  # bf16 really ran
+        cos = (got * ref).sum(1)
+        assert cos.min() >= 0.999, (mode, cos)
+
+
+def test_embed_precision_follows_train_precision():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cpu) is None  # fp32 on CPU (tests, demo)
+    assert autocast_dtype("auto", gpu) is torch.bfloat16
+    assert autocast_dtype("fp32", gpu) is None
