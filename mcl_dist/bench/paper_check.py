@@ -46,7 +46,7 @@ from mcl_dist.bench.throughput import ModelOnly, Recipe, rounds
 from mcl_dist.config import ModelConfig
 from mcl_dist.data.shards import expand_urls
 from mcl_dist.embed import embed_shards, encode
-from mcl_dist.files import write_json
+from mcl_dist.files import write_json, write_text
 from mcl_dist.models import create
 
 LOCKS = dict(lock_image=True, lock_text=True, quick_gelu=True)  # + lock_image_unlocked_groups from the sizes
@@ -253,8 +253,7 @@ def main(argv=None) -> int:
     write_json(result, a.out)
     text = table(result)
     if a.table:
-        with open(a.table, "w") as f:
-            f.write(text + "\n")
+        write_text(text + "\n", a.table)
     print(text, flush=True)
     return 1 if result["errors"] else 0
 
