@@ -62,6 +62,10 @@ class ModelConfig:
     lock_text_freeze_layer_norm: bool = True  # open_clip's CLIP.lock_text_tower accepts only True
     grad_checkpointing: bool = False
     force_quick_gelu: bool = False  # QuickGELU as OpenAI's CLIP weights need (open_clip's --force-quick-gelu)
+    # how the integrated model joins the stages' features (mcl_dist/integrate.py): normalized = each
+    # stage L2-normalised, then concatenated (cosine = mean of the stages' cosines); raw = raw features
+    # concatenated, then normalised (the public MCL code's MMVP notebook)
+    integration: str = "normalized"
 
 
 @dataclass
@@ -84,7 +88,8 @@ class TrainConfig:
     lr_cooldown_steps: int = 0  # const-cooldown: the last steps of each stage that cool down
     lr_cooldown_power: float = 1.0  # 1 = linear cool-down (open_clip_train's --lr-cooldown-power)
     lr_cooldown_end: float = 0.0  # lr at the end of the cool-down (--lr-cooldown-end)
-    precision: str = "auto"  # auto | fp32 | amp_bf16 | bf16
+    # auto | fp32 | amp | amp_bf16 | bf16; amp = fp16 autocast + a GradScaler (open_clip_train's --precision amp)
+    precision: str = "auto"
     seed: int = 0
     gather_with_grad: bool = True
     local_loss: bool = True
@@ -94,6 +99,9 @@ class TrainConfig:
     zero_stage: int = 2  # DeepSpeed ZeRO stage
     deepspeed_config: str = ""  # optional raw DeepSpeed JSON that overrides ours
     log_every: int = 10
+    # where metrics go besides <stage>/metrics.jsonl (open_clip_train's --report-to): a comma list of
+    # tensorboard and wandb, or "" for neither; wandb logs one run per stage, grouped by run directory
+    report_to: str = "tensorboard"
     checkpoint_every: int = 100  # optimizer steps between periodic checkpoints
     keep_checkpoints: int = 2
     nan_patience: int = 0  # non-finite losses tolerated in a row before stopping
@@ -185,6 +193,11 @@ class Config:
 # the config needs no objective module (the objectives import the config, not the reverse). Image-only ones have no captions: k-means embeds images only,
 # and their views come from their own settings, not data.augment.
 OBJECTIVES = ("clip", "simclr")
+
+# our DeepSpeed engine casts inputs to bf16 and has no loss scaler: fp16 would need DeepSpeed's own
+# fp16 optimizer wrapper, which our checkpoint layout does not handle
+DEEPSPEED_AMP = ("'train.precision' amp (fp16 with a loss scaler) is not supported with train.engine=deepspeed; "
+                 "use train.precision=amp_bf16 (bf16 needs no loss scaler) or train.engine=ddp")
 IMAGE_ONLY = ("simclr",)
 
 def default_run_dir(config_path: str) -> str:

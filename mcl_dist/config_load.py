@@ -14,11 +14,12 @@ from typing import Any
 
 import yaml
 
-from mcl_dist.config import IMAGE_ONLY, OBJECTIVES, Config, ConfigError, StageConfig, micro_batch_size
+from mcl_dist.config import DEEPSPEED_AMP, IMAGE_ONLY, OBJECTIVES, Config, ConfigError, StageConfig, micro_batch_size
 from mcl_dist.data.sampler import group_layout
 
 _CHOICES = {
-    "train.precision": ("auto", "fp32", "amp_bf16", "bf16"),
+    "train.precision": ("auto", "fp32", "amp", "amp_bf16", "bf16"),
+    "model.integration": ("normalized", "raw"),
     "train.engine": ("ddp", "deepspeed"),
     "train.optimizer": ("adamw", "lars"),
     "train.lr_scheduler": ("cosine", "const", "const-cooldown"),
@@ -238,6 +239,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     if t.lr_scheduler == "const-cooldown" and t.lr_cooldown_steps <= 0:
         raise ConfigError(f"{where}: 'train.lr_scheduler' const-cooldown needs 'train.lr_cooldown_steps' > 0, "
                           f"got {t.lr_cooldown_steps}")
+    if t.engine == "deepspeed" and t.precision == "amp":
+        raise ConfigError(f"{where}: {DEEPSPEED_AMP}")
     if t.engine == "deepspeed" and t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"{where}: 'train.zero_stage' must be 0, 1, 2 or 3, got {t.zero_stage}")
     if cfg.objective not in OBJECTIVES:

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist.config import ConfigError, TrainConfig
+from mcl_dist.config import DEEPSPEED_AMP, ConfigError, TrainConfig
 from mcl_dist.lr_schedule import stage_lr
 from mcl_dist.optim import adamw, autocast_dtype, param_groups
 
@@ -75,6 +75,8 @@ def _merge(base: dict, over: dict) -> dict:
 
 def build_ds_config(tcfg: TrainConfig, world_size: int, device: torch.device) -> dict:
     """The DeepSpeed config derived from our train settings (+ the optional raw JSON)."""
+    if tcfg.precision == "amp":
+        raise ConfigError(DEEPSPEED_AMP)
     micro = tcfg.global_batch_size // (world_size * tcfg.accum_freq)
     bf16 = autocast_dtype(tcfg.precision, device) is not None
     cfg: dict[str, Any] = {

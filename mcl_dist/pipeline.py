@@ -201,7 +201,8 @@ class Pipeline:
             add(d + "labels", {"upstream": up, "min_label_size": c.cluster.min_label_size},
                 lambda fp, s=s: steps.labels_step(self, s), main_only=True)
             add(d + "train", train(s, [d + "labels", f"stage_{s - 1}/train"]), lambda fp, s=s: steps.train_step(self, s, fp))
-        add("integrate", {"upstream": [fps[f"stage_{s}/train"] for s in range(len(c.stages))]},
+        add("integrate", {"upstream": [fps[f"stage_{s}/train"] for s in range(len(c.stages))],
+                          "integration": c.model.integration},
             lambda fp: steps.integrate_step(self), main_only=True)
         if c.eval.enabled:
             ev = json.loads(json.dumps(c.eval.__dict__, default=str))

@@ -258,7 +258,7 @@ def integrate_step(pipe) -> dict:
         names.append(ck["model_name"])
         states.append(ck["state_dict"])
         config = ck.get("model_config", config)
-    save_integrated(integrated_path(pipe.run_dir), names, states, None, config)
+    save_integrated(integrated_path(pipe.run_dir), names, states, None, config, pipe.cfg.model.integration)
     return {"model": integrated_path(pipe.run_dir)}
 
 
