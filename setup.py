@@ -10,6 +10,7 @@ FAISS_GPU = "faiss-gpu==1.15.1"  # on PyPI (checked 2026-11-30): a CUDA 12 (>= 1
 DEEPSPEED = "deepspeed==0.19.8"
 CLIP_BENCHMARK = "clip_benchmark==1.6.2"  # python -m mcl_dist.clip_benchmark
 CLIP_BENCHMARK_DEPS = ["requests"]  # imported by clip_benchmark 1.6.2 but missing from its metadata
+WANDB = "wandb==0.31.0"  # train.report_to=wandb (open_clip_train's --report-to wandb)
 
 setup(
     name="mcl_dist",
@@ -36,6 +37,8 @@ setup(
         "deepspeed": [DEEPSPEED],
         "bench": ["scikit-learn", "pandas"],
         "eval": [CLIP_BENCHMARK, *CLIP_BENCHMARK_DEPS],
-        "dev": ["pytest", "pytest-xdist", "scikit-learn", "pandas", FAISS_CPU, CLIP_BENCHMARK, *CLIP_BENCHMARK_DEPS],
+        "wandb": [WANDB],
+        "dev": ["pytest", "pytest-xdist", "scikit-learn", "pandas", FAISS_CPU, CLIP_BENCHMARK, *CLIP_BENCHMARK_DEPS,
+                WANDB],
     },
 )

@@ -16,6 +16,8 @@ import yaml
 
 from mcl_dist.config import DEEPSPEED_AMP, IMAGE_ONLY, OBJECTIVES, Config, ConfigError, StageConfig, micro_batch_size
 from mcl_dist.data.sampler import group_layout
+from mcl_dist.key_synonyms import suggest
+from mcl_dist.reporting import parse_report_to
 
 _CHOICES = {
     "train.precision": ("auto", "fp32", "amp", "amp_bf16", "bf16"),
@@ -38,8 +40,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    close = suggest(key, valid)
+    hint = f"; did you mean '{close}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
     return ConfigError(f"{where}: unknown key '{key}'{hint}")
 
 
@@ -109,8 +111,9 @@ def _set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
-def _check_key(key: str) -> None:
-    """An override must name a schema field (stages.N.field for a stage)."""
+def _check_key(key: str) -> Any:
+    """An override must name a schema field (stages.N.field for a stage); returns the field's type
+    (None for a whole section or the whole stage list)."""
     cls: type = Config
     parts = key.split(".")
     prefix = ""
@@ -123,7 +126,7 @@ def _check_key(key: str) -> None:
         prefix += name + "."
         if name == "stages" and cls is Config:
             if i + 1 == len(parts):
-                return  # the whole list, e.g. stages=[{}, {k: 64}]
+                return None  # the whole list, e.g. stages=[{}, {k: 64}]
             if not parts[i + 1].isdigit():
                 raise ConfigError(f"command-line override '{key}': use stages.N.field, e.g. stages.1.k=64")
             prefix += parts[i + 1] + "."
@@ -134,7 +137,10 @@ def _check_key(key: str) -> None:
             cls = tp
         elif i != len(parts) - 1:
             raise ConfigError(f"command-line override '{key}': '{prefix.rstrip('.')}' is not a section")
+        else:
+            return tp
         i += 1
+    return None
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -178,7 +184,9 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     for key, value in parse_overrides(list(overrides)):
-        _check_key(key)
+        tp = _check_key(key)
+        if tp is not None:  # a bad value is the command line's fault, not the YAML file's
+            value = _coerce(value, tp, key, f"command-line override '{key}={value}'")
         _set_dotted(raw, key, value, f"override '{key}'")
     _check_one_model(raw.get("model"), where)
     cfg = _build(Config, raw, "", where)
@@ -239,6 +247,7 @@ def validate(cfg: Config, where: str = "config") -> None:
     if t.lr_scheduler == "const-cooldown" and t.lr_cooldown_steps <= 0:
         raise ConfigError(f"{where}: 'train.lr_scheduler' const-cooldown needs 'train.lr_cooldown_steps' > 0, "
                           f"got {t.lr_cooldown_steps}")
+    parse_report_to(t.report_to, where)
     if t.engine == "deepspeed" and t.precision == "amp":
         raise ConfigError(f"{where}: {DEEPSPEED_AMP}")
     if t.engine == "deepspeed" and t.zero_stage not in (0, 1, 2, 3):
