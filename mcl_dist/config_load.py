@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from mcl_dist.config import DEEPSPEED_AMP, IMAGE_ONLY, OBJECTIVES, Config, ConfigError, StageConfig, micro_batch_size
+from mcl_dist.data.preflight import check_remote_shards
 from mcl_dist.data.sampler import group_layout
 from mcl_dist.key_synonyms import suggest
 from mcl_dist.reporting import parse_report_to
@@ -275,6 +276,7 @@ def validate(cfg: Config, where: str = "config") -> None:
             raise ConfigError(f"{where}: 'stages.{i}.pretrained' is only valid for stage 0")
     if not cfg.data.train_shards and not cfg.data.synthetic:
         raise ConfigError(f"{where}: 'data.train_shards' is empty; give shard URLs or set data.synthetic=true")
+    check_remote_shards(cfg.data.train_shards, len(cfg.stages), where)
 
 
 def check_world(cfg: Config, world_size: int, where: str = "config") -> None:
