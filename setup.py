@@ -30,6 +30,7 @@ setup(
         "mcl-make-synthetic = mcl_dist.commands.make_synthetic:main",
         "mcl-gpu-check = mcl_dist.gpu_check:command",
         "mcl-clip-benchmark = mcl_dist.clip_benchmark:main",
+        "mcl-export-clip-benchmark = mcl_dist.commands.export_clip_benchmark:main",
     ]},
     extras_require={
         "faiss": [FAISS_CPU],
