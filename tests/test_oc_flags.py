@@ -1,6 +1,7 @@
 """open_clip_train's flags on launch/pretrain.py (mapped to config keys), key suggestions that know
 synonyms, and override errors that blame the command line (real argparse + config loading)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -92,3 +93,14 @@ def test_a_bad_override_value_names_the_command_line_not_the_yaml():
                            "--zeroshot-frequency", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.startswith("error: command line: --zeroshot-frequency has no mapping")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_readme_flag_table_lists_every_mapped_flag():
+    from mcl_dist.oc_flags import FLAGS, RUN_DIR_FLAGS
+
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text[text.index("### open_clip_train flags"):text.index("| `data.train_shards`")]
+    listed = set(re.findall(r"`(--[a-z0-9-]+)[ `]", section)) - {"--learning-rate"}  # the example of a refusal
+    assert listed == set(FLAGS) | set(RUN_DIR_FLAGS)
+    for flag, (key, _) in FLAGS.items():
+        assert key.rsplit(".", 1)[-1] in section, key
