@@ -38,6 +38,7 @@ from mcl_dist.metrics import read_metrics
 from mcl_dist.models import stage_checkpoint
 from mcl_dist.objectives import get_objective
 from mcl_dist.report import write_report
+from mcl_dist.report_context import recipe, step_times
 from mcl_dist.stop_signal import split_signal
 from mcl_dist.train import StageSpec, StageTrainer
 
@@ -291,7 +292,8 @@ def _label_stats(pipe, s: int) -> dict:
 def report_step(pipe) -> dict:
     """Rank 0 only: report.md from the metrics, the cluster sizes, the labels and the evaluation."""
     stages = range(len(pipe.cfg.stages))
-    curves = {s: [(r["step"], r["loss"]) for r in read_metrics(pipe.stage_dir(s)) if "loss" in r] for s in stages}
+    metrics = {s: read_metrics(pipe.stage_dir(s)) for s in stages}
+    curves = {s: [(r["step"], r["loss"]) for r in metrics[s] if "loss" in r] for s in stages}
     sizes = {}
     for s in stages:
         km = os.path.join(pipe.stage_dir(s), "kmeans", "kmeans.json")
@@ -300,4 +302,7 @@ def report_step(pipe) -> dict:
     labelled = {s: st for s in stages if (st := _label_stats(pipe, s))}
     res_path = os.path.join(pipe.run_dir, "eval", "results.json")
     results = read_json(res_path) if os.path.exists(res_path) else {}
-    return {"report": write_report(pipe.run_dir, results, curves, sizes, labelled)}
+    done = {s: metrics[s][-1]["step"] for s in stages if metrics[s]}
+    return {"report": write_report(pipe.run_dir, results, curves, sizes, labelled,
+                                   recipe(pipe.cfg, pipe.info.world_size, done),
+                                   step_times(pipe.run_dir, metrics, pipe.cfg.train.global_batch_size))}
