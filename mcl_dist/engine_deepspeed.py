@@ -1,9 +1,9 @@
 """DeepSpeed engine (ZeRO stage 0-3) behind the same interface as `mcl_dist.engine.DDPEngine`.
 
 The DeepSpeed config is derived from our `train.*` settings (`build_ds_config`; the mapping is
-tabled in docs/cluster.md), so there is no second config file to keep in sync. The optimizer is
-the DDP engine's AdamW with `optim.param_groups`; the lr is `lr_schedule.stage_lr`, set before
-every step. An optional raw DeepSpeed JSON (`train.deepspeed_config`) is merged over that; keys
+tabled in docs/cluster.md; fp16 `amp` is refused), so there is no second config file to keep in
+sync. The optimizer is the DDP engine's AdamW with `optim.param_groups`; the lr is
+`lr_schedule.stage_lr`, set before every step. An optional raw DeepSpeed JSON (`train.deepspeed_config`) is merged over that; keys
 the trainer owns (batch sizes, accumulation steps) must agree with ours, and `optimizer` /
 `scheduler` sections are refused: they would silently replace the schedule the trainer logs.
 
@@ -36,7 +36,6 @@ from mcl_dist.lr_schedule import stage_lr
 from mcl_dist.optim import adamw, autocast_dtype, param_groups
 
 log = logging.getLogger("mcl_dist")
-
 INSTALL_HINT = ("install the optional extra with `pip install -e .[deepspeed]`, or after torch: "
                 "`DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed==0.19.8`")
 # keys the trainer owns: a raw DeepSpeed JSON may repeat them only with the same value
@@ -75,7 +74,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 def build_ds_config(tcfg: TrainConfig, world_size: int, device: torch.device) -> dict:
     """The DeepSpeed config derived from our train settings (+ the optional raw JSON)."""
-    if tcfg.precision == "amp":
+    if tcfg.precision == "amp":  # autocast_dtype would give fp16, which the bf16 switch below cannot express
         raise ConfigError(DEEPSPEED_AMP)
     micro = tcfg.global_batch_size // (world_size * tcfg.accum_freq)
     bf16 = autocast_dtype(tcfg.precision, device) is not None
