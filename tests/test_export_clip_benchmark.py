@@ -85,3 +85,18 @@ def test_readme_commands_score_a_stage_and_the_integrated_model(demo):
             res = json.load(open(demo / "cb_results" / f"{ds}_{model}_zeroshot_classification.json"))
             assert res["dataset"] == f"wds/{ds}" and res["task"] == "zeroshot_classification"
             assert 0.0 <= res["metrics"]["acc1"] <= 1.0
+
+
+def test_export_from_any_labelled_shards(demo, tmp_path):
+    """img2dataset-style shards with a label field, not a run: --shards, --label-field, --classnames."""
+    names = tmp_path / "names.json"
+    zs = json.load(open(demo / "data/demo/zero_shot.json"))["shape"]
+    names.write_text(json.dumps({"classnames": zs["classnames"], "templates": ["a drawing of a {}."]}))
+    out = tmp_path / "cb"
+    assert export_main(["--shards", str(demo / "data/demo/test-{00000..00001}.tar"), "--label-field", "shape",
+                        "--classnames", str(names), "--out", str(out)]) == 0
+    assert open(out / "shape/zeroshot_classification_templates.txt").read() == "a drawing of a {c}.\n"
+    assert open(out / "shape/test/nshards.txt").read().strip() == "4"
+    n = sum(1 for i in range(4) for _ in wds.WebDataset(str(out / f"shape/test/{i}.tar"), shardshuffle=False))
+    assert n == 96
+    assert export_main(["--shards", str(demo / "data/demo/test-00000.tar"), "--out", str(out)]) == 2
