@@ -34,7 +34,8 @@ from mcl_dist.synthetic import ensure_demo_data
 log = logging.getLogger("mcl_dist")
 
 # settings that change how a run is logged or checkpointed, not what it computes
-_NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size"}
+_NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size",
+                "report_to", "integration"}  # integration: a setting of the integrate step only
 
 
 def _results_only(section: Any) -> dict:
@@ -201,8 +202,9 @@ class Pipeline:
             add(d + "labels", {"upstream": up, "min_label_size": c.cluster.min_label_size},
                 lambda fp, s=s: steps.labels_step(self, s), main_only=True)
             add(d + "train", train(s, [d + "labels", f"stage_{s - 1}/train"]), lambda fp, s=s: steps.train_step(self, s, fp))
-        add("integrate", {"upstream": [fps[f"stage_{s}/train"] for s in range(len(c.stages))],
-                          "integration": c.model.integration},
+        # the default integration stays out of the settings: runs made before the choice keep their fingerprint
+        raw = {"integration": c.model.integration} if c.model.integration != "normalized" else {}
+        add("integrate", {"upstream": [fps[f"stage_{s}/train"] for s in range(len(c.stages))], **raw},
             lambda fp: steps.integrate_step(self), main_only=True)
         if c.eval.enabled:
             ev = json.loads(json.dumps(c.eval.__dict__, default=str))

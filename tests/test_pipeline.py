@@ -142,3 +142,16 @@ def test_labels_step_records_the_stopping_signal(finished):
     assert out["signal/labels_before"] == 1 and out["signal/split_labels"] == 1.0
     assert out["signal/labels_after"] == out["num_labels"] > 1
     assert out["signal/nmi"] == 0.0  # the root label carries no information
+
+
+def test_integration_choice_is_a_setting_of_the_integrate_step(finished):
+    """Runs of the default integration keep their fingerprints (the rerun above skipped every step);
+    raw integration changes the integrate step's settings: refused, then redone with --redo."""
+    from mcl_dist.integrate import load_model
+
+    cfg, run_dir, _ = finished
+    out = run(cfg, run_dir, "model.integration=raw", check=False)
+    assert out.returncode != 0
+    assert "step 'integrate' already finished with different settings" in out.stderr
+    run(cfg, run_dir, "model.integration=raw", "--redo", "integrate", "eval.enabled=false")
+    assert load_model(str(run_dir / "integrated" / "model.pt"))[0].integration == "raw"
