@@ -65,6 +65,8 @@ def _fused_adamw(groups: list[dict], tcfg: TrainConfig, base_lr: float) -> torch
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         precision = "amp_bf16" if device.type == "cuda" else "fp32"
+    if precision == "amp":  # open_clip_train's --precision amp: fp16 autocast, with a GradScaler (engine.py)
+        return torch.float16
     return torch.bfloat16 if precision in ("amp_bf16", "bf16") else None
 
 

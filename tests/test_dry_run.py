@@ -12,7 +12,7 @@ from conftest import ROOT
 from mcl_dist.config_load import load_config
 from mcl_dist.dry_run import build_plan, format_plan
 
-REAL = ["configs/cc12m_vit_l14_paper.yaml", "configs/cc12m_vit_b32.yaml", "configs/cc12m_rn50.yaml"]
+REAL = ["configs/cc12m_vit_l14_paper.yaml", "configs/cc12m_vit_l14.yaml", "configs/cc12m_vit_b32.yaml", "configs/cc12m_rn50.yaml"]
 N = 10_000_000  # samples per epoch (CC12M as downloaded is about this size)
 
 
@@ -34,17 +34,17 @@ def test_paper_config_cli_prints_the_hand_computed_plan_and_writes_nothing(tmp_p
                           env=dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    # by hand: 1,000 per step over 8 ranks, no accumulation -> 125 per rank;
-    # 10,000,000 // 1,000 = 10,000 steps an epoch x 20 epochs = 200,000 steps per stage
-    assert "global batch 1000 = 8 ranks x micro-batch 125 x accumulation 1" in out
+    # by hand: 1,000 per GPU x 8 ranks = 8,000 per step, no accumulation;
+    # 10,000,000 // 8,000 = 1,250 steps an epoch x 20 epochs = 25,000 steps per stage
+    assert "global batch 8000 = 8 ranks x micro-batch 1000 x accumulation 1" in out
     assert re.search(r"^0\s+pretrained 'openai' taken as stage 0", out, re.M)
-    for s in (1, 2):  # K = 10, the group is the whole global micro-batch: features gathered
-        assert re.search(rf"^{s}\s+<=200,000\s+200,000,000\s+1e-05\s+10\s+1000\s+base\s+yes\s", out, re.M), out
+    for s in (1, 2, 3):  # K = 10, the group is the whole global micro-batch: features gathered
+        assert re.search(rf"^{s}\s+<=25,000\s+200,000,000\s+0.0005\s+10\s+8000\s+base\s+yes\s", out, re.M), out
     assert "ViT-L-14, 427,616,513 parameters, feature dim 768" in out
     # 10,000,000 / 8 ranks x 768 dims x 2 bytes (fp16)
     assert f"embeddings 1,250,000 x 768 fp16 = {1_250_000 * 768 * 2 / 2**30:.1f} GiB" in out
-    assert "runs/cc12m_vit_l14_paper/stage_2/embed/part{0000..0007}-of0008.feats.npy" in out
-    assert "runs/cc12m_vit_l14_paper/stage_2/embed/part{0000..0007}-of0008.keys.npy" in out
+    assert "runs/cc12m_vit_l14_paper/stage_3/embed/part{0000..0007}-of0008.feats.npy" in out
+    assert "runs/cc12m_vit_l14_paper/stage_3/embed/part{0000..0007}-of0008.keys.npy" in out
     assert "runs/cc12m_vit_l14_paper/integrated/model.pt" in out
     # no download in a dry run; one note for the tag both keys name
     assert "note: model.pretrained and stages.0.pretrained: open_clip weights 'openai' (downloaded" in out

@@ -26,6 +26,7 @@ from mcl_dist.files import save_torch
 from mcl_dist.labels import load_labels
 from mcl_dist.models import stage_checkpoint
 from mcl_dist.objectives import get_objective
+from mcl_dist.reporting import parse_report_to
 from mcl_dist.run_context import RunContext, stage_dir
 from mcl_dist.steps.base import StageStep
 from mcl_dist.steps.common import load_stage_model, redo_hint
@@ -35,7 +36,8 @@ log = logging.getLogger("mcl_dist")
 TENSORBOARD = importlib.util.find_spec("tensorboard") is not None  # the optional extra: stage_s/tb/
 
 # settings that change how a run is logged or checkpointed, not what it computes
-NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size"}
+NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size",
+               "report_to", "integration"}  # integration: a setting of the integrate step only
 
 
 def results_only(section: Any) -> dict:
@@ -120,7 +122,7 @@ class TrainStep(StageStep):
     def outputs(self, run_dir: str, world: int) -> list[str]:
         d = stage_dir(run_dir, self.stage)
         out = [] if self.pretrained else [os.path.join(d, "checkpoints", "step_*.pt"), os.path.join(d, "metrics.jsonl")]
-        if TENSORBOARD and not self.pretrained:
+        if TENSORBOARD and "tensorboard" in parse_report_to(self.cfg.train.report_to) and not self.pretrained:
             out.append(os.path.join(d, "tb", ""))
         if self.cfg.debug.log_batches and not self.pretrained:
             out.append(os.path.join(d, "batches", "rank*.jsonl"))
