@@ -1,7 +1,7 @@
 """The `mcl-pretrain` command (also `launch/pretrain.py`): run, resume or plan a whole MCL run.
 
     torchrun --nproc_per_node N launch/pretrain.py --config FILE [--run-dir DIR] [key=value ...]
-    mcl-pretrain --config FILE --dry-run [--world-size N] [key=value ...]
+    mcl-pretrain --config FILE --dry-run [--world-size N] [--gpu h200] [key=value ...]
     launch/pretrain.py --config FILE --batch-size 32 --lr 1e-3 ...   (open_clip_train's flags: oc_flags.py)
 
 Re-running the same command resumes where it stopped (see <run_dir>/manifest.json). Bad input
@@ -19,6 +19,7 @@ from mcl_dist import oc_flags
 from mcl_dist.config import ConfigError
 from mcl_dist.config_load import load_config
 from mcl_dist.dry_run import dry_run as plan
+from mcl_dist.memory_estimate import GPUS
 from mcl_dist.pipeline import run_pipeline
 from mcl_dist.train import TrainingError
 
@@ -48,11 +49,11 @@ def guarded(fn: Callable[[], Optional[int]]) -> int:
 
 
 def launch(config: str, run_dir: Optional[str], overrides: list[str], dry_run: bool = False,
-           world_size: Optional[int] = None, redo: str = "") -> int:
+           world_size: Optional[int] = None, redo: str = "", gpu: Optional[str] = None) -> int:
     """What the command does, callable in-process (tests run it at world size 1)."""
     setup_logging()
     if dry_run:
-        return guarded(lambda: plan(config, run_dir, overrides, world_size))
+        return guarded(lambda: plan(config, run_dir, overrides, world_size, gpu))
     return guarded(lambda: run_pipeline(config, run_dir, overrides, redo=redo))
 
 
@@ -65,6 +66,8 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="print the plan (stages, steps, batch per rank, memory, paths) and exit; writes nothing")
     p.add_argument("--world-size", type=int, default=None,
                    help="with --dry-run: plan for this many ranks (default: torchrun's WORLD_SIZE or 1)")
+    p.add_argument("--gpu", choices=sorted(GPUS), default=None,
+                   help="with --dry-run: warn when a stage's memory estimate exceeds this GPU's (default: a100-80gb)")
     p.add_argument("--redo", default="", metavar="STEP",
                    help="recompute STEP (e.g. stage_1/kmeans) and every step after it")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 stages.1.k=64")
@@ -95,7 +98,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return launch(args.config, run_dir, overrides, dry_run=args.dry_run, world_size=args.world_size,
-                  redo=args.redo)
+                  redo=args.redo, gpu=args.gpu)
 
 
 if __name__ == "__main__":

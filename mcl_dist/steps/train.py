@@ -131,9 +131,16 @@ class TrainStep(StageStep):
     def describe(self, world: int) -> str:
         if self.pretrained:
             return f"pretrained '{self.cfg.stages[0].pretrained}' taken as stage 0 (no training)"
+        t, st = self.cfg.train, self.cfg.stages[self.stage]
         how = "streamed shards" if self.stage == 0 else "the cluster plan's batches"
-        return (f"{how}, global batch {self.cfg.train.global_batch_size}, last "
-                f"{self.cfg.train.keep_checkpoints} training checkpoints kept")
+        steps = st.max_steps if st.max_steps is not None else t.max_steps
+        length = f"{steps} steps" if steps else f"{st.epochs if st.epochs is not None else t.epochs:g} epochs"
+        warm = f"{t.warmup_share:g} of the stage" if t.warmup_share > 0 else f"{t.warmup_steps} steps"
+        precision = "auto (amp_bf16 on GPU, fp32 on CPU)" if t.precision == "auto" else t.precision
+        return (f"{how}, global batch {t.global_batch_size} = micro-batch {micro_batch_size(self.cfg, world)} x "
+                f"{world} ranks x accumulation {t.accum_freq}; {length}; {t.lr_scheduler} lr "
+                f"{stage_peak_lr(self.cfg, self.stage):g}, warm-up {warm}; precision {precision}; last "
+                f"{t.keep_checkpoints} training checkpoints kept")
 
     def run(self, ctx: RunContext) -> dict:
         """Train stage s and save its checkpoint (`stages.0.pretrained`: taken as stage 0 as is)."""
