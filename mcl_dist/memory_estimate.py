@@ -11,7 +11,9 @@ image and text tower, 16-bit autocast, bytes per sample); a tower's share is sca
 its parameters that train (a locked layer saves nothing for backward, in a partly locked tower the
 locked layers come first), and doubled in fp32. Gradient checkpointing is not modelled: with it the
 activation figure is an upper bound. Check against the H200 run in docs/bench/gpu/gpu_check_h200.json:
-ViT-B-32, 256 per rank, amp_bf16: estimate 10.3 GiB, measured peak 11.6 GiB.
+ViT-B-32 (151,277,313 parameters, all training), 256 per rank, amp_bf16: estimate 10.0 GiB,
+measured peak 11.6 GiB (torch.cuda.max_memory_allocated; the rest is the loss, gathers and the
+allocator).
 """
 from __future__ import annotations
 
