@@ -10,6 +10,7 @@ FAISS_GPU = "faiss-gpu==1.15.1"  # on PyPI (checked 2026-11-30): a CUDA 12 (>= 1
 DEEPSPEED = "deepspeed==0.19.8"
 CLIP_BENCHMARK = "clip_benchmark==1.6.2"  # python -m mcl_dist.eval.clip_benchmark
 CLIP_BENCHMARK_DEPS = ["requests"]  # imported by clip_benchmark 1.6.2 but missing from its metadata
+WANDB = "wandb==0.31.0"  # train.report_to=wandb (open_clip_train's --report-to wandb)
 
 setup(
     name="mcl_dist",
@@ -29,6 +30,7 @@ setup(
         "mcl-make-synthetic = mcl_dist.commands.make_synthetic:main",
         "mcl-gpu-check = mcl_dist.bench.gpu_check:command",
         "mcl-clip-benchmark = mcl_dist.eval.clip_benchmark:main",
+        "mcl-export-clip-benchmark = mcl_dist.commands.export_clip_benchmark:main",
     ]},
     extras_require={
         "faiss": [FAISS_CPU],
@@ -37,7 +39,8 @@ setup(
         "tensorboard": ["tensorboard"],  # stage_s/tb/ scalars; metrics.jsonl has the same numbers
         "bench": ["scikit-learn", "pandas"],
         "eval": [CLIP_BENCHMARK, *CLIP_BENCHMARK_DEPS],
+        "wandb": [WANDB],
         "dev": ["pytest", "pytest-xdist", "tensorboard", "scikit-learn", "pandas", FAISS_CPU, CLIP_BENCHMARK,
-                *CLIP_BENCHMARK_DEPS],
+                *CLIP_BENCHMARK_DEPS, WANDB],
     },
 )

@@ -62,6 +62,10 @@ class ModelConfig:
     lock_text_freeze_layer_norm: bool = True  # open_clip's CLIP.lock_text_tower accepts only True
     grad_checkpointing: bool = False
     force_quick_gelu: bool = False  # QuickGELU as OpenAI's CLIP weights need (open_clip's --force-quick-gelu)
+    # how the integrated model joins the stages' features (mcl_dist/integrate.py): normalized = each
+    # stage L2-normalised, then concatenated (cosine = mean of the stages' cosines); raw = raw features
+    # concatenated, then normalised (the public MCL code's MMVP notebook)
+    integration: str = "normalized"
 
 
 @dataclass
@@ -84,7 +88,8 @@ class TrainConfig:
     lr_cooldown_steps: int = 0  # const-cooldown: the last steps of each stage that cool down
     lr_cooldown_power: float = 1.0  # 1 = linear cool-down (open_clip_train's --lr-cooldown-power)
     lr_cooldown_end: float = 0.0  # lr at the end of the cool-down (--lr-cooldown-end)
-    precision: str = "auto"  # auto | fp32 | amp_bf16 | bf16 | amp_fp16 (DDP, loss-scaled)
+    # auto | fp32 | amp | amp_bf16 | bf16; amp = fp16 autocast + a GradScaler (open_clip_train's --precision amp)
+    precision: str = "auto"
     seed: int = 0
     gather_with_grad: bool = True
     local_loss: bool = True
@@ -94,6 +99,9 @@ class TrainConfig:
     zero_stage: int = 2  # DeepSpeed ZeRO stage
     deepspeed_config: str = ""  # optional raw DeepSpeed JSON that overrides ours
     log_every: int = 10
+    # where metrics go besides <stage>/metrics.jsonl (open_clip_train's --report-to): a comma list of
+    # tensorboard and wandb, or "" for neither; wandb logs one run per stage, grouped by run directory
+    report_to: str = "tensorboard"
     checkpoint_every: int = 100  # optimizer steps between periodic checkpoints
     keep_checkpoints: int = 2
     nan_patience: int = 0  # non-finite losses tolerated in a row before stopping
@@ -180,8 +188,6 @@ class Config:
     objective: str = "clip"  # a name in mcl_dist/objectives/ REGISTRY
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     run_dir: str = ""
-
-
 
 
 def default_run_dir(config_path: str) -> str:

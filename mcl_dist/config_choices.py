@@ -8,6 +8,7 @@ settings it cannot run, so `--dry-run` catches every impossible combination befo
     train.lr_scheduler  mcl_dist/lr_schedule.py           SCHEDULERS
     cluster.backend     mcl_dist/kmeans.py                BACKENDS
     eval.metrics        mcl_dist/eval/registry.py         METRICS       (a list: eval.registry.validate)
+    train.report_to     mcl_dist/reporting.py             REPORTERS     (a list: reporting.parse_report_to)
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from mcl_dist.lr_schedule import SCHEDULERS
 from mcl_dist.objectives import REGISTRY as OBJECTIVES
 from mcl_dist.optim import OPTIMIZERS
 from mcl_dist.registry import unknown_choice
+from mcl_dist.reporting import parse_report_to
 
 REGISTRIES = {"objective": OBJECTIVES, "train.engine": ENGINES, "train.optimizer": OPTIMIZERS,
               "train.lr_scheduler": SCHEDULERS, "cluster.backend": BACKENDS}
@@ -37,3 +39,4 @@ def check_choices(cfg: Config, where: str) -> None:
     for key, registry in REGISTRIES.items():
         registry[chosen(cfg, key)].check(cfg, where)
     eval_registry.validate(cfg, where, captions=OBJECTIVES[cfg.objective].captions)
+    parse_report_to(cfg.train.report_to, where)

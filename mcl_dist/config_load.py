@@ -16,13 +16,16 @@ import yaml
 
 from mcl_dist.config import Config, ConfigError, StageConfig, micro_batch_size
 from mcl_dist.config_choices import check_choices
+from mcl_dist.data.preflight import check_remote_shards
 from mcl_dist.data.sampler import group_layout
+from mcl_dist.key_synonyms import suggest
 from mcl_dist.registry import unknown_choice
 
 # plain enumerations; the choices that are registries (objective, engine, optimizer, scheduler,
 # k-means backend, eval metrics) are checked by mcl_dist/config_choices.py
 _CHOICES = {
-    "train.precision": ("auto", "fp32", "amp_bf16", "bf16", "amp_fp16"),
+    "train.precision": ("auto", "fp32", "amp", "amp_bf16", "bf16"),
+    "model.integration": ("normalized", "raw"),
     "stages.init": ("previous", "base", "scratch"),
     "cluster.embed": ("image", "text", "joint"),
 }
@@ -37,8 +40,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    close = suggest(key, valid)
+    hint = f"; did you mean '{close}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
     return ConfigError(f"{where}: unknown key '{key}'{hint}")
 
 
@@ -108,8 +111,9 @@ def _set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
-def _check_key(key: str) -> None:
-    """An override must name a schema field (stages.N.field for a stage)."""
+def _check_key(key: str) -> Any:
+    """An override must name a schema field (stages.N.field for a stage); returns the field's type
+    (None for a whole section or the whole stage list)."""
     cls: type = Config
     parts = key.split(".")
     prefix = ""
@@ -122,7 +126,7 @@ def _check_key(key: str) -> None:
         prefix += name + "."
         if name == "stages" and cls is Config:
             if i + 1 == len(parts):
-                return  # the whole list, e.g. stages=[{}, {k: 64}]
+                return None  # the whole list, e.g. stages=[{}, {k: 64}]
             if not parts[i + 1].isdigit():
                 raise ConfigError(f"command-line override '{key}': use stages.N.field, e.g. stages.1.k=64")
             prefix += parts[i + 1] + "."
@@ -133,7 +137,10 @@ def _check_key(key: str) -> None:
             cls = tp
         elif i != len(parts) - 1:
             raise ConfigError(f"command-line override '{key}': '{prefix.rstrip('.')}' is not a section")
+        else:
+            return tp
         i += 1
+    return None
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -177,7 +184,9 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     for key, value in parse_overrides(list(overrides)):
-        _check_key(key)
+        tp = _check_key(key)
+        if tp is not None:  # a bad value is the command line's fault, not the YAML file's
+            value = _coerce(value, tp, key, f"command-line override '{key}={value}'")
         _set_dotted(raw, key, value, f"override '{key}'")
     _check_one_model(raw.get("model"), where)
     cfg = _build(Config, raw, "", where)
@@ -249,6 +258,7 @@ def validate(cfg: Config, where: str = "config") -> None:
             raise ConfigError(f"{where}: 'stages.{i}.pretrained' is only valid for stage 0")
     if not cfg.data.train_shards and not cfg.data.synthetic:
         raise ConfigError(f"{where}: 'data.train_shards' is empty; give shard URLs or set data.synthetic=true")
+    check_remote_shards(cfg.data.train_shards, len(cfg.stages), where)
 
 
 def check_world(cfg: Config, world_size: int, where: str = "config") -> None:

@@ -19,6 +19,10 @@ INSTALL_HINT = ("install the optional extra with `pip install -e .[deepspeed]`, 
 # keys the trainer owns: a raw DeepSpeed JSON may repeat them only with the same value
 _OWNED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 _REFUSED = ("optimizer", "scheduler")
+# our DeepSpeed engine casts inputs to bf16 and has no loss scaler: fp16 would need DeepSpeed's own
+# fp16 optimizer wrapper, which our checkpoint layout does not handle
+DEEPSPEED_AMP = ("'train.precision' amp (fp16 with a loss scaler) is not supported with train.engine=deepspeed; "
+                 "use train.precision=amp_bf16 (bf16 needs no loss scaler) or train.engine=ddp")
 
 
 def import_deepspeed(device: torch.device):
@@ -51,6 +55,8 @@ def _merge(base: dict, over: dict) -> dict:
 
 def build_ds_config(tcfg: TrainConfig, world_size: int, device: torch.device) -> dict:
     """The DeepSpeed config derived from our train settings (+ the optional raw JSON)."""
+    if tcfg.precision == "amp":  # autocast_dtype would give fp16, which the bf16 switch below cannot express
+        raise ConfigError(DEEPSPEED_AMP)
     micro = tcfg.global_batch_size // (world_size * tcfg.accum_freq)
     bf16 = autocast_dtype(tcfg.precision, device) is not None
     cfg: dict[str, Any] = {
@@ -103,9 +109,8 @@ def check_settings(cfg: Config, where: str) -> None:
     if t.optimizer != "adamw":
         raise ConfigError(f"{where}: train.engine=deepspeed runs AdamW only (its ZeRO partitions hold AdamW's "
                           f"moments); got train.optimizer={t.optimizer}: use train.engine=ddp for it")
-    if t.precision == "amp_fp16":
-        raise ConfigError(f"{where}: 'train.precision' amp_fp16 needs train.engine=ddp (the DeepSpeed engine runs "
-                          "bf16 or fp32)")
+    if t.precision == "amp":
+        raise ConfigError(f"{where}: {DEEPSPEED_AMP}")
     if t.zero_stage == 0 and t.precision in ("bf16", "amp_bf16"):
         raise ConfigError(f"{where}: train.engine=deepspeed with train.zero_stage=0 and bf16 is not supported "
                           f"(DeepSpeed would accumulate gradients in bf16); use train.zero_stage=1, 2 or 3, or "

@@ -2,8 +2,13 @@
 
 It resolves the config, counts the shards and samples, builds the model on PyTorch's `meta`
 device (no memory, no weight download) to count parameters, and prints per stage the steps and
-samples, the per-rank micro-batch and accumulation, the embedding matrix and k-means memory per
-rank, the checkpoint sizes and every path the run will write. Stages >= 1 draw their batches from
+samples, the per-rank micro-batch and accumulation, warm-up, schedule, precision and epochs (each
+train step's `describe`), an estimate of GPU memory per rank (mcl_dist/memory_estimate.py), the
+embedding matrix and k-means memory per rank, the checkpoint sizes, every path the run will write
+and the `torchrun` / `sbatch` lines that launch it. It makes the checks the run makes before its
+first step through the same functions (load_config, check_world, check_shard_count), so it refuses
+what the run would refuse with the same `error:` line; the data check that reads every tar header
+(data/preflight.py check_index) is the run's alone. Stages >= 1 draw their batches from
 the cluster plan, which drops each label's remainder smaller than a group, so their step counts
 are upper bounds unless `max_steps` fixes them.
 """
@@ -18,9 +23,13 @@ import torch
 
 from mcl_dist.config import Config, default_run_dir, micro_batch_size, stage_steps
 from mcl_dist.config_load import check_world, load_config
+from mcl_dist.data.preflight import check_shard_count
 from mcl_dist.data.shards import count_samples, expand_urls, is_local, local_path
+from mcl_dist.launch_lines import launch_lines
 from mcl_dist.lr_schedule import warmup_steps
+from mcl_dist.memory_estimate import memory_lines
 from mcl_dist.objectives import get_objective
+from mcl_dist.reporting import parse_report_to
 from mcl_dist.steps import plan_steps, run_files
 
 KMEANS_CHUNK = 65536  # kmeans()'s default chunk of rows on a GPU
@@ -74,20 +83,34 @@ def _model_sizes(cfg: Config) -> dict[str, Any]:
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     dim = int(getattr(model, "output_dim", 0) or getattr(getattr(model, "visual", None), "output_dim", 0)
               or getattr(model, "feature_dim", 0))
-    trainable = []
+    visual = getattr(model, "visual", None)
+    image = {id(p) for p in (visual or model).parameters()}
+    trainable, shares = [], []
     for st in cfg.stages:
         for p in model.parameters():
             p.requires_grad_(True)
         objective.lock(model)
         objective.lock(model, st)
         trainable.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        shares.append({"image": _share(model, lambda p: id(p) in image)})
+        if visual is not None:
+            shares[-1]["text"] = _share(model, lambda p: id(p) not in image and p.numel() > 1)  # not logit_scale
     return {"name": bundle["name"], "params": sum(p.numel() for p in model.parameters()),
-            "state_bytes": state_bytes, "dim": dim, "trainable": trainable}
+            "state_bytes": state_bytes, "dim": dim, "trainable": trainable, "tower_shares": shares}
 
 
-def build_plan(cfg: Config, config_path: str, run_dir: str, world: int) -> dict[str, Any]:
-    check_world(cfg, world, config_path)
+def _share(model: torch.nn.Module, tower) -> float:
+    """The share of a tower's parameters that train."""
+    params = [p for p in model.parameters() if tower(p)]
+    total = sum(p.numel() for p in params)
+    return sum(p.numel() for p in params if p.requires_grad) / total if total else 0.0
+
+
+def build_plan(cfg: Config, config_path: str, run_dir: str, world: int, overrides: list[str] = (),
+               gpu: str | None = None) -> dict[str, Any]:
+    check_world(cfg, world, config_path)  # the run's checks, in the run's order (pipeline.run_pipeline)
     data = data_plan(cfg)
+    check_shard_count(data["shards"], world, stage0_trains=not cfg.stages[0].pretrained)
     n, t = data["samples"], cfg.train
     model = _model_sizes(cfg)
     micro = micro_batch_size(cfg, world)
@@ -111,13 +134,16 @@ def build_plan(cfg: Config, config_path: str, run_dir: str, world: int) -> dict[
     notes = [f"stage {st['stage']}: its warm-up ({warmup_steps(t, st['steps'])} steps) >= its {st['steps']} steps: "
              f"it never leaves the warm-up" for st in stages if st["steps"] and warmup_steps(t, st["steps"]) >= st["steps"]]
     notes += weights_notes(cfg)
+    memory, warnings = memory_lines(cfg, model, micro, world, gpu)
     return {"config": config_path, "run_dir": run_dir, "notes": notes, "world": world, "data": data, "model": model,
             "micro": micro, "accum": t.accum_freq, "global_batch": t.global_batch_size, "stages": stages,
             "embed_rows": rows, "embed_bytes": rows * dim * 2,  # fp16 parts
             # per-row label/distance/bound state + one chunk of rows and scores + centroid sums
             "kmeans_bytes": rows * 20 + chunk * (k_max + 2 * dim) * 4 + k_max * dim * 12 if k_max else 0,
             "paths": planned_paths(cfg, run_dir, world), "steps": step_lines(cfg, world),
-            "synthetic": f"{cfg.data.synthetic_dir}/" if cfg.data.synthetic and not cfg.data.train_shards else ""}
+            "synthetic": f"{cfg.data.synthetic_dir}/" if cfg.data.synthetic and not cfg.data.train_shards else "",
+            "memory": memory, "warnings": warnings, "launch": launch_lines(config_path, run_dir, list(overrides), world),
+            "tensorboard": "tensorboard" in parse_report_to(cfg.train.report_to)}
 
 
 def weights_notes(cfg: Config) -> list[str]:
@@ -163,6 +189,12 @@ def format_plan(p: dict[str, Any]) -> str:
                      f"{st['trainable']:,}")
     if any(not st["exact"] for st in p["stages"]):
         lines.append("(<=: the cluster plan drops each label's remainder smaller than a group)")
+    total = sum(st["samples"] for st in p["stages"])
+    lines.append(f"total: {'<=' if any(not st['exact'] for st in p['stages']) else ''}{total:,} samples over "
+                 f"{sum(1 for st in p['stages'] if st['steps'])} trained stage(s)")
+    lines += ["", "GPU memory per rank (estimate; mcl_dist/memory_estimate.py):"] + p["memory"]
+    lines += [f"warning: {w}" for w in p["warnings"]]
+    # (the hours estimate of mcl_dist/time_estimate.py goes here, as one more block of lines)
     lines += ["", f"per rank: embeddings {p['embed_rows']:,} x {m['dim']} fp16 = {_bytes(p['embed_bytes'])}"
               + (f"; k-means working memory ~{_bytes(p['kmeans_bytes'])}" if p["kmeans_bytes"] else ""),
               f"checkpoints: stage checkpoint.pt {_bytes(m['state_bytes'])}; training checkpoints (model + "
@@ -171,15 +203,19 @@ def format_plan(p: dict[str, Any]) -> str:
               ""] + [f"note: {n}" for n in p["notes"]] + ["steps:"] + p["steps"]
     if p["synthetic"]:
         lines.append(f"synthetic data (shards, MMVP folder, zero_shot.json) made on first use under {p['synthetic']}")
+    if p["tensorboard"]:
+        lines.append(f"tensorboard: tensorboard --logdir {p['run_dir']}   (stage_s/tb/)")
+    lines += ["launch:"] + p["launch"]
     lines += ["paths written:"] + [f"  {path}" for path in p["paths"]]
     return "\n".join(lines)
 
 
-def dry_run(config_path: str, run_dir: str | None, overrides: list[str], world: int | None = None) -> int:
+def dry_run(config_path: str, run_dir: str | None, overrides: list[str], world: int | None = None,
+            gpu: str | None = None) -> int:
     cfg = load_config(config_path, overrides)
     world = world or int(os.environ.get("WORLD_SIZE", "1"))
     run_dir = run_dir or cfg.run_dir or default_run_dir(config_path)
-    plan = build_plan(cfg, config_path, run_dir, world)
+    plan = build_plan(cfg, config_path, run_dir, world, overrides, gpu)
     if int(os.environ.get("RANK", "0")) == 0:
         print(format_plan(plan), flush=True)
     return 0

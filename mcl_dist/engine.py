@@ -43,8 +43,8 @@ class DDPEngine:
             self.model = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=has_bn)
         self.optimizer = make_optimizer(model, tcfg, base_lr)
         self.dtype = autocast_dtype(tcfg.precision, device)
-        # fp16's range underflows small gradients: scale the loss (a no-op for bf16 and fp32)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
+        # fp16 gradients underflow without loss scaling; open_clip_train's amp uses the same scaler
+        self.scaler = torch.amp.GradScaler(device.type) if tcfg.precision == "amp" else None
         self.step_count = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -66,7 +66,7 @@ class DDPEngine:
                 yield
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def step(self) -> Optional[float]:
         """One optimizer step; the gradient norm when clipping measured it, else None (no extra sync)."""
@@ -75,10 +75,14 @@ class DDPEngine:
             g["lr"] = lr
         norm = None
         if self.tcfg.grad_clip_norm > 0:
-            self.scaler.unscale_(self.optimizer)
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, as open_clip_train does
             norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.tcfg.grad_clip_norm))
-        self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
-        self.scaler.update()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the step when a gradient is inf/nan, then lowers the scale
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.clamp_logit_scale()
         self.step_count += 1
@@ -96,15 +100,15 @@ class DDPEngine:
 
     def state_dict(self) -> dict:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": {"step": self.step_count}}
-        if self.scaler.is_enabled():
+        if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler.is_enabled() and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
         self.step_count = int(state["scheduler"]["step"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     def finish(self) -> None:
         """End of stage: the module is already a plain model, nothing to hand back."""

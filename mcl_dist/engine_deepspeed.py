@@ -1,7 +1,7 @@
 """DeepSpeed engine (ZeRO stage 0-3) behind the same interface as `mcl_dist.engine.DDPEngine`.
 
 The DeepSpeed config is derived from our `train.*` settings (mcl_dist/deepspeed_config.py; the
-mapping is tabled in docs/cluster.md), so there is no second config file to keep in sync. The optimizer is
+mapping is tabled in docs/cluster.md; fp16 `amp` is refused at load), so there is no second config file to keep in sync. The optimizer is
 the DDP engine's AdamW with `optim.param_groups`; the lr is `lr_schedule.scheduled_lr`, set before
 every step. An optional raw DeepSpeed JSON (`train.deepspeed_config`) is merged over that; keys
 the trainer owns (batch sizes, accumulation steps) must agree with ours, and `optimizer` /

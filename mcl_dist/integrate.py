@@ -6,6 +6,10 @@ has unit norm and the integrated cosine similarity is the weighted mean of the p
 similarities (equal weights: the plain mean). Images and texts are integrated the same way, so
 CLIP zero-shot / pair scoring works unchanged on the integrated model.
 
+`integration="raw"` instead concatenates the stages' raw features and normalises the result, as the
+public MCL code's MMVP notebook does: stages whose features are longer then weigh more. The choice is
+saved in the file and kept on load.
+
 An integrated model is saved as ONE file that loads with `torch.load(weights_only=True)`:
 only tensors, lists, dicts, strings, numbers and None.
 """
@@ -24,13 +28,18 @@ from mcl_dist.objectives import checkpoint_objective
 
 FORMAT = "mcl_dist.integrated"
 VERSION = 1
+INTEGRATIONS = ("normalized", "raw")
 
 
 class IntegratedModel(nn.Module):
     """Stages' models side by side; `encode_image` / `encode_text` like an open_clip model."""
 
-    def __init__(self, models: Sequence[nn.Module], weights: Optional[Sequence[float]] = None):
+    def __init__(self, models: Sequence[nn.Module], weights: Optional[Sequence[float]] = None,
+                 integration: str = "normalized"):
         super().__init__()
+        if integration not in INTEGRATIONS:
+            raise ValueError(f"integration must be one of {', '.join(INTEGRATIONS)}, got {integration!r}")
+        self.integration = integration
         if not models:
             raise ValueError("IntegratedModel needs at least one stage model")
         weights = [1.0] * len(models) if weights is None else [float(w) for w in weights]
@@ -48,6 +57,9 @@ class IntegratedModel(nn.Module):
         self.logit_scale = nn.Parameter(init.clone(), requires_grad=False)
 
     def _integrate(self, feats: list[torch.Tensor], normalize: bool) -> torch.Tensor:
+        if self.integration == "raw":  # the public code: torch.cat(raw features), then normalise
+            out = torch.cat([f.float() * s for f, s in zip(feats, self.scales)], dim=-1)
+            return F.normalize(out, dim=-1) if normalize else out
         # Each stage is L2-normalised whatever `normalize` says: that is the integration itself.
         # The result then already has unit norm; `normalize` only removes rounding error.
         out = torch.cat([F.normalize(f.float(), dim=-1) * s for f, s in zip(feats, self.scales)], dim=-1)
@@ -83,7 +95,8 @@ def _stage_configs(model_config_json: Union[dict, Sequence[Optional[dict]], None
 
 def save_integrated(path: str, model_names: list[str], state_dicts: list[dict],
                     weights: Optional[Sequence[float]] = None,
-                    model_config_json: Union[dict, Sequence[Optional[dict]], None] = None) -> str:
+                    model_config_json: Union[dict, Sequence[Optional[dict]], None] = None,
+                    integration: str = "normalized") -> str:
     """Write every stage's model name, custom config (if any) and weights into one atomic file."""
     n = len(model_names)
     if n == 0 or len(state_dicts) != n:
@@ -91,11 +104,13 @@ def save_integrated(path: str, model_names: list[str], state_dicts: list[dict],
     weights = [1.0] * n if weights is None else [float(w) for w in weights]
     if len(weights) != n:
         raise ValueError(f"save_integrated: {len(weights)} weights for {n} stages")
+    if integration not in INTEGRATIONS:
+        raise ValueError(f"save_integrated: integration must be one of {', '.join(INTEGRATIONS)}, got {integration!r}")
     configs = _stage_configs(model_config_json, n)
     # a JSON round trip proves the configs hold only what the weights_only unpickler accepts
     configs = [json.loads(json.dumps(c)) if c is not None else None for c in configs]
     obj = {"format": FORMAT, "version": VERSION, "model_names": list(model_names), "model_configs": configs,
-           "weights": weights,
+           "weights": weights, "integration": integration,
            "state_dicts": [{k: v.detach().cpu() for k, v in _strip_module(sd).items()} for sd in state_dicts]}
     save_torch(obj, path)
     return path
@@ -130,7 +145,9 @@ def load_model(path: str, device: Any = "cpu", model_name: Optional[str] = None)
         if len(sizes) > 1 or len(ctx) > 1:
             # one preprocess and one tokenizer feed every stage, so they must agree
             raise RuntimeError(f"{path}: stages differ in image size {sizes} or context length {ctx}")
-        model = IntegratedModel([m for m, _, _ in built], obj["weights"]).to(device).eval()
+        # files written before the choice existed integrated per-stage normalised features
+        model = IntegratedModel([m for m, _, _ in built], obj["weights"], obj.get("integration", "normalized"))
+        model = model.to(device).eval()
         return model, built[0][1], built[0][2]
     if isinstance(obj, dict) and "state_dict" in obj:
         name = model_name or obj.get("model_name")

@@ -1,7 +1,8 @@
 """The `mcl-pretrain` command (also `launch/pretrain.py`): run, resume or plan a whole MCL run.
 
     torchrun --nproc_per_node N launch/pretrain.py --config FILE [--run-dir DIR] [key=value ...]
-    mcl-pretrain --config FILE --dry-run [--world-size N] [key=value ...]
+    mcl-pretrain --config FILE --dry-run [--world-size N] [--gpu h200] [key=value ...]
+    launch/pretrain.py --config FILE --batch-size 32 --lr 1e-3 ...   (open_clip_train's flags: oc_flags.py)
 
 Re-running the same command resumes where it stopped (see <run_dir>/manifest.json). Bad input
 ends in one `error:` line and exit code 2 (3 when training stopped on purpose), not a traceback.
@@ -14,8 +15,11 @@ import os
 import sys
 from typing import Callable, Optional
 
+from mcl_dist import oc_flags
 from mcl_dist.config import ConfigError
+from mcl_dist.config_load import load_config
 from mcl_dist.dry_run import dry_run as plan
+from mcl_dist.memory_estimate import GPUS
 from mcl_dist.pipeline import run_pipeline
 from mcl_dist.train import TrainingError
 
@@ -45,11 +49,11 @@ def guarded(fn: Callable[[], Optional[int]]) -> int:
 
 
 def launch(config: str, run_dir: Optional[str], overrides: list[str], dry_run: bool = False,
-           world_size: Optional[int] = None, redo: str = "") -> int:
+           world_size: Optional[int] = None, redo: str = "", gpu: Optional[str] = None) -> int:
     """What the command does, callable in-process (tests run it at world size 1)."""
     setup_logging()
     if dry_run:
-        return guarded(lambda: plan(config, run_dir, overrides, world_size))
+        return guarded(lambda: plan(config, run_dir, overrides, world_size, gpu))
     return guarded(lambda: run_pipeline(config, run_dir, overrides, redo=redo))
 
 
@@ -62,16 +66,39 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="print the plan (stages, steps, batch per rank, memory, paths) and exit; writes nothing")
     p.add_argument("--world-size", type=int, default=None,
                    help="with --dry-run: plan for this many ranks (default: torchrun's WORLD_SIZE or 1)")
+    p.add_argument("--gpu", choices=sorted(GPUS), default=None,
+                   help="with --dry-run: warn when a stage's memory estimate exceeds this GPU's (default: a100-80gb)")
     p.add_argument("--redo", default="", metavar="STEP",
                    help="recompute STEP (e.g. stage_1/kmeans) and every step after it")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 stages.1.k=64")
-    return p.parse_args(argv)
+    oc_flags.add_arguments(p)
+    args, extra = p.parse_known_args(argv)
+    args.unknown = extra
+    return args
+
+
+def resolve(args: argparse.Namespace) -> tuple[Optional[str], list[str]]:
+    """(run directory, overrides) once open_clip_train's flags are mapped; prints what they set."""
+    oc_flags.refuse_unknown(args.unknown)
+    args.overrides += [a for a in args.unknown if "=" in a and not a.startswith("-")]  # key=value after a flag
+    if args.unknown and not all("=" in a and not a.startswith("-") for a in args.unknown):
+        raise ConfigError(f"command line: unexpected argument(s) {' '.join(args.unknown)}")
+    world = args.world_size if args.dry_run and args.world_size else int(os.environ.get("WORLD_SIZE", "1"))
+    flags, told = oc_flags.to_overrides(args, world, lambda: load_config(args.config, args.overrides).train.accum_freq)
+    if told and os.environ.get("RANK", "0") == "0":
+        print("open_clip_train flags: " + "; ".join(told), flush=True)
+    return oc_flags.run_dir(args, args.config), flags + args.overrides
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse(argv)
-    return launch(args.config, args.run_dir, args.overrides, dry_run=args.dry_run, world_size=args.world_size,
-                  redo=args.redo)
+    try:
+        run_dir, overrides = resolve(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return launch(args.config, run_dir, overrides, dry_run=args.dry_run, world_size=args.world_size,
+                  redo=args.redo, gpu=args.gpu)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,18 @@
     const-cooldown  const, then a decay to `cooldown_end` over the last `cooldown_steps` steps
                     ((1 - t)^power, t = share of the cool-down done; power 1 = linear)
 
-`lr_at` takes the warm-up as a number of steps, so a caller that derives it another way (a share
-of the stage, say) only changes what it passes in.
+The values are open_clip_train's own (`open_clip_train.scheduler`, shipped with open_clip_torch):
+its schedulers set an optimizer's lr and return it; here they get a stand-in with no parameter
+groups, because the engines set the lr themselves (DeepSpeed keeps its own optimizer). `lr_at` takes
+the warm-up as a number of steps, so a caller that derives it another way (a share of the stage, say)
+only changes what it passes in.
 """
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
+
+from open_clip_train import scheduler as oc_scheduler
 
 from mcl_dist.config import Config, ConfigError
 from mcl_dist.registry import Choice
@@ -32,16 +38,17 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, kind: str = "cosine", 
     """The lr of optimizer step `step` (0-based) of a stage of `total_steps` steps."""
     if kind not in SCHEDULERS:
         raise ValueError(f"unknown lr scheduler {kind!r}; use one of {', '.join(SCHEDULERS)}")
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps  # open_clip_train's _warmup_lr
+    # open_clip's schedules are defined on steps 0..total-1 (cosine divides by total - warmup there)
+    step = min(step, max(total_steps - 1, 0))
+    no_groups = SimpleNamespace(param_groups=[])
     if kind == "cosine":
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * base_lr
-    start = total_steps - min(cooldown_steps, total_steps) if kind == "const-cooldown" else total_steps
-    if step < start:
-        return base_lr
-    done = min(1.0, (step - start) / max(1, total_steps - start))
-    return (1 - done) ** cooldown_power * (base_lr - cooldown_end) + cooldown_end
+        adjust = oc_scheduler.cosine_lr(no_groups, base_lr, warmup_steps, total_steps)
+    elif kind == "const":
+        adjust = oc_scheduler.const_lr(no_groups, base_lr, warmup_steps, total_steps)
+    else:
+        adjust = oc_scheduler.const_lr_cooldown(no_groups, base_lr, warmup_steps, total_steps,
+                                                min(cooldown_steps, total_steps), cooldown_power, cooldown_end)
+    return float(adjust(step))
 
 
 def warmup_steps(tcfg, total_steps: int) -> int:

@@ -1,10 +1,10 @@
-"""Rank-0 metrics: a JSONL file per stage, TensorBoard scalars and a text log line."""
+"""Rank-0 metrics: a JSONL file per stage, plus the reporters of train.report_to (reporting.py)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable
 
 from mcl_dist.files import write_text
 
@@ -12,20 +12,15 @@ log = logging.getLogger("mcl_dist")
 
 
 class MetricsLogger:
-    def __init__(self, stage_dir: str, enabled: bool, tensorboard: bool = True):
+    def __init__(self, stage_dir: str, enabled: bool, reporters: Callable[[], list] = list):
+        """`reporters` opens the extra sinks (TensorBoard, wandb) on the rank that logs."""
         self.enabled = enabled
         self.path = os.path.join(stage_dir, "metrics.jsonl")
-        self.tb: Optional[Any] = None
+        self.reporters: list = []
         if not enabled:
             return
         os.makedirs(stage_dir, exist_ok=True)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(os.path.join(stage_dir, "tb"))
-            except ImportError:  # the optional tensorboard extra; the JSONL file has everything
-                self.tb = None
+        self.reporters = reporters()
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -34,14 +29,12 @@ class MetricsLogger:
         # one line per write, appended: a killed run loses at most the line in flight
         with open(self.path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
+        for r in self.reporters:
+            r.log(step, values)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for r in self.reporters:
+            r.close()
 
 
 def read_metrics(stage_dir: str) -> list[dict]:

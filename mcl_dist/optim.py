@@ -5,7 +5,7 @@ and the autocast dtype.
     make_optimizer  `train.optimizer`: AdamW (fused when it can be) or LARS
     adamw           the AdamW both engines build, from `train.beta1/beta2/eps`
     LARS            SimCLR's large-batch optimizer (You et al. 2017)
-    autocast_dtype  `train.precision` -> the autocast dtype (None: fp32; amp_fp16 -> float16)
+    autocast_dtype  `train.precision` -> the autocast dtype (None: fp32; amp -> float16)
 
 The schedules the trainer runs are in `lr_schedule.py`.
 """
@@ -65,7 +65,7 @@ def _fused_adamw(groups: list[dict], tcfg: TrainConfig, base_lr: float) -> torch
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         precision = "amp_bf16" if device.type == "cuda" else "fp32"
-    if precision == "amp_fp16":
+    if precision == "amp":  # open_clip_train's --precision amp: fp16 autocast, with a GradScaler (engine.py)
         return torch.float16
     return torch.bfloat16 if precision in ("amp_bf16", "bf16") else None
 

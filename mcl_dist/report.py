@@ -16,8 +16,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mcl_dist.files import atomic_path, write_text
+from mcl_dist.report_context import wilson
 
 SCORE_KEYS = ("top1", "top5", "mean", "overall")  # the leaves worth a table column; counts are not
+MAX_COLUMNS = 10  # wider tables are cut into several, each repeating the first column
+MMVP_CHANCE = 0.25  # a pair counts only when both statements pick their own image: 1/2 x 1/2 by chance
 
 
 def _order(name: str) -> tuple:
@@ -44,13 +47,37 @@ def _metric_tables(results: dict, models: list[str]) -> list[str]:
     out = []
     for g in groups:
         attrs = sorted({a for m in models for a, v in (results[m].get(g) or {}).items() if isinstance(v, dict)})
+        classes = {a: _attr_info(results, models, a, ("classes",)) for a in attrs}
         for leaf in SCORE_KEYS:
-            if not any(_score(results[m], g, a, leaf) is not None for m in models for a in attrs):
+            # top-5 of 5 classes or fewer is 1.0 by construction: shown only where it can tell something
+            cols = [a for a in attrs if leaf != "top5" or (classes[a] or 0) > 5]
+            if not any(_score(results[m], g, a, leaf) is not None for m in models for a in cols):
                 continue
             title = f"{_TITLES.get(g, g)} {leaf.replace('top', 'top-')}"
-            rows = [[m] + [_fmt(_score(results[m], g, a, leaf)) for a in attrs] for m in models]
-            out.append(f"### {title}\n\n" + _table(["model"] + attrs, rows) + "\n")
+            n = {a: _attr_info(results, models, a, ("n", "n_test"), g) for a in cols}
+            rows = [["chance"] + [_fmt(min(1.0, (5 if leaf == "top5" else 1) / classes[a])) if classes[a] else "–"
+                                  for a in cols],
+                    ["n"] + [str(n[a]) if n[a] else "–" for a in cols]]
+            rows += [[m] + [_with_interval(_score(results[m], g, a, leaf), n[a]) for a in cols] for m in models]
+            out.append(f"### {title}\n\n" + _table(["model"] + cols, rows) + "\n")
     return out
+
+
+def _attr_info(results: dict, models: list[str], attr: str, keys: tuple, group: Optional[str] = None) -> Optional[int]:
+    """A count of an attribute's evaluation (classes, n) from the first model and group that has it."""
+    for m in models:
+        for g in ([group] if group else _GROUPS):
+            rec = (results[m].get(g) or {}).get(attr) if isinstance(results[m].get(g), dict) else None
+            for k in keys:
+                if isinstance(rec, dict) and isinstance(rec.get(k), int):
+                    return rec[k]
+    return None
+
+
+def _with_interval(v: Optional[float], n: Optional[int]) -> str:
+    """0.812 [0.78, 0.85]: the accuracy and its 95% Wilson interval over n samples."""
+    ci = wilson(v, n) if v is not None and not math.isnan(v) and n else None
+    return _fmt(v) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
 def _summary(results: dict, models: list[str]) -> list[str]:
@@ -95,8 +122,13 @@ def _fmt(v: Optional[float]) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    """Markdown table(s) of at most MAX_COLUMNS columns; the first column repeats in each part."""
+    parts = []
+    for start in range(1, max(2, len(header)), MAX_COLUMNS - 1):
+        cols = [0] + list(range(start, min(len(header), start + MAX_COLUMNS - 1)))
+        lines = ["| " + " | ".join(header[c] for c in cols) + " |", "|" + "---|" * len(cols)]
+        parts.append("\n".join(lines + ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]))
+    return "\n\n".join(parts)
 
 
 def _save(fig: Any, path: str) -> None:
@@ -105,13 +137,18 @@ def _save(fig: Any, path: str) -> None:
     plt.close(fig)
 
 
+def _with_data(series: dict) -> list:
+    """The stages that have data, in stage order."""
+    return sorted((s for s, v in series.items() if v), key=lambda s: _order(f"stage_{s}"))
+
+
 def _plot_by_stage(path: str, series: dict, draw: Callable[[Any, Any, Any], None], **axes: Any) -> bool:
     """One line per stage that has data, in stage order; False (and no file) when none has."""
-    series = {s: v for s, v in series.items() if v}
-    if not series:
+    order = _with_data(series)
+    if not order:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
-    for s in sorted(series, key=lambda s: _order(f"stage_{s}")):
+    for s in order:
         draw(ax, s, series[s])
     ax.set(**axes)
     ax.legend()
@@ -119,18 +156,27 @@ def _plot_by_stage(path: str, series: dict, draw: Callable[[Any, Any, Any], None
     return True
 
 
-def _draw_loss(ax: Any, s: Any, curve: list) -> None:
-    steps, losses = zip(*[(p[0], p[1]) for p in curve])
-    ax.plot(steps, losses, marker="." if len(steps) < 50 else None, label=f"stage {s}")
+def _plot_losses(path: str, curves: dict) -> bool:
+    """One panel per stage: the label-masked losses of stages >= 1 (negatives only inside a label)
+    are not comparable with stage 0's, nor across stages whose labels differ."""
+    order = _with_data(curves)
+    if not order:
+        return False
+    fig, axes = plt.subplots(1, len(order), figsize=(3.5 * len(order) + 1, 3.2), squeeze=False)
+    for ax, s in zip(axes[0], order):
+        steps, losses = zip(*[(p[0], p[1]) for p in curves[s]])
+        ax.plot(steps, losses, marker="." if len(steps) < 50 else None)
+        kind = "contrastive loss" if str(s) == "0" else "label-masked loss"
+        ax.set(xlabel="step", title=f"stage {s}: {kind}")
+    axes[0][0].set_ylabel("training loss")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
 
 
 def _draw_sizes(ax: Any, s: Any, sizes: list) -> None:
     v = sorted(sizes, reverse=True)
     ax.plot(range(1, len(v) + 1), [max(x, 0.5) for x in v], marker=".", label=f"stage {s} (K={len(v)})")
-
-
-def _plot_losses(path: str, curves: dict) -> bool:
-    return _plot_by_stage(path, curves, _draw_loss, xlabel="step", ylabel="training loss", title="Loss by stage")
 
 
 def _plot_clusters(path: str, sizes: dict) -> bool:
@@ -156,20 +202,29 @@ def _plot_mmvp(path: str, mmvp: dict[str, dict]) -> bool:
     return True
 
 
-def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: dict, label_stats: dict) -> str:
-    """Write report.md and its PNGs into `run_dir`; returns the report's path."""
+def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: dict, label_stats: dict,
+                 recipe: Optional[dict] = None, timings: Optional[list] = None) -> str:
+    """Write report.md and its PNGs into `run_dir`; returns the report's path. `recipe` and `timings`
+    come from mcl_dist/report_context.py."""
 
     matplotlib.use("Agg")  # no display on cluster nodes
     results = {k: v for k, v in (results or {}).items() if isinstance(v, dict)}
     models = sorted(results, key=_order)
-    md = [f"# MCL run report\n\nRun directory: `{os.path.abspath(run_dir)}`\n", "## Summary\n"]
+    md = [f"# MCL run report\n\nRun directory: `{os.path.abspath(run_dir)}`\n"]
+    if recipe:
+        md += ["## Recipe\n", "\n".join(recipe["lines"]) + "\n", _table(recipe["header"], recipe["rows"]) + "\n"]
+    if timings:
+        md += ["## Wall time and throughput\n", _table(["step", "wall time", "samples/s"], timings) + "\n",
+               "A resumed step counts its last attempt only.\n"]
+    md.append("## Summary\n")
     md.append("\n".join(_summary(results, models)) + "\n" if models else "No evaluation results.\n")
     md.append("## Evaluation\n")
     tables = _metric_tables(results, models)
     if tables:
         md += tables
-        md.append("Accuracies are fractions (1.0 = all correct); MMVP counts a pair only if both statements "
-                  "pick their own image.\n")
+        md.append("Accuracies are fractions (1.0 = all correct) with their 95% Wilson interval over n test "
+                  "samples; chance is 1/classes (top-5: 5/classes, shown only where there are more than 5 "
+                  "classes). MMVP counts a pair only if both statements pick their own image.\n")
     else:
         md.append("No evaluation results (evaluation disabled or not run).\n")
 
@@ -177,9 +232,17 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
     md.append("## MMVP-VLM pairs\n")
     if mmvp:
         cats = sorted({c for r in mmvp.values() for c in r.get("per_category", {})})
-        rows = [[m] + [_fmt(mmvp[m].get("per_category", {}).get(c)) for c in cats] + [_fmt(mmvp[m].get("mean"))]
-                for m in mmvp]
+        n = {c: next((r["pairs_per_category"][c] for r in mmvp.values() if c in r.get("pairs_per_category", {})), None)
+             for c in cats}
+        total = next((r.get("pairs") for r in mmvp.values() if r.get("pairs")), None)
+        rows = [["chance"] + [_fmt(MMVP_CHANCE)] * (len(cats) + 1),
+                ["n (pairs)"] + [str(n[c]) if n[c] else "–" for c in cats] + [str(total) if total else "–"]]
+        rows += [[m] + [_with_interval(mmvp[m].get("per_category", {}).get(c), n[c]) for c in cats] +
+                 [_fmt(mmvp[m].get("mean"))] for m in mmvp]
         md.append(_table(["model"] + cats + ["**mean**"], rows) + "\n")
+        if n and min(v for v in n.values() if v) < 100:
+            md.append(f"With {min(v for v in n.values() if v)} pairs in a category one pair moves its accuracy by "
+                      f"{1 / min(v for v in n.values() if v):.3f}: read the intervals before the differences.\n")
         if _plot_mmvp(os.path.join(run_dir, "mmvp_by_stage.png"), mmvp):
             md.append("![MMVP by stage](mmvp_by_stage.png)\n")
     else:
@@ -193,6 +256,8 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
     md.append("## Training loss\n")
     if _plot_losses(os.path.join(run_dir, "loss_curves.png"), loss_curves or {}):
         md.append("![loss curves](loss_curves.png)\n")
+        md.append("One panel per stage: stages >= 1 train a label-masked loss (negatives only inside a "
+                  "pseudo-label), so their values are not comparable with stage 0's or with each other's.\n")
     else:
         md.append("No loss curves recorded.\n")
 
@@ -203,10 +268,11 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
         md.append("No k-means cluster sizes recorded (single-stage run, or clustering not run).\n")
     stats = {s: v for s, v in (label_stats or {}).items() if isinstance(v, dict) and v}
     if stats:
+        # one row per statistic, one column per stage: the other way round was 17 columns wide
         keys = sorted({k for v in stats.values() for k, x in v.items() if _scalar(x)})
         order = sorted(stats, key=lambda s: _order(f"stage_{s}"))
-        rows = [[f"stage {s}"] + [_cell(stats[s].get(k)) for k in keys] for s in order]
-        md.append(_table(["stage"] + keys, rows) + "\n")
+        rows = [[k] + [_cell(stats[s].get(k)) for s in order] for k in keys]
+        md.append(_table(["statistic"] + [f"stage {s}" for s in order], rows) + "\n")
     else:
         md.append("No pseudo-label statistics recorded.\n")
 

@@ -22,7 +22,11 @@ def _entropy(counts: np.ndarray) -> float:
 
 def normalized_mutual_info(a: np.ndarray, b: np.ndarray) -> float:
     """NMI with the arithmetic-mean normalisation (scikit-learn's default); 1.0 when both
-    labelings are constant (nothing to tell apart), 0.0 when one of them is."""
+    labelings are constant (nothing to tell apart), 0.0 when one of them is.
+
+    Ours, not sklearn.metrics.normalized_mutual_info_score: scikit-learn (and scipy) is not a
+    dependency of the trainer, only of the bench/dev extras; tests/test_stop_signal.py checks that
+    both give the same value."""
     a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
     if a.size != b.size:
         raise ValueError(f"normalized_mutual_info: {a.size} vs {b.size} labels")

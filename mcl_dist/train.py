@@ -26,6 +26,7 @@ from mcl_dist.engine import build_engine
 from mcl_dist.metrics import MetricsLogger, truncate_after
 from mcl_dist.models import stage_checkpoint, unwrap
 from mcl_dist.objectives import get_objective
+from mcl_dist.reporting import open_reporters
 
 log = logging.getLogger("mcl_dist")
 
@@ -57,7 +58,8 @@ class StageTrainer:
         self.objective = get_objective(cfg)
         self.engine = build_engine(self.model, cfg.train, self.device, spec.total_steps, spec.base_lr)
         self.monitor = BadSampleMonitor(cfg.data.max_bad_fraction)
-        self.metrics = MetricsLogger(spec.stage_dir, enabled=self.info.is_main)
+        self.metrics = MetricsLogger(spec.stage_dir, enabled=self.info.is_main,
+                                     reporters=lambda: open_reporters(cfg, spec.stage_dir, spec.stage))
         self.batch_log = None
         if cfg.debug.log_batches:
             os.makedirs(os.path.join(spec.stage_dir, "batches"), exist_ok=True)

@@ -8,12 +8,19 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, write_test_shards
 from mcl_dist.config_load import load_config
 from mcl_dist.dry_run import build_plan, format_plan
+from mcl_dist.memory_estimate import ACTIVATIONS
 
-REAL = ["configs/cc12m_vit_l14_paper.yaml", "configs/cc12m_vit_b32.yaml", "configs/cc12m_rn50.yaml"]
+REAL = ["configs/cc12m_vit_l14_paper.yaml", "configs/cc12m_vit_l14.yaml", "configs/cc12m_vit_b32.yaml", "configs/cc12m_rn50.yaml"]
 N = 10_000_000  # samples per epoch (CC12M as downloaded is about this size)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Eight small shards: the run refuses fewer shards than ranks, and these plans have 8 ranks."""
+    return write_test_shards(str(tmp_path_factory.mktemp("shards8")), n_shards=8, per_shard=4)
 
 
 def files_under(path):
@@ -34,17 +41,17 @@ def test_paper_config_cli_prints_the_hand_computed_plan_and_writes_nothing(tmp_p
                           env=dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    # by hand: 1,000 per step over 8 ranks, no accumulation -> 125 per rank;
-    # 10,000,000 // 1,000 = 10,000 steps an epoch x 20 epochs = 200,000 steps per stage
-    assert "global batch 1000 = 8 ranks x micro-batch 125 x accumulation 1" in out
+    # by hand: 1,000 per GPU x 8 ranks = 8,000 per step, no accumulation;
+    # 10,000,000 // 8,000 = 1,250 steps an epoch x 20 epochs = 25,000 steps per stage
+    assert "global batch 8000 = 8 ranks x micro-batch 1000 x accumulation 1" in out
     assert re.search(r"^0\s+pretrained 'openai' taken as stage 0", out, re.M)
-    for s in (1, 2):  # K = 10, the group is the whole global micro-batch: features gathered
-        assert re.search(rf"^{s}\s+<=200,000\s+200,000,000\s+1e-05\s+10\s+1000\s+base\s+yes\s", out, re.M), out
+    for s in (1, 2, 3):  # K = 10, the group is the whole global micro-batch: features gathered
+        assert re.search(rf"^{s}\s+<=25,000\s+200,000,000\s+0.0005\s+10\s+8000\s+base\s+yes\s", out, re.M), out
     assert "ViT-L-14, 427,616,513 parameters, feature dim 768" in out
     # 10,000,000 / 8 ranks x 768 dims x 2 bytes (fp16)
     assert f"embeddings 1,250,000 x 768 fp16 = {1_250_000 * 768 * 2 / 2**30:.1f} GiB" in out
-    assert "runs/cc12m_vit_l14_paper/stage_2/embed/part{0000..0007}-of0008.feats.npy" in out
-    assert "runs/cc12m_vit_l14_paper/stage_2/embed/part{0000..0007}-of0008.keys.npy" in out
+    assert "runs/cc12m_vit_l14_paper/stage_3/embed/part{0000..0007}-of0008.feats.npy" in out
+    assert "runs/cc12m_vit_l14_paper/stage_3/embed/part{0000..0007}-of0008.keys.npy" in out
     assert "runs/cc12m_vit_l14_paper/integrated/model.pt" in out
     # no download in a dry run; one note for the tag both keys name
     assert "note: model.pretrained and stages.0.pretrained: open_clip weights 'openai' (downloaded" in out
@@ -68,6 +75,49 @@ def test_every_real_config_plans_without_pretrained_weights(config, shards):
         assert [(st["k"], st["group_size"], st["init"], st["gather"]) for st in plan["stages"][1:]] == \
             [(32, 32, "previous", False)] * 3  # four stages: docs/results.md
     assert plan["stages"][1]["trainable"] < plan["model"]["params"]  # text tower locked
+    # schedule, precision, epochs, memory per rank and the launch lines
+    t = cfg.train
+    assert (f"{t.lr_scheduler} lr {t.lr:g}, warm-up {t.warmup_steps} steps; precision {t.precision};" in text)
+    assert "; 20 epochs;" in text
+    assert f"total: <={sum(st['samples'] for st in plan['stages']):,} samples over 4 trained stage(s)" in text
+    assert re.search(r"^  stage 1: weights [\d.]+ \+ gradients [\d.]+ \+ optimizer [\d.]+ \+ activations [\d.]+ = "
+                     r"[\d.]+ GiB$", text, re.M), text
+    args = f"launch/pretrain.py --config {path} --run-dir runs/x"
+    assert f"  torchrun --standalone --nproc_per_node 8 {args}" in text
+    assert f"  sbatch launch/slurm/single_node.sbatch --config {path} --run-dir runs/x" in text
+    assert "warning:" not in text  # every shipped config fits an 80 GB GPU at 8 ranks
+
+
+def test_memory_estimate_by_hand_and_the_vit_l14_warning(shards):
+    """ViT-L-14 with both towers training, micro-batch 1,000 on one rank: weights, gradients and
+    AdamW's two moments in fp32, plus 1,000 x the measured activations; far over any GPU."""
+    path = os.path.join(ROOT, REAL[1])
+    over = overrides(shards, "model.pretrained=", "stages.0.pretrained=", "stages=[{}]", "model.lock_text=false",
+                     "model.lock_image=false", "train.global_batch_size=1000")
+    cfg = load_config(path, over)
+    plan = build_plan(cfg, path, "runs/x", world=1)
+    p = plan["model"]["params"]
+    assert plan["model"]["trainable"][0] == p
+    act = 1000 * (ACTIVATIONS["ViT-L-14"]["image"] + ACTIVATIONS["ViT-L-14"]["text"])
+    total = 4 * p + 4 * p + 8 * p + act
+    text = format_plan(plan)
+    assert f"= {total / 2**30:.1f} GiB" in text
+    assert (f"warning: stage 0 needs ~{total / 2**30:.0f} GiB per rank (micro-batch 1000 of ViT-L-14), more than "
+            f"the 79 GiB of one a100-80gb") in text
+    assert "torchrun --standalone --nproc_per_node 1 " in text
+    # the same run on 8 ranks (125 a rank) with the paper's locks fits: no warning
+    eight = format_plan(build_plan(load_config(path, overrides(shards, "model.pretrained=", "stages.0.pretrained=")),
+                                   path, "runs/x", world=8))
+    assert "warning:" not in eight
+
+
+def test_tensorboard_path_only_when_report_to_names_it(shards):
+    path = os.path.join(ROOT, REAL[2])
+    for report_to, shown in (("tensorboard", True), ("", False)):
+        cfg = load_config(path, overrides(shards, f"train.report_to={report_to}"))
+        text = format_plan(build_plan(cfg, path, "runs/x", world=8))
+        assert ("tensorboard: tensorboard --logdir runs/x" in text) == shown
+        assert ("runs/x/stage_1/tb/" in text) == shown
 
 
 def test_demo_dry_run_makes_no_synthetic_data(tmp_path, monkeypatch, capsys):

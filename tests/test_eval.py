@@ -178,7 +178,8 @@ def test_report_with_and_without_mmvp(tmp_path, fake):
     path = write_report(str(tmp_path), results, {0: [(1, 2.0), (2, 1.5)], "1": [(1, 1.8)]},
                         {0: [10, 5, 1]}, {1: {"labels": 12, "median_size": 3.5, "path": "/x/y"}})
     text = open(path).read()
-    assert "| stage_0 | 0.250 |" in text and "| integrated | 0.750 |" in text  # zero-shot top-1 by attribute
+    # zero-shot top-1 by attribute, with its 95% interval over n = 4
+    assert "| stage_0 | 0.250 [0.05, 0.70] |" in text and "| integrated | 0.750 [0.30, 0.95] |" in text
     assert text.index("## Summary") < text.index("### Zero-shot top-1") < text.index("## MMVP-VLM pairs")
     assert "MMVP skipped" in text and "/x/y" not in text
     for png in ("loss_curves.png", "cluster_sizes.png", "mmvp_by_stage.png"):

@@ -8,7 +8,7 @@ from conftest import ROOT
 PKG = os.path.join(ROOT, "mcl_dist")
 # imported on first use only: optional extras, or heavy/special modules a command needs alone
 OPTIONAL = {"faiss", "deepspeed", "clip_benchmark", "sklearn", "pandas", "torch.utils.tensorboard",
-            "open_clip_train"}
+            "open_clip_train", "wandb"}
 
 
 def modules() -> dict[str, str]:

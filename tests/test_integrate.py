@@ -143,3 +143,52 @@ def test_load_errors(tmp_path):
     save_torch({"something": 1}, path)
     with pytest.raises(ValueError, match="neither"):
         load_model(path)
+
+
+class _Scaled(nn.Module):
+    """A stage whose features are `factor` times longer (same directions)."""
+
+    def __init__(self, model, factor):
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def encode_image(self, x, normalize=False):
+        return self.model.encode_image(x) * self.factor
+
+    def encode_text(self, t, normalize=False):
+        return self.model.encode_text(t) * self.factor
+
+
+def test_raw_integration_is_the_public_codes_and_differs_from_ours(stages, inputs, tmp_path):
+    """raw: torch.cat of raw features, then normalise (MajorDavidZhang/MCL MMVP.ipynb); a stage with
+    longer features then dominates, while 'normalized' keeps the plain mean of the stage similarities."""
+    x, t = inputs
+    scaled = [stages[0], _Scaled(stages[1], 10.0)]
+    raw = IntegratedModel(scaled, integration="raw").eval()
+    ours = IntegratedModel(scaled).eval()
+    with torch.no_grad():
+        ref_i = F.normalize(torch.cat([m.encode_image(x) for m in scaled], dim=1), dim=-1)
+        ref_t = F.normalize(torch.cat([m.encode_text(t) for m in scaled], dim=1), dim=-1)
+        torch.testing.assert_close(raw.encode_image(x), ref_i, atol=1e-6, rtol=0)
+        torch.testing.assert_close(raw.encode_text(t), ref_t, atol=1e-6, rtol=0)
+        sims = stage_sims(stages, x, t)
+        torch.testing.assert_close(ours.encode_image(x) @ ours.encode_text(t).T, (sims[0] + sims[1]) / 2,
+                                   atol=1e-5, rtol=0)  # the scale does not matter to ours
+        got = raw.encode_image(x) @ raw.encode_text(t).T
+    assert (got - sims[1]).abs().max() < 0.1 * (got - (sims[0] + sims[1]) / 2).abs().max()  # stage 1 dominates
+    with pytest.raises(ValueError, match="integration must be one of normalized, raw"):
+        IntegratedModel(stages, integration="mean")
+
+
+def test_integration_choice_survives_save_and_load(stages, inputs, tmp_path):
+    x, _ = inputs
+    path = str(tmp_path / "raw.pt")
+    save_integrated(path, [NAME, NAME], [m.state_dict() for m in stages], None, CFG, integration="raw")
+    model, _, _ = load_model(path)
+    assert model.integration == "raw"
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(x), IntegratedModel(stages, integration="raw").encode_image(x))
+    old = torch.load(path, weights_only=True)
+    del old["integration"]  # a file from before the choice existed
+    save_torch(old, path)
+    assert load_model(path)[0].integration == "normalized"

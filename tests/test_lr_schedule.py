@@ -35,7 +35,7 @@ def test_const_cooldown_decays_over_the_last_steps_only():
 
 def test_cosine_is_open_clip_trains_schedule():
     for s in range(60):
-        assert lr_at(s, 60, 6, "cosine", 5e-4) == pytest.approx(cosine_lr(s, 5e-4, 6, 60), abs=0)
+        assert lr_at(s, 60, 6, "cosine", 5e-4) == pytest.approx(cosine_lr(s, 5e-4, 6, 60), rel=1e-12)  # exact: below
     assert lr_at(59, 60, 6, "cosine", 1.0) < 0.01 and math.isclose(lr_at(6, 60, 6, "cosine", 1.0), 1.0)
 
 
@@ -60,3 +60,18 @@ def test_training_logs_the_const_cooldown_schedule(tmp_path, shards):
     lrs = [r["lr"] for r in rows]
     assert all(r["grad_norm"] > 0 for r in rows)  # clipping measures the norm, and it is logged
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3])
+
+
+def test_values_are_open_clip_trains_own_schedulers_on_a_real_optimizer():
+    import torch
+    from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr as oc_cosine
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.0)
+    total, warm = 50, 5
+    refs = {"cosine": oc_cosine(opt, 3e-4, warm, total), "const": const_lr(opt, 3e-4, warm, total),
+            "const-cooldown": const_lr_cooldown(opt, 3e-4, warm, total, 10, 2.0, 1e-5)}
+    for kind, ref in refs.items():
+        for s in range(total):
+            want = ref(s)
+            assert opt.param_groups[0]["lr"] == want  # open_clip_train sets the optimizer's lr ...
+            assert lr_at(s, total, warm, kind, 3e-4, cooldown_steps=10, cooldown_power=2.0, cooldown_end=1e-5) == want

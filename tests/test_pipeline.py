@@ -169,3 +169,16 @@ def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
     assert dry_run(cfg_path, str(run_dir), [], world=2) == 0
     printed = capsys.readouterr().out.split("paths written:\n", 1)[1].splitlines()
     assert [line.strip() for line in printed] == planned
+
+
+def test_integration_choice_is_a_setting_of_the_integrate_step(finished):
+    """Runs of the default integration keep their fingerprints (the rerun above skipped every step);
+    raw integration changes the integrate step's settings: refused, then redone with --redo."""
+    from mcl_dist.integrate import load_model
+
+    cfg, run_dir, _ = finished
+    out = run(cfg, run_dir, "model.integration=raw", check=False)
+    assert out.returncode != 0
+    assert "step 'integrate' already finished with different settings" in out.stderr
+    run(cfg, run_dir, "model.integration=raw", "--redo", "integrate", "eval.enabled=false")
+    assert load_model(str(run_dir / "integrated" / "model.pt"))[0].integration == "raw"

@@ -51,7 +51,7 @@ from mcl_dist.models import create
 
 LOCKS = dict(lock_image=True, lock_text=True, quick_gelu=True)  # + lock_image_unlocked_groups from the sizes
 GPU = dict(recipes=[("vit_l14_paper", "ViT-L-14", 1000, "amp_bf16"), ("vit_b32", "ViT-B-32", 256, "amp_bf16")],
-           late_recipes=[("vit_l14_paper_fp16", "ViT-L-14", 1000, "amp_fp16")], steps=10, warmup=3, rounds=3, unlocked_groups=6, jpeg256=16_000, jpeg512=1_000, per_shard=500,
+           late_recipes=[("vit_l14_paper_fp16", "ViT-L-14", 1000, "amp")], steps=10, warmup=3, rounds=3, unlocked_groups=6, jpeg256=16_000, jpeg512=1_000, per_shard=500,
            loader_samples=1_000, loader_batch=64, embed_models=["ViT-B-32", "ViT-L-14"], embed_batch=512,
            kmeans_n=10_000_000, kmeans_d=768, kmeans_k=[10, 1000], kmeans_iters=20, faiss_rows=1_000_000, faiss_iters=2)
 SMOKE = dict(recipes=[("tiny_locked", "tiny-vit", 8, "fp32")], late_recipes=[], steps=6, warmup=2, rounds=1, unlocked_groups=2,

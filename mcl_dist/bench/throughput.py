@@ -54,7 +54,7 @@ class Recipe:
     lock_text: bool = False
     quick_gelu: bool = False
     batch_per_gpu: int = 16
-    precision: str = "auto"  # ours' train.precision; open_clip_train gets the same (amp_fp16: its `amp`)
+    precision: str = "auto"  # ours' train.precision; open_clip_train gets the same (amp: fp16 + scaler in both)
     steps: int = 12
     warmup: int = 4
     workers: int = 1
@@ -116,7 +116,7 @@ def run_ours(r: Recipe, shards: str, n: int, work: str, env: dict) -> dict:
 def run_open_clip(r: Recipe, shards: str, work: str, env: dict) -> dict:
     name, cfg_file = train_bench.model_args(r.model)
     auto = "amp_bf16" if r.device == "cuda" else "fp32"
-    precision = {"auto": auto, "bf16": auto, "amp_fp16": "amp"}.get(r.precision, r.precision)  # amp: fp16 + scaler
+    precision = {"auto": auto, "bf16": auto}.get(r.precision, r.precision)  # amp, amp_bf16, fp32: the same name
     args = ["-m", "mcl_dist.bench.throughput", "--as-open-clip-train", cfg_file, "--", "--train-data", shards,
             "--dataset-type", "webdataset", "--train-num-samples", str(r.steps * r.global_batch), "--epochs", "1",
             "--batch-size", str(r.batch_per_gpu), "--workers", str(r.workers), "--model", name, "--lr", "1e-3",

@@ -20,6 +20,7 @@ from collections import Counter
 import numpy as np
 
 from mcl_dist.config import ConfigError
+from mcl_dist.data.shards import is_local, local_path
 
 
 class DataError(ConfigError):
@@ -35,6 +36,20 @@ def check_shard_count(n_shards: int, world: int, stage0_trains: bool) -> None:
             f"data.train_shards: {n_shards} shard{'s' if n_shards != 1 else ''} for {world} ranks; stage 0 gives "
             f"every rank whole shards, so it needs at least {world}. Split the data into more shards "
             f"(mcl-make-shards) or run with at most {n_shards} ranks")
+
+
+def check_remote_shards(train_shards: str, n_stages: int, where: str = "config") -> None:
+    """Stages >= 1 draw planned batches through a tar index, which needs files it can seek in: refuse
+    remote shards at config load, not after stage 0, the embedding and k-means have run for hours."""
+    if n_stages < 2:
+        return  # stage 0 alone streams, and streaming reads any URL webdataset opens
+    parts = [p.strip() for p in train_shards.replace("\n", "::").split("::") if p.strip()]
+    remote = [p for p in parts if not is_local(local_path(p))]
+    if remote:
+        raise ConfigError(
+            f"{where}: 'data.train_shards' {remote[0]!r} is not a local path, and stages >= 1 read samples by "
+            f"random access (a tar index). Copy the shards to a local disk, or mount the bucket (s3fs, gcsfuse, "
+            f"rclone mount) and give the local paths; or train stage 0 only (one entry in stages)")
 
 
 def lost_samples(index) -> dict[str, int]:

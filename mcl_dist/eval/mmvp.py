@@ -85,7 +85,7 @@ def evaluate_mmvp(model: Any, preprocess: Callable, tokenizer: Callable, folder:
                   prefix: str = "a photo of ", batch_pairs: int = 32,
                   predictions: Optional[list] = None) -> dict[str, Any]:
     """{"per_category": {cat: pair accuracy}, "mean": mean over categories, "overall": over all
-    pairs, "pairs": n}. Pass a list as `predictions` to receive one record per pair."""
+    pairs, "pairs": n, "pairs_per_category": {cat: n}}. Pass a list as `predictions` to receive one record per pair."""
     pairs = read_pairs(folder)
     correct: "OrderedDict[str, list[int]]" = OrderedDict()
     for i in range(0, len(pairs), batch_pairs):
@@ -107,4 +107,5 @@ def evaluate_mmvp(model: Any, preprocess: Callable, tokenizer: Callable, folder:
     per_cat = {c: sum(v) / len(v) for c, v in correct.items()}
     n = sum(len(v) for v in correct.values())
     return {"per_category": per_cat, "mean": sum(per_cat.values()) / len(per_cat),
-            "overall": sum(sum(v) for v in correct.values()) / n, "pairs": n}
+            "overall": sum(sum(v) for v in correct.values()) / n, "pairs": n,
+            "pairs_per_category": {c: len(v) for c, v in correct.items()}}

@@ -14,6 +14,7 @@ import os
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -36,15 +37,14 @@ def _fill(template: Template, classname: str) -> str:
 @torch.no_grad()
 def zero_shot_classifier(model: Any, tokenizer: Callable, classnames: Sequence[str],
                          templates: Sequence[Template] = DEFAULT_TEMPLATES, device: Any = "cpu") -> torch.Tensor:
-    """[d, n_classes] matrix of normalised class embeddings."""
+    """[d, n_classes] matrix of normalised class embeddings: open_clip's own build_zero_shot_classifier
+    (our integrated model has the same encode_text(normalize=True))."""
     if not classnames or not templates:
         raise ValueError("zero_shot_classifier needs at least one class name and one template")
-    weights = []
-    for name in classnames:
-        tokens = tokenizer([_fill(t, name) for t in templates]).to(device)
-        emb = F.normalize(model.encode_text(tokens, normalize=True).float(), dim=-1).mean(0)
-        weights.append(F.normalize(emb, dim=0))
-    return torch.stack(weights, dim=1)
+    # open_clip fills every template the way the first one is (str.format or a call): keep mixed lists working
+    templates = [t if callable(t) else (lambda c, t=t: _fill(t, c)) for t in templates] \
+        if any(callable(t) for t in templates) else list(templates)
+    return open_clip.build_zero_shot_classifier(model, tokenizer, list(classnames), templates, device=device).float()
 
 
 def evaluate_zero_shot(model: Any, preprocess: Callable, tokenizer: Callable,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from mcl_dist.files import read_json
 from mcl_dist.metrics import read_metrics
 from mcl_dist.report import write_report
+from mcl_dist.report_context import recipe, step_times
 from mcl_dist.run_context import RunContext
 from mcl_dist.steps.base import Step
 from mcl_dist.steps.evaluate import results_path
@@ -42,7 +43,8 @@ class ReportStep(Step):
 
     def run(self, ctx: RunContext) -> dict:
         stages = range(len(ctx.cfg.stages))
-        curves = {s: [(r["step"], r["loss"]) for r in read_metrics(ctx.stage_dir(s)) if "loss" in r] for s in stages}
+        metrics = {s: read_metrics(ctx.stage_dir(s)) for s in stages}
+        curves = {s: [(r["step"], r["loss"]) for r in metrics[s] if "loss" in r] for s in stages}
         sizes = {}
         for s in stages:
             km = os.path.join(ctx.stage_dir(s), "kmeans", "kmeans.json")
@@ -51,4 +53,7 @@ class ReportStep(Step):
         labelled = {s: st for s in stages if (st := label_stats(ctx, s))}
         res_path = results_path(ctx.run_dir)
         results = read_json(res_path) if os.path.exists(res_path) else {}
-        return {"report": write_report(ctx.run_dir, results, curves, sizes, labelled)}
+        done = {s: metrics[s][-1]["step"] for s in stages if metrics[s]}
+        return {"report": write_report(ctx.run_dir, results, curves, sizes, labelled,
+                                       recipe(ctx.cfg, ctx.info.world_size, done),
+                                       step_times(ctx.run_dir, metrics, ctx.cfg.train.global_batch_size))}

@@ -26,6 +26,7 @@ from mcl_dist.files import save_torch
 from mcl_dist.labels import load_labels
 from mcl_dist.models import stage_checkpoint
 from mcl_dist.objectives import get_objective
+from mcl_dist.reporting import parse_report_to
 from mcl_dist.run_context import RunContext, stage_dir
 from mcl_dist.steps.base import StageStep
 from mcl_dist.steps.common import load_stage_model, redo_hint
@@ -35,7 +36,8 @@ log = logging.getLogger("mcl_dist")
 TENSORBOARD = importlib.util.find_spec("tensorboard") is not None  # the optional extra: stage_s/tb/
 
 # settings that change how a run is logged or checkpointed, not what it computes
-NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size"}
+NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size",
+               "report_to", "integration"}  # integration: a setting of the integrate step only
 
 
 def results_only(section: Any) -> dict:
@@ -120,7 +122,7 @@ class TrainStep(StageStep):
     def outputs(self, run_dir: str, world: int) -> list[str]:
         d = stage_dir(run_dir, self.stage)
         out = [] if self.pretrained else [os.path.join(d, "checkpoints", "step_*.pt"), os.path.join(d, "metrics.jsonl")]
-        if TENSORBOARD and not self.pretrained:
+        if TENSORBOARD and "tensorboard" in parse_report_to(self.cfg.train.report_to) and not self.pretrained:
             out.append(os.path.join(d, "tb", ""))
         if self.cfg.debug.log_batches and not self.pretrained:
             out.append(os.path.join(d, "batches", "rank*.jsonl"))
@@ -129,9 +131,16 @@ class TrainStep(StageStep):
     def describe(self, world: int) -> str:
         if self.pretrained:
             return f"pretrained '{self.cfg.stages[0].pretrained}' taken as stage 0 (no training)"
+        t, st = self.cfg.train, self.cfg.stages[self.stage]
         how = "streamed shards" if self.stage == 0 else "the cluster plan's batches"
-        return (f"{how}, global batch {self.cfg.train.global_batch_size}, last "
-                f"{self.cfg.train.keep_checkpoints} training checkpoints kept")
+        steps = st.max_steps if st.max_steps is not None else t.max_steps
+        length = f"{steps} steps" if steps else f"{st.epochs if st.epochs is not None else t.epochs:g} epochs"
+        warm = f"{t.warmup_share:g} of the stage" if t.warmup_share > 0 else f"{t.warmup_steps} steps"
+        precision = "auto (amp_bf16 on GPU, fp32 on CPU)" if t.precision == "auto" else t.precision
+        return (f"{how}, global batch {t.global_batch_size} = micro-batch {micro_batch_size(self.cfg, world)} x "
+                f"{world} ranks x accumulation {t.accum_freq}; {length}; {t.lr_scheduler} lr "
+                f"{stage_peak_lr(self.cfg, self.stage):g}, warm-up {warm}; precision {precision}; last "
+                f"{t.keep_checkpoints} training checkpoints kept")
 
     def run(self, ctx: RunContext) -> dict:
         """Train stage s and save its checkpoint (`stages.0.pretrained`: taken as stage 0 as is)."""

@@ -1,0 +1,154 @@
+"""open_clip_train's training flags on `mcl-pretrain` / `launch/pretrain.py`, with open_clip's meanings.
+
+    torchrun --nproc_per_node 8 launch/pretrain.py --config configs/demo.yaml --batch-size 32 --lr 1e-3
+
+Each flag becomes a dotted config override (README "open_clip_train flags" has the table); dotted
+overrides given as well come after them and win. `--batch-size` is per GPU, as in open_clip:
+train.global_batch_size = batch size x world size x train.accum_freq. `--name` / `--logs` pick the
+run directory (<logs>/<name>; logs default runs). A flag with no mapping is refused, naming the
+flag or config key closest to it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import typing
+from typing import Any, Callable, Optional
+
+from mcl_dist.config import Config, ConfigError, StageConfig
+from mcl_dist.key_synonyms import SYNONYMS
+
+# flag -> (config key, type); type None = a switch (open_clip's store_true) that sets the key true
+FLAGS: dict[str, tuple[str, Any]] = {
+    "--batch-size": ("train.global_batch_size", int),  # per GPU: scaled in to_overrides
+    "--accum-freq": ("train.accum_freq", int),
+    "--lr": ("train.lr", float),
+    "--wd": ("train.wd", float),
+    "--beta1": ("train.beta1", float),
+    "--beta2": ("train.beta2", float),
+    "--eps": ("train.eps", float),
+    "--warmup": ("train.warmup_steps", int),
+    "--epochs": ("train.epochs", float),
+    "--grad-clip-norm": ("train.grad_clip_norm", float),
+    "--precision": ("train.precision", str),
+    "--lr-scheduler": ("train.lr_scheduler", str),
+    "--local-loss": ("train.local_loss", None),
+    "--gather-with-grad": ("train.gather_with_grad", None),
+    "--seed": ("train.seed", int),
+    "--report-to": ("train.report_to", str),
+    "--workers": ("data.workers", int),
+    "--lock-text": ("model.lock_text", None),
+    "--lock-text-unlocked-layers": ("model.lock_text_unlocked_layers", int),
+    "--lock-image": ("model.lock_image", None),
+    "--lock-image-unlocked-groups": ("model.lock_image_unlocked_groups", int),
+    "--force-quick-gelu": ("model.force_quick_gelu", None),
+    "--grad-checkpointing": ("model.grad_checkpointing", None),
+}
+RUN_DIR_FLAGS = ("--name", "--logs")  # -> the run directory <logs>/<name>
+PRECISIONS = {"amp_bfloat16": "amp_bf16"}  # open_clip's second spelling
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("open_clip_train flags (each sets the config key in brackets; see README)")
+    for flag, (key, tp) in FLAGS.items():
+        if tp is None:
+            g.add_argument(flag, action="store_true", default=None, help=f"[{key}=true]")
+        else:
+            g.add_argument(flag, type=str, default=None, metavar=tp.__name__.upper(), help=f"[{key}]")
+    g.add_argument("--name", default=None, help="run directory <logs>/<name> (instead of --run-dir)")
+    g.add_argument("--logs", default=None, help="where --name's run directory goes (default: runs)")
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
+def to_overrides(ns: argparse.Namespace, world_size: int, accum_freq: Callable[[], int]) -> tuple[list[str], list[str]]:
+    """(dotted overrides, one line per flag saying what it set). `accum_freq` is asked only for
+    --batch-size without --accum-freq (it loads the config)."""
+    out, told = [], []
+    for flag, (key, tp) in FLAGS.items():
+        raw = getattr(ns, _dest(flag), None)
+        if raw is None:
+            continue
+        if tp is None:
+            value = "true"
+        elif flag == "--batch-size":
+            per_gpu = _number(flag, raw, int)
+            accum = _number("--accum-freq", ns.accum_freq, int) if ns.accum_freq is not None else accum_freq()
+            value = str(per_gpu * world_size * accum)
+            told.append(f"{flag} {raw} -> {key}={value} ({per_gpu} per rank x {world_size} ranks x "
+                        f"train.accum_freq {accum})")
+            out.append(f"{key}={value}")
+            continue
+        elif tp is str:
+            value = PRECISIONS.get(raw, raw) if flag == "--precision" else raw
+        else:
+            value = str(_number(flag, raw, tp))
+        told.append(f"{flag}{'' if tp is None else ' ' + raw} -> {key}={value}")
+        out.append(f"{key}={value}")
+    return out, told
+
+
+def _number(flag: str, raw: str, tp: type) -> Any:
+    try:
+        return tp(raw)
+    except ValueError:
+        raise ConfigError(f"command line: {flag} {raw}: not a{'n' if tp is int else ''} "
+                          f"{'integer' if tp is int else 'number'}") from None
+
+
+def run_dir(ns: argparse.Namespace, config_path: str) -> Optional[str]:
+    """--run-dir, or <logs>/<name> from open_clip's --name/--logs (None: the config's default)."""
+    if ns.name is None and ns.logs is None:
+        return ns.run_dir
+    if ns.run_dir is not None:
+        raise ConfigError("command line: give either --run-dir or open_clip's --name/--logs, not both")
+    name = ns.name or os.path.splitext(os.path.basename(config_path))[0]
+    return os.path.join(ns.logs or "runs", name)
+
+
+def refuse_unknown(extra: list[str]) -> None:
+    """A `--flag` argparse did not know: name the mapped flag or config key closest to it."""
+    flags = [a for a in extra if a.startswith("--")]
+    if not flags:
+        return
+    flag = flags[0].split("=", 1)[0]
+    known = list(FLAGS) + list(RUN_DIR_FLAGS)
+    name = _dest(flag)
+    leaf = SYNONYMS.get(name, name)
+    by_leaf = [f for f, (k, _) in FLAGS.items() if k.rsplit(".", 1)[-1] == leaf]
+    close = by_leaf or difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+    if close:
+        key = FLAGS[close[0]][0] if close[0] in FLAGS else "the run directory"
+        raise ConfigError(f"command line: unknown flag {flag}; did you mean {close[0]} ({key})?")
+    key = _leaf_match(leaf)
+    where = f"; the closest config key is {key} (set it as {key}=VALUE)" if key else ""
+    raise ConfigError(f"command line: {flag} has no mapping to a config key{where}; the open_clip_train flags "
+                      f"taken are {', '.join(known)}")
+
+
+def config_keys() -> list[str]:
+    """Every dotted leaf key of the schema (stages as stages.N.field)."""
+    keys = []
+    for f in dataclasses.fields(Config):
+        tp = typing.get_type_hints(Config)[f.name]
+        if f.name == "stages":
+            keys += [f"stages.N.{s.name}" for s in dataclasses.fields(StageConfig)]
+        elif dataclasses.is_dataclass(tp):
+            keys += [f"{f.name}.{s.name}" for s in dataclasses.fields(tp)]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def _leaf_match(name: str) -> Optional[str]:
+    """The config key whose last part is closest to the flag's name (sections differ from open_clip's)."""
+    keys = config_keys()
+    leaves: dict[str, str] = {}
+    for k in keys:  # the first section wins: train.lr before stages.N.lr
+        leaves.setdefault(k.rsplit(".", 1)[-1], k)
+    close = difflib.get_close_matches(name, list(leaves), n=1, cutoff=0.6)
+    return leaves[close[0]] if close else None

@@ -1,0 +1,87 @@
+"""Where rank 0's training metrics go besides <stage>/metrics.jsonl: `train.report_to`, as
+open_clip_train's `--report-to` (a comma list of tensorboard and wandb).
+
+tensorboard writes <stage>/tb/. wandb (optional: `pip install -e .[wandb]`) logs one wandb run per
+trained stage, named `<run>-stage_<s>`, grouped by the run directory and with a stable id, so a
+resumed stage continues its own run; WANDB_PROJECT (default mcl_dist), WANDB_MODE=offline and
+WANDB_DIR work as wandb documents them.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+from typing import Any
+
+from mcl_dist.config import Config, ConfigError, to_dict
+
+REPORTERS = ("tensorboard", "wandb")
+
+
+def parse_report_to(text: str, where: str = "config") -> list[str]:
+    """'tensorboard,wandb' -> ['tensorboard', 'wandb']; an unknown name or a missing wandb is an error
+    at config load, before stage 0, not when the first stage starts logging."""
+    names = [n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"]
+    for n in names:
+        if n not in REPORTERS:
+            raise ConfigError(f"{where}: 'train.report_to' names {n!r}; use a comma list of "
+                              f"{', '.join(REPORTERS)} (or \"\" for neither)")
+    if "wandb" in names and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"{where}: 'train.report_to' includes wandb but wandb is not installed; "
+                          f"pip install -e .[wandb] (or drop wandb from train.report_to)")
+    return names
+
+
+class TensorBoard:
+    def __init__(self, stage_dir: str):
+        from torch.utils.tensorboard import SummaryWriter  # tensorboard is optional in torch
+
+        self.writer = SummaryWriter(os.path.join(stage_dir, "tb"))
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        for k, v in values.items():
+            if isinstance(v, (int, float)):
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def wandb_ids(run_dir: str, stage: int) -> dict[str, str]:
+    """The group (the run directory), name and id of a stage's wandb run; the id is stable across resumes."""
+    path = os.path.abspath(run_dir)
+    base = re.sub(r"[^A-Za-z0-9_-]", "_", os.path.basename(path))
+    digest = hashlib.sha1(path.encode()).hexdigest()[:8]
+    return {"group": path[-128:], "name": f"{base}-stage_{stage}", "id": f"{base[:40]}-{digest}-stage_{stage}"}
+
+
+class Wandb:
+    def __init__(self, cfg: Config, run_dir: str, stage: int):
+        import wandb  # optional dependency (extra "wandb")
+
+        ids = wandb_ids(run_dir, stage)
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mcl_dist"),
+                              dir=os.environ.get("WANDB_DIR", run_dir),  # wandb writes <dir>/wandb/
+                              config={**to_dict(cfg), "stage": stage}, job_type=f"stage_{stage}",
+                              reinit="finish_previous", resume="allow", **ids)
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        self.run.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def open_reporters(cfg: Config, stage_dir: str, stage: int) -> list:
+    """The reporters `train.report_to` names, for one stage (rank 0 only)."""
+    out: list = []
+    for name in parse_report_to(cfg.train.report_to):
+        if name == "tensorboard":
+            try:
+                out.append(TensorBoard(stage_dir))
+            except ImportError:  # the JSONL file has everything
+                pass
+        else:
+            out.append(Wandb(cfg, os.path.dirname(os.path.abspath(stage_dir)), stage))
+    return out
