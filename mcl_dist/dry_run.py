@@ -27,7 +27,8 @@ from mcl_dist.data.preflight import check_shard_count
 from mcl_dist.data.shards import count_samples, expand_urls, is_local, local_path
 from mcl_dist.launch_lines import launch_lines
 from mcl_dist.lr_schedule import warmup_steps
-from mcl_dist.memory_estimate import memory_lines
+from mcl_dist.memory_estimate import DEFAULT_GPU, memory_lines
+from mcl_dist.time_estimate import estimate, format_estimate
 from mcl_dist.objectives import get_objective
 from mcl_dist.reporting import parse_report_to
 from mcl_dist.steps import plan_steps, run_files
@@ -135,6 +136,7 @@ def build_plan(cfg: Config, config_path: str, run_dir: str, world: int, override
              f"it never leaves the warm-up" for st in stages if st["steps"] and warmup_steps(t, st["steps"]) >= st["steps"]]
     notes += weights_notes(cfg)
     memory, warnings = memory_lines(cfg, model, micro, world, gpu)
+    hours = hours_lines(cfg, model, stages, n, world, gpu)
     return {"config": config_path, "run_dir": run_dir, "notes": notes, "world": world, "data": data, "model": model,
             "micro": micro, "accum": t.accum_freq, "global_batch": t.global_batch_size, "stages": stages,
             "embed_rows": rows, "embed_bytes": rows * dim * 2,  # fp16 parts
@@ -142,8 +144,20 @@ def build_plan(cfg: Config, config_path: str, run_dir: str, world: int, override
             "kmeans_bytes": rows * 20 + chunk * (k_max + 2 * dim) * 4 + k_max * dim * 12 if k_max else 0,
             "paths": planned_paths(cfg, run_dir, world), "steps": step_lines(cfg, world),
             "synthetic": f"{cfg.data.synthetic_dir}/" if cfg.data.synthetic and not cfg.data.train_shards else "",
-            "memory": memory, "warnings": warnings, "launch": launch_lines(config_path, run_dir, list(overrides), world),
+            "memory": memory, "warnings": warnings, "hours": hours, "launch": launch_lines(config_path, run_dir, list(overrides), world),
             "tensorboard": "tensorboard" in parse_report_to(cfg.train.report_to)}
+
+
+def hours_lines(cfg: Config, model: dict[str, Any], stages: list[dict], samples: int, world: int,
+                gpu: str | None) -> list[str]:
+    """Hours per stage on the chosen GPUs from the measured rates (mcl_dist/time_estimate.py); a
+    missing rate is named, never guessed."""
+    name = model["name"].removesuffix("-quickgelu")  # QuickGELU costs what GELU does
+    est = estimate(name, (gpu or DEFAULT_GPU).upper(), world, [st["samples"] for st in stages],
+                   embed_rows=samples if len(stages) > 1 else 0, kmeans_iters=cfg.cluster.kmeans_iters,
+                   dim=model["dim"] or None, global_batch=cfg.train.global_batch_size,
+                   grad_params=max(model["trainable"]) or None)
+    return format_estimate(est)
 
 
 def weights_notes(cfg: Config) -> list[str]:
@@ -194,7 +208,7 @@ def format_plan(p: dict[str, Any]) -> str:
                  f"{sum(1 for st in p['stages'] if st['steps'])} trained stage(s)")
     lines += ["", "GPU memory per rank (estimate; mcl_dist/memory_estimate.py):"] + p["memory"]
     lines += [f"warning: {w}" for w in p["warnings"]]
-    # (the hours estimate of mcl_dist/time_estimate.py goes here, as one more block of lines)
+    lines += [""] + p["hours"]
     lines += ["", f"per rank: embeddings {p['embed_rows']:,} x {m['dim']} fp16 = {_bytes(p['embed_bytes'])}"
               + (f"; k-means working memory ~{_bytes(p['kmeans_bytes'])}" if p["kmeans_bytes"] else ""),
               f"checkpoints: stage checkpoint.pt {_bytes(m['state_bytes'])}; training checkpoints (model + "

@@ -104,8 +104,8 @@ def estimate(model: str, gpu: str, world_size: int, stage_samples: list[int], em
 
 def format_estimate(est: dict) -> list[str]:
     """Lines for --dry-run."""
-    def h(v):
-        return "n/a" if v is None else f"{v:.2f} h"
+    def h(v):  # minutes below an hour: a k-means of 0.004 h should not print as 0.00 h
+        return "n/a" if v is None else f"{v:.2f} h" if v >= 1 else f"{v * 60:.1f} min"
 
     label = " (projection)" if est["projection"] else ""
     lines = [f"time estimate{label}: {est['model']} on {est['world_size']} x {est['gpu']}"]
