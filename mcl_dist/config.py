@@ -9,7 +9,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import yaml
 
@@ -103,7 +103,8 @@ class TrainConfig:
 class StageConfig:
     """One MCL stage. Stage 0 is plain contrastive training (or a pretrained model)."""
 
-    k: int = 32  # clusters of the previous stage's embeddings (stages >= 1)
+    # clusters of the previous stage's embeddings (stages >= 1); 'auto': chosen by cluster.k_rule
+    k: Union[int, str] = 32
     group_size: int = 32  # samples of one pseudo-label per group (stages >= 1)
     init: str = "previous"  # previous | base | scratch
     epochs: Optional[float] = None  # None = train.epochs
@@ -123,6 +124,11 @@ class ClusterConfig:
     spherical: bool = True
     backend: str = "torch"  # torch | faiss
     min_label_size: int = 4  # smaller label combinations fall back to their parent
+    # stages.N.k: auto (mcl_dist/auto_k.py): the smallest candidate whose next one lowers the
+    # within-cluster spread by less than k_min_gain of it
+    k_rule: str = "spread"
+    k_candidates: list = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    k_min_gain: float = 0.1
 
 
 @dataclass

@@ -7,10 +7,12 @@ settings it cannot run, so `--dry-run` catches every impossible combination befo
     train.optimizer     mcl_dist/optim.py                 OPTIMIZERS
     train.lr_scheduler  mcl_dist/lr_schedule.py           SCHEDULERS
     cluster.backend     mcl_dist/kmeans.py                BACKENDS
+    cluster.k_rule      mcl_dist/auto_k.py                K_RULES       (stages.N.k: auto)
     eval.metrics        mcl_dist/eval/registry.py         METRICS       (a list: eval.registry.validate)
 """
 from __future__ import annotations
 
+from mcl_dist.auto_k import K_RULES
 from mcl_dist.config import Config
 from mcl_dist.engine import ENGINES
 from mcl_dist.eval import registry as eval_registry
@@ -21,7 +23,7 @@ from mcl_dist.optim import OPTIMIZERS
 from mcl_dist.registry import unknown_choice
 
 REGISTRIES = {"objective": OBJECTIVES, "train.engine": ENGINES, "train.optimizer": OPTIMIZERS,
-              "train.lr_scheduler": SCHEDULERS, "cluster.backend": BACKENDS}
+              "train.lr_scheduler": SCHEDULERS, "cluster.backend": BACKENDS, "cluster.k_rule": K_RULES}
 
 
 def chosen(cfg: Config, key: str):
