@@ -62,6 +62,13 @@ class ModelConfig:
     lock_text_freeze_layer_norm: bool = True  # open_clip's CLIP.lock_text_tower accepts only True
     grad_checkpointing: bool = False
     force_quick_gelu: bool = False  # QuickGELU as OpenAI's CLIP weights need (open_clip's --force-quick-gelu)
+    # stage weights of the integrated model (mcl_dist/integrate.py WEIGHTINGS): equal (the paper's
+    # concatenation), cka_drop (weight 0 for a stage whose linear CKA with the earlier stages'
+    # features is >= integration_redundant_cka), cka_weight (weight 1 - that CKA); the CKA is
+    # measured on the first integration_samples training samples. No labels are read.
+    integration_weights: str = "equal"
+    integration_redundant_cka: float = 0.9
+    integration_samples: int = 2048
 
 
 @dataclass

@@ -19,11 +19,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcl_dist.config import Config, ConfigError
 from mcl_dist.files import load_torch, save_torch
 from mcl_dist.objectives import checkpoint_objective
+from mcl_dist.registry import Choice
 
 FORMAT = "mcl_dist.integrated"
 VERSION = 1
+
+
+def _check_cka(cfg: Config, where: str) -> None:
+    m = cfg.model
+    if not 0.0 < m.integration_redundant_cka <= 1.0 or m.integration_samples < 2:
+        raise ConfigError(f"{where}: model.integration_weights={m.integration_weights} needs "
+                          f"'model.integration_redundant_cka' in (0, 1] and 'model.integration_samples' >= 2, got "
+                          f"{m.integration_redundant_cka} and {m.integration_samples}")
+
+
+# model.integration_weights: how much each stage weighs in the integrated model, from its linear CKA
+# with the earlier stages' features (mcl_dist/stage_similarity.py; None for stage 0). Label-free.
+WEIGHTINGS = {"equal": Choice(build=lambda cka, threshold: [1.0] * len(cka)),
+              "cka_drop": Choice(build=lambda cka, threshold: [1.0 if c is None or c < threshold else 0.0 for c in cka],
+                                 check=_check_cka),
+              "cka_weight": Choice(build=lambda cka, threshold: [1.0 if c is None else max(0.0, 1.0 - c) for c in cka],
+                                   check=_check_cka)}
+
+
+def stage_weights(choice: str, cka: Sequence[Optional[float]], threshold: float = 0.9) -> list[float]:
+    """The integrated model's stage weights; stage 0 always keeps weight 1, so they never all vanish."""
+    return WEIGHTINGS[choice].build(list(cka), threshold)
 
 
 class IntegratedModel(nn.Module):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcl_dist.integrate import IntegratedModel, load_model, save_integrated
+from mcl_dist.integrate import IntegratedModel, load_model, save_integrated, stage_weights
 from mcl_dist.files import save_torch
 
 NAME = "mcl-test-tiny-integrate"
@@ -85,6 +85,29 @@ def test_save_load_round_trip(stages, inputs, tmp_path):
     assert torch.equal(tokenizer(["a red square"]), open_clip.get_tokenizer(NAME)(["a red square"]))
     from PIL import Image
     assert preprocess(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
+
+
+def test_cka_weightings_are_label_free_rules_on_the_stage_cka():
+    cka = [None, 0.95, 0.4]  # stage 1 repeats the earlier stages, stage 2 is new
+    assert stage_weights("equal", cka) == [1.0, 1.0, 1.0]
+    assert stage_weights("cka_drop", cka, threshold=0.9) == [1.0, 0.0, 1.0]
+    assert stage_weights("cka_weight", cka) == pytest.approx([1.0, 0.05, 0.6])
+
+
+def test_dropped_stage_is_absent_from_both_towers_and_loading_keeps_the_choice(stages, inputs, tmp_path):
+    """model.integration_weights=cka_drop that dropped stage 1: the integrated image and text
+    features, saved and loaded again, score exactly as stage 0 alone (the other stage's block is 0)."""
+    x, t = inputs
+    weights = stage_weights("cka_drop", [None, 0.97], threshold=0.9)
+    path = str(tmp_path / "dropped.pt")
+    save_integrated(path, [NAME, NAME], [m.state_dict() for m in stages], weights, CFG)
+    model, _, _ = load_model(path)
+    assert model.weights == [1.0, 0.0]
+    sims = stage_sims(stages, x, t)
+    with torch.no_grad():
+        fi, ft = model.encode_image(x), model.encode_text(t)
+    assert torch.count_nonzero(fi[:, 32:]) == 0 and torch.count_nonzero(ft[:, 32:]) == 0
+    torch.testing.assert_close(fi @ ft.T, sims[0], atol=1e-5, rtol=0)
 
 
 def test_stage_checkpoint_loads_here_and_in_open_clip(stages, inputs, tmp_path):

@@ -1,14 +1,21 @@
 """integrate (rank 0): the stages' checkpoints concatenated into one model (mcl_dist/integrate.py);
-writes `integrated/model.pt`."""
+writes `integrated/model.pt`. With model.integration_weights other than equal, each stage's weight
+comes from its linear CKA with the earlier stages' features on the first training samples
+(mcl_dist/stage_similarity.py), recorded with the weights in the manifest."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 from mcl_dist.files import load_torch
-from mcl_dist.integrate import save_integrated
+from mcl_dist.integrate import save_integrated, stage_weights
 from mcl_dist.run_context import RunContext, integrated_path
+from mcl_dist.stage_similarity import cka_to_earlier, sample_features
 from mcl_dist.steps.base import Step
+from mcl_dist.steps.common import load_stage_model
+
+log = logging.getLogger("mcl_dist")
 
 
 @dataclass
@@ -16,11 +23,20 @@ class IntegrateStep(Step):
     kind = "integrate"
     main_only = True
 
+    def result_settings(self) -> dict:
+        m = self.cfg.model
+        if m.integration_weights == "equal":  # the default keeps older runs' fingerprints
+            return {}
+        return {"weights": m.integration_weights, "redundant_cka": m.integration_redundant_cka,
+                "samples": m.integration_samples}
+
     def outputs(self, run_dir: str, world: int) -> list[str]:
         return [integrated_path(run_dir)]
 
     def describe(self, world: int) -> str:
-        return f"the {len(self.cfg.stages)} stages' features concatenated (each L2-normalised)"
+        w = self.cfg.model.integration_weights
+        how = "equal weights" if w == "equal" else f"{w} weights from CKA on {self.cfg.model.integration_samples} samples"
+        return f"the {len(self.cfg.stages)} stages' features concatenated (each L2-normalised), {how}"
 
     def run(self, ctx: RunContext) -> dict:
         names, states, config = [], [], None
@@ -29,5 +45,15 @@ class IntegrateStep(Step):
             names.append(ck["model_name"])
             states.append(ck["state_dict"])
             config = ck.get("model_config", config)
-        save_integrated(integrated_path(ctx.run_dir), names, states, None, config)
-        return {"model": integrated_path(ctx.run_dir)}
+        m, out = ctx.cfg.model, {"model": integrated_path(ctx.run_dir)}
+        weights = None
+        if m.integration_weights != "equal":
+            bundles = [load_stage_model(ctx, s) for s in range(len(ctx.cfg.stages))]
+            feats = sample_features(bundles, ctx.urls, m.integration_samples, batch_size=ctx.cfg.cluster.embed_batch_size,
+                                    image_ext=ctx.cfg.data.image_ext, device=ctx.info.device)
+            cka = cka_to_earlier(feats)
+            weights = stage_weights(m.integration_weights, cka, m.integration_redundant_cka)
+            out.update(cka=cka, weights=weights)
+            log.info("integration weights (%s): %s; CKA with the earlier stages: %s", m.integration_weights, weights, cka)
+        save_integrated(integrated_path(ctx.run_dir), names, states, weights, config)
+        return out

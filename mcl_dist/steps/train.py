@@ -35,7 +35,9 @@ log = logging.getLogger("mcl_dist")
 TENSORBOARD = importlib.util.find_spec("tensorboard") is not None  # the optional extra: stage_s/tb/
 
 # settings that change how a run is logged or checkpointed, not what it computes
-NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size"}
+# (the integration settings only change the integrate step, which records them itself)
+NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size",
+               "integration_weights", "integration_redundant_cka", "integration_samples"}
 
 
 def results_only(section: Any) -> dict:
