@@ -55,7 +55,7 @@ def test_smoke_both_families_resume_and_report_structure(tmp_path):
                                                                             "mcl2_prev_kauto")  # resumed: all done
 
     a = ["--family", "A", "--out", str(tmp_path / "a"), "--data-dir", str(tmp_path / "data_a"),
-         "--other-out", str(tmp_path / "b")]
+         "--other-out", str(tmp_path / "b"), "--recipe-prefix", "mcl2_prev"]  # the smoke's 2-stage arms
     bench(tmp_path, *a, "--arms", "baseline", "mcl2_prev_kauto")
     top = open(tmp_path / "a" / "results.md").read().split("```")[1].strip().splitlines()
     assert re.fullmatch(TRANSFER.format("A", "B"), top[0]) and "recipe mcl2_prev_kauto: chosen on A" in top[1]
@@ -75,12 +75,14 @@ def summary(ratios_by_arm: dict, suppressed=("shape", "position")) -> dict:
 
 def test_recipe_is_chosen_on_one_family_and_scored_per_seed_on_the_other():
     a = summary({"baseline": [0.2, 0.4], "mcl4_prev": [0.6, 0.7], "mcl4_prev_k64": [0.9, 0.5],
-                 "mcl4_noclust": [1.0, 1.0], "mcl4_prev_k16": [1.0]})  # noclust never, k16 lacks seed 1
+                 "mcl4_noclust": [1.0, 1.0], "mcl4_prev_k16": [1.0], "mcl5_prev": [0.95, 0.95]})
+    # never a no-cluster control; k16 lacks seed 1; mcl5_prev is best but outside the recipe grid
     b = summary({"baseline": [0.0, 0.5], "mcl4_prev": [0.5, 0.75], "mcl4_prev_k64": [0.8, 0.5]},
                 suppressed=("letter", "position"))
     report.use_family("A")
-    assert report.choose_recipe(a)[0] == "mcl4_prev_k64"  # mean of (0.125, 0.833) < mean of (0.5, 0.5)
-    lines = report.transfer_lines({"A": a, "B": b})
+    assert report.choose_recipe(a, "mcl4_prev")[0] == "mcl4_prev_k64"  # mean of (0.125, 0.833) < mean of (0.5, 0.5)
+    assert report.choose_recipe(a)[0] == "mcl5_prev"
+    lines = report.transfer_lines({"A": a, "B": b}, "mcl4_prev")
     assert lines[0] == "transfer (recipe chosen on A, tested on B): pair error ratio per seed 0.20 1.00"
     assert lines[2] == "transfer (recipe chosen on B, tested on A): pair error ratio per seed 0.50 0.50"
     assert "recipe mcl4_prev: chosen on B (mean of its per-seed ratios 0.50)" in lines[3]

@@ -53,7 +53,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import bench_suppression_report as report
-from bench_suppression_arms import (FAMILIES, HEADLINE, SCALES, SIMCLR_ARMS, SIMCLR_AS, arm_overrides, base_arm,
+from bench_suppression_arms import (FAMILIES, HEADLINE, RECIPE_PREFIX, SCALES, SIMCLR_ARMS, SIMCLR_AS, arm_overrides, base_arm,
                                     default_arms, make_data, parse_arm, planned_runs)
 from bench_suppression_report import SIMCLR_HARD, mean
 
@@ -217,7 +217,8 @@ def other_summaries(args, family: str) -> dict:
 def write_report(res: dict, args, sc: dict, times: dict, out: str, simclr: bool) -> tuple[str, list[str]]:
     arms = SIMCLR_ARMS if simclr else list(dict.fromkeys(default_arms(args.family) + args.arms))
     k_of = {arm: parse_arm(arm, args.k)[2] for arm in res["summary"]}
-    top = [] if simclr else report.transfer_lines({**other_summaries(args, args.family), args.family: res})
+    top = [] if simclr else report.transfer_lines({**other_summaries(args, args.family), args.family: res},
+                                                  args.recipe_prefix)
     report.use_family(args.family)  # transfer_lines switches between the families
     steps = sc["simclr_steps"] if simclr else sc["steps"]
     md = [f"# Feature-suppression benchmark ({'SimCLR, ' if simclr else ''}family {args.family} "
@@ -267,6 +268,8 @@ def main(argv=None) -> int:
                    help="exact runs in this order (e.g. baseline:0 mcl4_prev:0 baseline:1), instead of "
                         "--arms x --seeds; the report covers every finished run of --arms x --seeds too")
     p.add_argument("--headline", default=HEADLINE, help="the MCL arm of the final ratio line")
+    p.add_argument("--recipe-prefix", default=RECIPE_PREFIX,
+                   help="the transfer lines choose the recipe among the arms whose names start with this")
     p.add_argument("--steps", type=int, default=None, help="total steps T per CLIP arm (default: the scale's)")
     p.add_argument("--simclr-steps", type=int, default=None, help="total steps T per SimCLR arm (default: the scale's)")
     p.add_argument("--k", type=int, default=None)

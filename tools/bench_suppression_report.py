@@ -192,18 +192,20 @@ def final_lines(res: dict, headline: str, k_of: dict) -> list[str]:
     return lines
 
 
-def choose_recipe(res: dict) -> tuple[str, float]:
-    """The MCL arm (not a no-cluster control) with the lowest mean of its per-seed ratios, among the
-    arms that have every seed the baseline has: the recipe one family picks for the other."""
+def choose_recipe(res: dict, prefix: str = "mcl") -> tuple[str, float]:
+    """The MCL arm named `prefix...` (not a no-cluster control) with the lowest mean of its per-seed
+    ratios, among the arms that have every seed the baseline has: the recipe one family picks for
+    the other."""
     seeds = set(res.get("seeds", {}).get("baseline", []))
     cands = [(mean(list(r.values())), arm) for arm in res["summary"]
-             if arm.startswith("mcl") and "noclust" not in arm and set(r := seed_ratios(res, arm)) == seeds and seeds]
+             if arm.startswith(prefix) and "noclust" not in arm and set(r := seed_ratios(res, arm)) == seeds and seeds]
     return (min(cands)[1], min(cands)[0]) if cands else ("", float("nan"))
 
 
-def transfer_lines(results: dict) -> list[str]:
+def transfer_lines(results: dict, prefix: str = "mcl") -> list[str]:
     """One line per direction in the issue's form, each followed by what was chosen and where;
-    `results` is {"A": summary, "B": summary} (either may be missing)."""
+    `results` is {"A": summary, "B": summary} (either may be missing); the recipe is chosen among
+    the arms named `prefix...` (the tool passes its recipe grid's)."""
     lines = []
     for src, dst in (("A", "B"), ("B", "A")):
         head = f"transfer (recipe chosen on {src}, tested on {dst}): pair error ratio per seed"
@@ -211,7 +213,7 @@ def transfer_lines(results: dict) -> list[str]:
             lines.append(f"{head} — not measured: family {src if src not in results else dst} has no results yet")
             continue
         use_family(src)
-        arm, chosen_mean = choose_recipe(results[src])
+        arm, chosen_mean = choose_recipe(results[src], prefix)
         use_family(dst)
         r = seed_ratios(results[dst], arm) if arm else {}
         if not r:
