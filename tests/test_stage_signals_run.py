@@ -1,6 +1,7 @@
 """A real 3-stage run (one process, tiny ViT, synthetic shards) with k: auto and CKA integration
 weights: the manifest records the chosen K and its curve, the label-free stop signals per stage
-and the integration weights; changing only the integration redoes only integrate and report."""
+and the integration weights; changing only the integration (weights and scaling) redoes only
+integrate and report."""
 import json
 import os
 import subprocess
@@ -48,7 +49,11 @@ def test_auto_k_stop_signals_and_cka_weights_are_recorded(tmp_path):
 
     ckpt = run_dir / "stage_2" / "checkpoint.pt"
     before = os.stat(ckpt).st_mtime_ns
-    steps = run(run_dir, tmp_path / "data", "model.integration_weights=cka_weight", "--redo", "integrate")
+    # both integration settings at once (issue 23's scaling, issue 25's weights): integrate only
+    steps = run(run_dir, tmp_path / "data", "model.integration_weights=cka_weight", "model.integration=raw",
+                "--redo", "integrate")
     assert os.stat(ckpt).st_mtime_ns == before  # the stages were not retrained
     integ2 = steps["integrate"]["outputs"]
     assert integ2["cka"] == integ["cka"] and integ2["weights"] == [1.0] + [1 - c for c in integ["cka"][1:]]
+    model, _, _ = load_model(str(run_dir / "integrated" / "model.pt"))
+    assert model.integration == "raw" and model.weights == integ2["weights"]
