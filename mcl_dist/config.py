@@ -9,7 +9,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import yaml
 
@@ -66,6 +66,14 @@ class ModelConfig:
     # stage L2-normalised, then concatenated (cosine = mean of the stages' cosines); raw = raw features
     # concatenated, then normalised (the public MCL code's MMVP notebook)
     integration: str = "normalized"
+    # stage weights of the integrated model (mcl_dist/integrate.py WEIGHTINGS), applied after the
+    # per-stage scaling that model.integration chose: equal (the paper's concatenation), cka_drop
+    # (weight 0 for a stage whose linear CKA with the earlier stages' features is >=
+    # integration_redundant_cka), cka_weight (weight 1 - that CKA); the CKA is measured on the first
+    # integration_samples training samples. No labels are read.
+    integration_weights: str = "equal"
+    integration_redundant_cka: float = 0.9
+    integration_samples: int = 2048
 
 
 @dataclass
@@ -111,7 +119,8 @@ class TrainConfig:
 class StageConfig:
     """One MCL stage. Stage 0 is plain contrastive training (or a pretrained model)."""
 
-    k: int = 32  # clusters of the previous stage's embeddings (stages >= 1)
+    # clusters of the previous stage's embeddings (stages >= 1); 'auto': chosen by cluster.k_rule
+    k: Union[int, str] = 32
     group_size: int = 32  # samples of one pseudo-label per group (stages >= 1)
     init: str = "previous"  # previous | base | scratch
     epochs: Optional[float] = None  # None = train.epochs
@@ -131,6 +140,11 @@ class ClusterConfig:
     spherical: bool = True
     backend: str = "torch"  # torch | faiss
     min_label_size: int = 4  # smaller label combinations fall back to their parent
+    # stages.N.k: auto (mcl_dist/auto_k.py): the smallest candidate whose next one lowers the
+    # within-cluster spread by less than k_min_gain of it
+    k_rule: str = "spread"
+    k_candidates: list = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    k_min_gain: float = 0.1
 
 
 @dataclass

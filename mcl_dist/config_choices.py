@@ -7,14 +7,18 @@ settings it cannot run, so `--dry-run` catches every impossible combination befo
     train.optimizer     mcl_dist/optim.py                 OPTIMIZERS
     train.lr_scheduler  mcl_dist/lr_schedule.py           SCHEDULERS
     cluster.backend     mcl_dist/kmeans.py                BACKENDS
+    cluster.k_rule      mcl_dist/auto_k.py                K_RULES       (stages.N.k: auto)
+    model.integration_weights  mcl_dist/integrate.py   WEIGHTINGS
     eval.metrics        mcl_dist/eval/registry.py         METRICS       (a list: eval.registry.validate)
     train.report_to     mcl_dist/reporting.py             REPORTERS     (a list: reporting.parse_report_to)
 """
 from __future__ import annotations
 
+from mcl_dist.auto_k import K_RULES
 from mcl_dist.config import Config
 from mcl_dist.engine import ENGINES
 from mcl_dist.eval import registry as eval_registry
+from mcl_dist.integrate import WEIGHTINGS
 from mcl_dist.kmeans import BACKENDS
 from mcl_dist.lr_schedule import SCHEDULERS
 from mcl_dist.objectives import REGISTRY as OBJECTIVES
@@ -23,7 +27,8 @@ from mcl_dist.registry import unknown_choice
 from mcl_dist.reporting import parse_report_to
 
 REGISTRIES = {"objective": OBJECTIVES, "train.engine": ENGINES, "train.optimizer": OPTIMIZERS,
-              "train.lr_scheduler": SCHEDULERS, "cluster.backend": BACKENDS}
+              "train.lr_scheduler": SCHEDULERS, "cluster.backend": BACKENDS, "cluster.k_rule": K_RULES,
+              "model.integration_weights": WEIGHTINGS}
 
 
 def chosen(cfg: Config, key: str):

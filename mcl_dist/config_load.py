@@ -48,10 +48,19 @@ def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     """Check `value` against the annotated type; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
+    if origin is typing.Union:  # Optional[X], or Union[int, str] (stages.N.k: 32 or auto)
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(tp)):
             return None
-        tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        if len(options) > 1:
+            for option in options:
+                try:
+                    return _coerce(value, option, key, where)
+                except ConfigError:
+                    pass
+            names = " or ".join(o.__name__ for o in options)
+            raise ConfigError(f"{where}: '{key}' must be {names}, got {type(value).__name__} {value!r}")
+        tp = options[0]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is list and isinstance(value, (list, tuple)):
@@ -250,8 +259,8 @@ def validate(cfg: Config, where: str = "config") -> None:
                 raise unknown_choice(label, getattr(obj, name), choices, where)
     check_choices(cfg, where)
     for i, st in enumerate(cfg.stages):
-        if i >= 1 and st.k < 2:
-            raise ConfigError(f"{where}: 'stages.{i}.k' must be >= 2, got {st.k}")
+        if i >= 1 and st.k != "auto" and (type(st.k) is not int or st.k < 2):
+            raise ConfigError(f"{where}: 'stages.{i}.k' must be an int >= 2 or 'auto', got {st.k!r}")
         if i >= 1 and st.group_size < 2:
             raise ConfigError(f"{where}: 'stages.{i}.group_size' must be >= 2 (a sample needs a negative), got {st.group_size}")
         if i >= 1 and st.pretrained:

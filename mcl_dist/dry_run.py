@@ -129,7 +129,7 @@ def build_plan(cfg: Config, config_path: str, run_dir: str, world: int, override
             "trainable": model["trainable"][s],
             "train_checkpoint_bytes": model["state_bytes"] + 4 * moments * model["trainable"][s]})
     rows = math.ceil(n / world)
-    k_max = max([st.k for st in cfg.stages[1:]], default=0)
+    k_max = max([max(cfg.cluster.k_candidates) if st.k == "auto" else st.k for st in cfg.stages[1:]], default=0)
     chunk = min(KMEANS_CHUNK, rows)
     dim = model["dim"]
     notes = [f"stage {st['stage']}: its warm-up ({warmup_steps(t, st['steps'])} steps) >= its {st['steps']} steps: "

@@ -1,14 +1,16 @@
 """Cross-stage integration: one model whose features concatenate every stage's features.
 
-MCL's final representation is the concatenation of the L2-normalised features of all stages.
-With per-stage weights w_s each block is scaled by sqrt(w_s / sum w), so the integrated vector
-has unit norm and the integrated cosine similarity is the weighted mean of the per-stage cosine
-similarities (equal weights: the plain mean). Images and texts are integrated the same way, so
-CLIP zero-shot / pair scoring works unchanged on the integrated model.
-
-`integration="raw"` instead concatenates the stages' raw features and normalises the result, as the
-public MCL code's MMVP notebook does: stages whose features are longer then weigh more. The choice is
-saved in the file and kept on load.
+Two independent choices compose, in this order:
+1. per-stage scaling (`integration`, model.integration): "normalized" L2-normalises each stage's
+   features (the paper); "raw" leaves them as they are (the public MCL code's MMVP notebook:
+   stages whose features are longer then weigh more);
+2. stage weights (`weights`, model.integration_weights): each stage's scaled block is then
+   multiplied by sqrt(w_s / sum w), so a stage with w_s = 0 contributes a block of zeros.
+The concatenation is finally L2-normalised (`normalize=True`). With "normalized" the integrated
+vector already has unit norm and the integrated cosine similarity is the weighted mean of the
+per-stage cosine similarities (equal weights: the plain mean); with "raw" it is the cosine of the
+weighted raw concatenation. Images and texts are integrated the same way, so CLIP zero-shot / pair
+scoring works unchanged on the integrated model. Both choices are saved in the file and kept on load.
 
 An integrated model is saved as ONE file that loads with `torch.load(weights_only=True)`:
 only tensors, lists, dicts, strings, numbers and None.
@@ -23,12 +25,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcl_dist.config import Config, ConfigError
 from mcl_dist.files import load_torch, save_torch
 from mcl_dist.objectives import checkpoint_objective
+from mcl_dist.registry import Choice
 
 FORMAT = "mcl_dist.integrated"
 VERSION = 1
 INTEGRATIONS = ("normalized", "raw")
+
+
+def _check_cka(cfg: Config, where: str) -> None:
+    m = cfg.model
+    if not 0.0 < m.integration_redundant_cka <= 1.0 or m.integration_samples < 2:
+        raise ConfigError(f"{where}: model.integration_weights={m.integration_weights} needs "
+                          f"'model.integration_redundant_cka' in (0, 1] and 'model.integration_samples' >= 2, got "
+                          f"{m.integration_redundant_cka} and {m.integration_samples}")
+
+
+# model.integration_weights: how much each stage weighs in the integrated model, from its linear CKA
+# with the earlier stages' features (mcl_dist/stage_similarity.py; None for stage 0). Label-free.
+WEIGHTINGS = {"equal": Choice(build=lambda cka, threshold: [1.0] * len(cka)),
+              "cka_drop": Choice(build=lambda cka, threshold: [1.0 if c is None or c < threshold else 0.0 for c in cka],
+                                 check=_check_cka),
+              "cka_weight": Choice(build=lambda cka, threshold: [1.0 if c is None else max(0.0, 1.0 - c) for c in cka],
+                                   check=_check_cka)}
+
+
+def stage_weights(choice: str, cka: Sequence[Optional[float]], threshold: float = 0.9) -> list[float]:
+    """The integrated model's stage weights; stage 0 always keeps weight 1, so they never all vanish."""
+    return WEIGHTINGS[choice].build(list(cka), threshold)
 
 
 class IntegratedModel(nn.Module):
@@ -57,12 +83,13 @@ class IntegratedModel(nn.Module):
         self.logit_scale = nn.Parameter(init.clone(), requires_grad=False)
 
     def _integrate(self, feats: list[torch.Tensor], normalize: bool) -> torch.Tensor:
-        if self.integration == "raw":  # the public code: torch.cat(raw features), then normalise
-            out = torch.cat([f.float() * s for f, s in zip(feats, self.scales)], dim=-1)
-            return F.normalize(out, dim=-1) if normalize else out
-        # Each stage is L2-normalised whatever `normalize` says: that is the integration itself.
-        # The result then already has unit norm; `normalize` only removes rounding error.
-        out = torch.cat([F.normalize(f.float(), dim=-1) * s for f, s in zip(feats, self.scales)], dim=-1)
+        # 1. per-stage scaling. "normalized" L2-normalises each stage whatever `normalize` says: that
+        # is the integration itself, and the result then already has unit norm (`normalize` only
+        # removes rounding error). "raw" is the public code: torch.cat(raw features), then normalise.
+        if self.integration == "normalized":
+            feats = [F.normalize(f.float(), dim=-1) for f in feats]
+        # 2. the stage weights, on the scaled blocks (equal weights: one common factor)
+        out = torch.cat([f.float() * s for f, s in zip(feats, self.scales)], dim=-1)
         return F.normalize(out, dim=-1) if normalize else out
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:

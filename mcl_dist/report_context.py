@@ -23,7 +23,8 @@ def recipe(cfg: Config, world: int, steps_done: dict[int, int]) -> dict[str, Any
         f"{t.lr_scheduler}, warm-up " + (f"{t.warmup_share:g} of each stage" if t.warmup_share > 0
                                           else f"{t.warmup_steps} steps per stage"),
         f"- k-means: {c.kmeans_iters} iterations, tol {c.kmeans_tol:g}, {'spherical' if c.spherical else 'Euclidean'}, "
-        f"on {c.embed} embeddings; min label size {c.min_label_size}; integration {m.integration}",
+        f"on {c.embed} embeddings; min label size {c.min_label_size}; integration {m.integration}, "
+        f"stage weights {m.integration_weights}",
     ]
     rows = []
     for s, st in enumerate(cfg.stages):

@@ -6,7 +6,13 @@ of L, C cuts across L: the new clusters split many labels and share little infor
 (low normalised mutual information). If it learned nothing new, its embedding is still organised
 by what L already separates, C re-draws L's borders (high NMI) and few labels split.
 
-Neither number needs attribute labels, so both can be logged on real data (`stage_s/labels` in
+Two more signals of what the next stage would learn: the share of pseudo-labels (and samples)
+that survive `min_label_size` (`survived_*`: combinations too small fall back to their parent, so
+a low share means the next stage mostly repeats the last one's negatives), and the linear CKA of
+the stage just trained with the earlier stages' features (`cka_prev`, mcl_dist/stage_similarity.py;
+the labels step adds it from stage 2 on: near 1, that stage learned nothing new).
+
+None of these numbers needs attribute labels, so both can be logged on real data (`stage_s/labels` in
 the manifest, and the report). Whether they predict that one more stage helps is measured by the
 feature-suppression benchmark (docs/results.md), not assumed.
 """
@@ -47,8 +53,8 @@ def split_signal(labels: np.ndarray, clusters: np.ndarray, min_label_size: int) 
 
     A label *splits* when at least two new clusters each hold `min_label_size` or more of its
     samples, i.e. when combining the two would give it two usable children (labels.py's rule).
-    Returns nmi, the share of labels (and of samples) that split, and the number of labels
-    before and after combining.
+    Returns nmi, the share of labels (and of samples) that split, the number of labels before
+    and after combining, and the share of combinations (and of samples) that survive.
     """
     labels, clusters = np.asarray(labels).reshape(-1), np.asarray(clusters).reshape(-1)
     if labels.size != clusters.size:
@@ -56,7 +62,8 @@ def split_signal(labels: np.ndarray, clusters: np.ndarray, min_label_size: int) 
     ok = (labels >= 0) & (clusters >= 0)
     lab, clu = labels[ok].astype(np.int64), clusters[ok].astype(np.int64)
     if lab.size == 0:
-        return {"nmi": float("nan"), "split_labels": 0.0, "split_samples": 0.0, "labels_before": 0, "labels_after": 0}
+        return {"nmi": float("nan"), "split_labels": 0.0, "split_samples": 0.0, "labels_before": 0, "labels_after": 0,
+                "survived_labels": 0.0, "survived_samples": 0.0}
     pairs, counts = np.unique(lab * (clu.max() + 1) + clu, return_counts=True)
     parent = pairs // (clu.max() + 1)
     big = counts >= min_label_size
@@ -69,4 +76,6 @@ def split_signal(labels: np.ndarray, clusters: np.ndarray, min_label_size: int) 
             "split_samples": float(sizes[split].sum() / sizes.sum()),
             "labels_before": int(present.sum()),
             # labels.py's rule: every usable child, plus one fallback label per parent with small children
-            "labels_after": int(big.sum() + np.unique(parent[~big]).size)}
+            "labels_after": int(big.sum() + np.unique(parent[~big]).size),
+            # (label, cluster) combinations that keep their own label, and the samples in them
+            "survived_labels": float(big.mean()), "survived_samples": float(counts[big].sum() / counts.sum())}

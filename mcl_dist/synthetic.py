@@ -144,6 +144,22 @@ class SyntheticSpec:
     def vocab(self, attribute: str) -> tuple:
         return getattr(self, VOCAB_FIELD[attribute])
 
+    # the family interface the writers below use (mcl_dist/synthetic_glyphs.py has a second family)
+    def sample(self, rng, n: int) -> list[dict]:
+        return sample_attributes(self, rng, n)
+
+    def render(self, attrs: dict, rng) -> Image.Image:
+        return render(self, attrs, rng)
+
+    def caption(self, attrs: dict, rng) -> str:
+        return caption(self, attrs, rng)
+
+    def statement(self, attrs: dict, attribute: str, style: str = "full") -> str:
+        return statement(self, attrs, attribute, style)
+
+    def templates(self, attribute: str) -> tuple:
+        return ZS_TEMPLATES[attribute]
+
 
 def easy_combinations(spec: SyntheticSpec) -> int:
     """How many distinct easy-attribute combinations the data has (1 with no_easy)."""
@@ -257,7 +273,7 @@ def shard_pattern(paths: list[str]) -> str:
 
 
 def write_synthetic_shards(out_dir: str, *, n_samples: int, samples_per_shard: int, seed: int,
-                           spec: SyntheticSpec = SyntheticSpec(), prefix: str = "train",
+                           spec=SyntheticSpec(), prefix: str = "train",
                            progress: bool = True) -> list[str]:
     """Write `{prefix}-00000.tar ...` (each atomically), deterministic in (seed, prefix, spec). A shard
     already on disk is kept when `{prefix}.manifest.json` records the same parameters (resume);
@@ -289,8 +305,8 @@ def write_synthetic_shards(out_dir: str, *, n_samples: int, samples_per_shard: i
             continue
         rng = _rng(seed, prefix, s)
         with atomic_path(path) as tmp, open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0.0) as sink:
-            for i, attrs in enumerate(sample_attributes(spec, rng, n)):
-                img, text = render(spec, attrs, rng), caption(spec, attrs, rng)
+            for i, attrs in enumerate(spec.sample(rng, n)):
+                img, text = spec.render(attrs, rng), spec.caption(attrs, rng)
                 sink.write({"__key__": f"{prefix}{seed}_{s * samples_per_shard + i:08d}", "png": _png(img),
                             "txt": text.encode(), "json": json.dumps(attrs, sort_keys=True).encode()})
                 bar.update(1)
@@ -299,7 +315,7 @@ def write_synthetic_shards(out_dir: str, *, n_samples: int, samples_per_shard: i
     return paths
 
 
-def write_mmvp_pairs(out_dir: str, *, spec: SyntheticSpec = SyntheticSpec(), n_pairs_per_attribute: int = 32,
+def write_mmvp_pairs(out_dir: str, *, spec=SyntheticSpec(), n_pairs_per_attribute: int = 32,
                      seed: int = 0, attributes: Optional[tuple] = None, style: str = "full") -> str:
     """MMVP-VLM folder (module docstring) with pairs for every attribute that has two or more
     values (default). Built in a temp folder and renamed into place; kept when its
@@ -323,14 +339,14 @@ def write_mmvp_pairs(out_dir: str, *, spec: SyntheticSpec = SyntheticSpec(), n_p
             rng = _rng(seed, "mmvp:" + attr)
             os.makedirs(os.path.join(tmp, "MLLM_VLM Images", attr))
             for _ in range(n_pairs_per_attribute):
-                a, k = sample_attributes(spec, rng, 1)[0], len(spec.vocab(attr))
+                a, k = spec.sample(rng, 1)[0], len(spec.vocab(attr))
                 j = int((a[attr + "_id"] + rng.integers(1, k)) % k)  # any other value, uniformly
                 b = dict(a, **{attr: spec.vocab(attr)[j], attr + "_id": j})
                 render_seed = int(rng.integers(2 ** 63))
                 for rec in (a, b):
-                    img = render(spec, rec, np.random.default_rng(render_seed))  # same jitter and noise
+                    img = spec.render(rec, np.random.default_rng(render_seed))  # same jitter and noise
                     img.save(os.path.join(tmp, "MLLM_VLM Images", attr, f"{qid}.jpg"), quality=95, subsampling=0)
-                    rows.append((str(qid), attr, statement(spec, rec, attr, style)))
+                    rows.append((str(qid), attr, spec.statement(rec, attr, style)))
                     records[str(qid)] = rec
                     qid += 1
         buf = io.StringIO()
@@ -347,9 +363,9 @@ def write_mmvp_pairs(out_dir: str, *, spec: SyntheticSpec = SyntheticSpec(), n_p
     return out_dir
 
 
-def write_zero_shot_sets(path: str, spec: SyntheticSpec = SyntheticSpec()) -> str:
+def write_zero_shot_sets(path: str, spec=SyntheticSpec()) -> str:
     """{attribute: {"classnames", "templates"}} as eval.zero_shot_classes reads it."""
-    sets = {a: {"classnames": list(spec.vocab(a)), "templates": list(ZS_TEMPLATES[a])} for a in spec.attributes}
+    sets = {a: {"classnames": list(spec.vocab(a)), "templates": list(spec.templates(a))} for a in spec.attributes}
     if not os.path.exists(path) or read_json(path) != sets:  # unchanged files keep their mtime
         write_json(sets, path)
     return path

@@ -23,7 +23,8 @@ def refused(*overrides):
 
 
 def test_every_registry_is_checked():
-    assert set(REGISTRIES) == {"objective", "train.engine", "train.optimizer", "train.lr_scheduler", "cluster.backend"}
+    assert set(REGISTRIES) == {"objective", "train.engine", "train.optimizer", "train.lr_scheduler", "cluster.backend",
+                               "cluster.k_rule", "model.integration_weights"}
     assert all(callable(entry.check) for registry in REGISTRIES.values() for entry in registry.values())
     load_config(None, BASE)  # the defaults pass every check
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcl_dist.integrate import IntegratedModel, load_model, save_integrated
+from mcl_dist.integrate import IntegratedModel, load_model, save_integrated, stage_weights
 from mcl_dist.files import save_torch
 
 NAME = "mcl-test-tiny-integrate"
@@ -85,6 +85,29 @@ def test_save_load_round_trip(stages, inputs, tmp_path):
     assert torch.equal(tokenizer(["a red square"]), open_clip.get_tokenizer(NAME)(["a red square"]))
     from PIL import Image
     assert preprocess(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
+
+
+def test_cka_weightings_are_label_free_rules_on_the_stage_cka():
+    cka = [None, 0.95, 0.4]  # stage 1 repeats the earlier stages, stage 2 is new
+    assert stage_weights("equal", cka) == [1.0, 1.0, 1.0]
+    assert stage_weights("cka_drop", cka, threshold=0.9) == [1.0, 0.0, 1.0]
+    assert stage_weights("cka_weight", cka) == pytest.approx([1.0, 0.05, 0.6])
+
+
+def test_dropped_stage_is_absent_from_both_towers_and_loading_keeps_the_choice(stages, inputs, tmp_path):
+    """model.integration_weights=cka_drop that dropped stage 1: the integrated image and text
+    features, saved and loaded again, score exactly as stage 0 alone (the other stage's block is 0)."""
+    x, t = inputs
+    weights = stage_weights("cka_drop", [None, 0.97], threshold=0.9)
+    path = str(tmp_path / "dropped.pt")
+    save_integrated(path, [NAME, NAME], [m.state_dict() for m in stages], weights, CFG)
+    model, _, _ = load_model(path)
+    assert model.weights == [1.0, 0.0]
+    sims = stage_sims(stages, x, t)
+    with torch.no_grad():
+        fi, ft = model.encode_image(x), model.encode_text(t)
+    assert torch.count_nonzero(fi[:, 32:]) == 0 and torch.count_nonzero(ft[:, 32:]) == 0
+    torch.testing.assert_close(fi @ ft.T, sims[0], atol=1e-5, rtol=0)
 
 
 def test_stage_checkpoint_loads_here_and_in_open_clip(stages, inputs, tmp_path):
@@ -192,3 +215,54 @@ def test_integration_choice_survives_save_and_load(stages, inputs, tmp_path):
     del old["integration"]  # a file from before the choice existed
     save_torch(old, path)
     assert load_model(path)[0].integration == "normalized"
+
+
+def test_raw_scaling_then_cka_drop_weights_compose_and_survive_save_and_load(stages, inputs, tmp_path):
+    """model.integration=raw with model.integration_weights=cka_drop: the weights apply after the
+    per-stage scaling, so the dropped stage's block is 0 and the kept stages keep their RAW features
+    (the longer one weighs more), not normalised ones; the file keeps both choices."""
+    x, t = inputs
+    models = [stages[0], stages[1], stages[0]]  # stage 2 repeats stage 0: CKA 1, dropped
+    weights = stage_weights("cka_drop", [None, 0.3, 1.0], threshold=0.9)
+    assert weights == [1.0, 1.0, 0.0]
+    path = str(tmp_path / "raw_dropped.pt")
+    save_integrated(path, [NAME] * 3, [m.state_dict() for m in models], weights, CFG, integration="raw")
+    saved = torch.load(path, weights_only=True)
+    assert saved["integration"] == "raw" and saved["weights"] == [1.0, 1.0, 0.0]
+    model, _, _ = load_model(path)
+    assert model.integration == "raw" and model.weights == [1.0, 1.0, 0.0]
+    with torch.no_grad():
+        raw_i = [m.encode_image(x) for m in stages]
+        raw_t = [m.encode_text(t) for m in stages]
+        fi, ft = model.encode_image(x), model.encode_text(t)
+        normed = IntegratedModel(models, weights).eval().encode_image(x)
+    # stage 0 and 1 have raw features of different lengths, so raw and normalised scaling differ
+    assert not torch.allclose(raw_i[0].norm(dim=-1), raw_i[1].norm(dim=-1), rtol=0.05)
+    torch.testing.assert_close(fi, F.normalize(torch.cat([*raw_i, torch.zeros_like(raw_i[0])], 1), dim=-1),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(ft, F.normalize(torch.cat([*raw_t, torch.zeros_like(raw_t[0])], 1), dim=-1),
+                               atol=1e-6, rtol=0)
+    assert not torch.allclose(fi, normed, atol=1e-3)
+    torch.testing.assert_close(normed, F.normalize(torch.cat([F.normalize(f, dim=-1) for f in raw_i]
+                                                             + [torch.zeros_like(raw_i[0])], 1), dim=-1),
+                               atol=1e-6, rtol=0)
+
+
+def test_both_integration_choices_are_settings_of_the_integrate_step_only():
+    """Either choice, or both, changes the integrate step's fingerprint and no training step's, so a
+    finished run is re-integrated with --redo integrate, never retrained; the defaults add nothing
+    (runs made before the choices keep their fingerprints)."""
+    from mcl_dist.config_load import load_config
+    from mcl_dist.steps import IntegrateStep, TrainStep
+
+    base = ["data.synthetic=true", "stages=[{}, {k: 4}]"]
+    default = load_config(None, base)
+    raw = load_config(None, base + ["model.integration=raw"])
+    both = load_config(None, base + ["model.integration=raw", "model.integration_weights=cka_drop"])
+    assert IntegrateStep(default).result_settings() == {}
+    assert IntegrateStep(raw).result_settings() == {"integration": "raw"}
+    assert IntegrateStep(both).result_settings() == {"integration": "raw", "weights": "cka_drop",
+                                                     "redundant_cka": 0.9, "samples": 2048}
+    for s in (0, 1):
+        assert TrainStep(both, stage=s).result_settings() == TrainStep(default, stage=s).result_settings()
+    assert "raw features" in IntegrateStep(both).describe(1) and "cka_drop weights" in IntegrateStep(both).describe(1)

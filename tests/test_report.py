@@ -85,6 +85,16 @@ def test_wide_tables_are_cut_to_ten_columns_and_the_label_table_is_transposed(tm
     assert os.path.getsize(tmp_path / "loss_curves.png") > 0
 
 
+def test_stop_signals_are_rows_of_the_label_table(tmp_path):
+    """The labels step's signal/* records (issue 25) are rows beside the label statistics; cka_prev
+    exists from stage 2 on only."""
+    stats = {1: {"labels": 12, "signal/nmi": 0.25, "signal/survived_samples": 0.875},
+             2: {"labels": 40, "signal/nmi": 0.5, "signal/survived_samples": 0.5, "signal/cka_prev": 0.9375}}
+    text = open(write_report(str(tmp_path), {}, {}, {}, stats)).read()
+    assert "| statistic | stage 1 | stage 2 |" in text
+    assert "| signal/cka_prev | – | 0.9375 |" in text and "| signal/survived_samples | 0.875 | 0.5 |" in text
+
+
 def test_recipe_and_wall_times_from_a_real_config_and_manifest(tmp_path):
     from mcl_dist.config_load import load_config
     from mcl_dist.files import write_json
@@ -95,6 +105,9 @@ def test_recipe_and_wall_times_from_a_real_config_and_manifest(tmp_path):
     assert rec["lines"][0] == ("- model: ViT-L-14, weights openai, QuickGELU, text tower locked, image tower locked "
                                "but 6 groups")
     assert rec["lines"][1] == "- 8 rank(s), global batch 8000 (accumulation 1), ddp, precision amp, objective clip"
+    assert rec["lines"][3].endswith("integration raw, stage weights equal")
+    cka = recipe(load_config(None, ["data.synthetic=true", "model.integration_weights=cka_drop"]), 1, {})
+    assert cka["lines"][3].endswith("integration normalized, stage weights cka_drop")
     assert rec["rows"][0] == ["0", "pretrained openai", "–", "–", "–", "–", "–"]
     assert rec["rows"][1] == ["1", "base", "100", "800,000", "0.0005", "10", "8000"]
     assert rec["rows"][3][2] == "–"  # not trained yet

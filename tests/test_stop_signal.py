@@ -47,6 +47,15 @@ def test_small_pieces_do_not_count_as_a_split_and_missing_samples_are_ignored():
     sig = split_signal(labels_m, clusters_m, min_label_size=4)
     assert sig["split_labels"] == 0.5 and sig["split_samples"] == 0.5
     assert sig["labels_after"] == len(np.unique(compose_labels([labels, clusters], 4))) == 4
+    # combinations (0,0) 37, (0,1) 3, (1,0) 20, (1,2) 20: three of four keep their own label
+    assert sig["survived_labels"] == 0.75 and sig["survived_samples"] == 77 / 80
+
+
+def test_survived_share_falls_when_the_new_clusters_shatter_the_labels():
+    labels = np.repeat(np.arange(4), 12)
+    assert split_signal(labels, np.tile([0, 1], 24), 4)["survived_samples"] == 1.0  # 8 pieces of 6
+    shattered = split_signal(labels, np.arange(48) % 6, 4)  # 24 pieces of 2 < min_label_size
+    assert shattered["survived_labels"] == 0.0 and shattered["survived_samples"] == 0.0
 
 
 def test_mismatched_lengths_are_refused():

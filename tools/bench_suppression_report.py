@@ -11,20 +11,36 @@ import os
 
 import numpy as np
 
-# Measured on the validation split with the tiny-vit-p4 tower at T = 2,000 (docs/results.md): the
-# baseline learns colour, background and frame (pairs 1.00) and texture (1.00), and suppresses
-# shape (0.34) and position (0.06), which the same tower learns when the easy attributes are held
-# constant. So position counts as a hard attribute here, and the ratio line is over SUPPRESSED.
-EASY = ["color", "background", "frame"]
-HARD = ["shape", "texture", "position"]  # varied in the reference (no-easy) data
-SUPPRESSED = ["shape", "position"]  # hard attributes the baseline fails on the validation split
-SIMCLR_HARD = ["shape", "texture"]  # the SimCLR arm's (docs/results.md): position is easy for its ResNet
-ATTRS = ["color", "shape", "texture", "position", "background", "frame"]
+# Family A (shapes), measured on the validation split with the tiny-vit-p4 tower at T = 2,000
+# (docs/results.md): the baseline learns colour, background and frame (pairs 1.00) and texture
+# (1.00), and suppresses shape (0.34) and position (0.06), which the same tower learns when the easy
+# attributes are held constant. So position counts as hard, and the ratio line is over `suppressed`.
+# Family B (glyphs): letter and position are the hard attributes by construction; whether the
+# baseline suppresses both is what its validation-split baseline and reference must show first.
+FAMILY_ATTRS = {
+    "A": {"attrs": ["color", "shape", "texture", "position", "background", "frame"],
+          "easy": ["color", "background", "frame"], "hard": ["shape", "texture", "position"],
+          "suppressed": ["shape", "position"]},
+    "B": {"attrs": ["letter", "ink", "position", "backdrop", "band"], "easy": ["ink", "backdrop", "band"],
+          "hard": ["letter", "position"], "suppressed": ["letter", "position"]},
+}
+SIMCLR_HARD = ["shape", "texture"]  # the SimCLR arm's (family A; docs/results.md): position is easy for its ResNet
+
+
+def use_family(family: str) -> None:
+    """Point the module's attribute lists (read by every table below) at one family."""
+    global ATTRS, EASY, HARD, SUPPRESSED
+    fa = FAMILY_ATTRS[family]
+    ATTRS, EASY, HARD, SUPPRESSED = fa["attrs"], fa["easy"], fa["hard"], fa["suppressed"]
+
+
+use_family("A")
 
 
 def ms(v) -> str:
+    """One value, or the mean followed by every seed's value (never a mean alone)."""
     v = np.asarray(v, float)
-    return f"{v.mean():.2f}±{v.std():.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+    return f"{v.mean():.2f} [" + " ".join(f"{x:.2f}" for x in v) + "]" if len(v) > 1 else f"{v.mean():.2f}"
 
 
 def mean(v) -> float:
@@ -81,6 +97,14 @@ def dilution_table(res: dict, arms: list[str]) -> list[str]:
             + _table(["arm"] + ATTRS, rows))
 
 
+def chosen_k(res: dict, arm: str, s, k_of: dict) -> str:
+    """A stage's K: the arm's fixed one, or what `k: auto` chose on each seed."""
+    if k_of.get(arm) != "auto":
+        return str(k_of.get(arm, "?"))
+    ks = res.get("stages", {}).get(arm, {}).get(s, {}).get("k", [])
+    return "auto: " + " ".join(str(k) for k in ks)
+
+
 def purity_table(res: dict, k_of: dict) -> list[str]:
     P, st = res["purity"], res["label_stats"]
     rows = []
@@ -89,7 +113,7 @@ def purity_table(res: dict, k_of: dict) -> list[str]:
             for src in ("clusters", "labels"):
                 sizes = st.get(arm, {}).get(s, [{}])
                 size = (f"{mean([x.get('num_labels', 0) for x in sizes]):.0f} "
-                        f"({mean([x.get('median_size', 0) for x in sizes]):.0f})" if src == "labels" else str(k_of[arm]))
+                        f"({mean([x.get('median_size', 0) for x in sizes]):.0f})" if src == "labels" else chosen_k(res, arm, s, k_of))
                 rows.append([arm, str(s), "k-means clusters" if src == "clusters" else "pseudo-labels", size]
                             + [ms(P[arm][s][src][a]) for a in ATTRS])
     if not rows:
@@ -99,86 +123,106 @@ def purity_table(res: dict, k_of: dict) -> list[str]:
 
 
 def signal_table(res: dict) -> list[str]:
-    """Per stage of every MCL arm: the label-free stopping signal next to what it should predict."""
+    """Per stage of every MCL arm: the label-free stop signals next to what they should predict."""
     rows = []
     for arm, stages in res.get("stages", {}).items():
-        for s in sorted(stages):
+        for s in sorted(stages, key=int):
             d = stages[s]
             if "nmi" not in d:
                 continue
             easy_min = [min(p[a] for a in EASY) for p in d["label_purity"]]
-            rows.append([arm, str(s), ms(d["nmi"]), ms(d["split_labels"]), ms(d["split_samples"]),
+            opt = lambda key: ms(d[key]) if key in d and None not in d[key] else "—"  # noqa: E731
+            rows.append([arm, str(s), ms(d["nmi"]), ms(d["split_samples"]), opt("survived_samples"), opt("cka_prev"),
                          f"{mean(d['labels_before']):.0f} → {mean(d['labels_after']):.0f}",
                          ms(easy_min), ms(d["loss_start"]), ms(d["loss_end"]), ms(d["hard_pairs"])])
     if not rows:
         return []
-    return (["## Stopping signal per stage (label-free) and what it should predict", "",
+    return (["## Stop signals per stage (label-free) and what they should predict", "",
              "nmi / split: the new k-means clusters (on stage s-1's embeddings) vs the labels stage s-1 "
-             "trained with; easy purity: the smallest purity of stage s's pseudo-labels over the easy "
-             "attributes (< 0.95: an easy attribute is still left to learn, so another stage should help); "
+             "trained with; survived: share of samples whose (label, cluster) combination keeps min_label_size; "
+             "CKA(s-1, earlier): linear CKA of stage s-1's features with stages 0..s-2's (near 1: it learned "
+             "nothing new); easy purity: the smallest purity of stage s's pseudo-labels over the easy attributes; "
              "loss: stage s's masked loss at its first and last step; hard pairs: stage s's own model.", ""]
-            + _table(["arm", "stage", "NMI(new, current)", "labels split", "samples in split labels",
-                      "labels before → after", "easy purity (min)", "loss start", "loss end",
+            + _table(["arm", "stage", "NMI(new, current)", "samples in split labels", "survived samples",
+                      "CKA(s-1, earlier)", "labels before → after", "easy purity (min)", "loss start", "loss end",
                       "hard pairs, stage model"], rows))
 
 
-def err_ratio(mcl: dict, base: dict) -> tuple[float, float]:
-    """(pair error ratio on the suppressed attributes, easy pair accuracy) of two integrated summaries."""
-    hard_m = mean([mean(mcl[a]["pairs"]) for a in SUPPRESSED])
-    hard_b = mean([mean(base[a]["pairs"]) for a in SUPPRESSED])
-    easy = mean([mean(mcl[a]["pairs"]) for a in EASY])
-    return ((1 - hard_m) / (1 - hard_b) if hard_b < 1 else float("inf")), easy
+def seed_pairs(res: dict, arm: str, model: str = "integrated") -> dict:
+    """{seed: {attribute: pair accuracy}} of one arm's model."""
+    S = res["summary"][arm][model]
+    return {sd: {a: S[a]["pairs"][i] for a in S} for i, sd in enumerate(res["seeds"][arm])}
 
 
-def seed_lines(res: dict, headline: str, k_of: dict, seed: int = 0) -> list[str]:
-    """One seed of the K sweep (the headline arm and its `_kK` variants) and of the no-cluster
-    controls, each against the baseline's mean over its seeds."""
-    S, seeds, base = res["summary"], res.get("seeds", {}), res["summary"]["baseline"]["integrated"]
-    n_base = len(base[SUPPRESSED[0]]["pairs"])
+def ratio(mcl: dict, base: dict) -> float:
+    """Pair error ratio on the suppressed attributes of one seed's {attribute: pairs}."""
+    hard_m, hard_b = mean([mcl[a] for a in SUPPRESSED]), mean([base[a] for a in SUPPRESSED])
+    return (1 - hard_m) / (1 - hard_b) if hard_b < 1 else float("inf")
 
-    def line(arm: str, label: str) -> str:
-        i = seeds[arm].index(seed)
-        one = {a: {"pairs": [S[arm]["integrated"][a]["pairs"][i]]} for a in SUPPRESSED + EASY}
-        err, easy = err_ratio(one, base)
-        hard = ", ".join(f"{a} {one[a]['pairs'][0]:.2f}" for a in SUPPRESSED)
-        return f"  {label}: pair error ratio {err:.2f} ({hard}), easy attribute {100 * easy:.1f}%"
 
-    have = lambda arm: arm in S and seed in seeds.get(arm, [])
-    sweep = sorted((a for a in S if a == headline or a.startswith(headline + "_k")), key=lambda a: k_of.get(a, 0))
-    controls = sorted(a for a in S if a.endswith("noclust"))
-    lines = []
-    if len([a for a in sweep if have(a)]) > 1:
-        lines.append(f"K sweep, {headline}, seed {seed} (against the {n_base}-seed baseline):")
-        lines += [line(a, f"K {k_of.get(a, '?')}") for a in sweep if have(a)]
-    if any(have(a) for a in controls):
-        lines.append(f"no-cluster controls (restarts only), seed {seed}:")
-        lines += [line(a, a) for a in controls if have(a)]
-    return lines
+def seed_ratios(res: dict, arm: str) -> dict:
+    """{seed: pair error ratio against the same seed's baseline} for the seeds both have."""
+    if arm not in res["summary"] or "baseline" not in res["summary"]:
+        return {}
+    base, mine = seed_pairs(res, "baseline"), seed_pairs(res, arm)
+    return {sd: ratio(mine[sd], base[sd]) for sd in mine if sd in base}
+
+
+def fmt_seeds(values: dict) -> str:
+    return " ".join(f"{v:.2f}" for v in values.values()) + f"  (seeds {' '.join(str(s) for s in values)})"
 
 
 def final_lines(res: dict, headline: str, k_of: dict) -> list[str]:
-    """The fair-baseline check, the error ratio of every stage count, one seed of the K sweep and
-    the controls, and the headline line."""
+    """The fair-baseline check, then every MCL arm's pair error ratio per seed against the same
+    seed's baseline (sorted by their mean), the easy attributes per seed, and the headline arm."""
     S = res["summary"]
     if "baseline" not in S:
         return ["(the summary lines need the baseline arm)"]
-    base = S["baseline"]["integrated"]
-    per = {a: mean(base[a]["pairs"]) for a in EASY}
-    lines = [f"baseline easy-attribute pair accuracy: min {min(per.values()):.2f} ("
-             + ", ".join(f"{a} {v:.2f}" for a, v in per.items()) + ")"]
-    ranked = []
-    for arm in sorted(S):
-        if arm.startswith("mcl") and "_k" not in arm and not arm.endswith("noclust"):
-            n = len(S[arm]["integrated"]["shape"]["pairs"])
-            err, easy = err_ratio(S[arm]["integrated"], base)
-            ranked.append((err, arm, easy, n))
-    for err, arm, easy, n in sorted(ranked):
-        lines.append(f"  {arm} ({n} seeds): pair error ratio {err:.2f}, easy attribute {100 * easy:.1f}%")
-    lines += seed_lines(res, headline, k_of)
-    if headline in S:
-        err, easy = err_ratio(S[headline]["integrated"], base)
-        lines.append(f"pair error ratio (integrated MCL / baseline) on suppressed attributes: {err:.2f}; "
-                     f"easy attribute: {100 * easy:.1f}%   [{headline}, chosen before the test run]")
+    base = seed_pairs(res, "baseline")
+    lines = ["baseline easy-attribute pair accuracy per seed: "
+             + "; ".join(f"seed {sd} min {min(v[a] for a in EASY):.2f}" for sd, v in base.items())]
+    ranked = sorted((mean(list(r.values())), arm, r) for arm in S if arm.startswith("mcl") and (r := seed_ratios(res, arm)))
+    for _, arm, r in ranked:
+        easy = {sd: min(v[a] for a in EASY) for sd, v in seed_pairs(res, arm).items()}
+        lines.append(f"  {arm} (K {k_of.get(arm, '?')}): pair error ratio per seed {fmt_seeds(r)}; "
+                     f"easy attribute min per seed " + " ".join(f"{v:.2f}" for v in easy.values()))
+    if seed_ratios(res, headline):
+        lines.append(f"pair error ratio (integrated MCL / same-seed baseline) on suppressed attributes per seed: "
+                     f"{fmt_seeds(seed_ratios(res, headline))}   [{headline}, chosen before the test run]")
+    return lines
+
+
+def choose_recipe(res: dict, prefix: str = "mcl") -> tuple[str, float]:
+    """The MCL arm named `prefix...` (not a no-cluster control) with the lowest mean of its per-seed
+    ratios, among the arms that have every seed the baseline has: the recipe one family picks for
+    the other."""
+    seeds = set(res.get("seeds", {}).get("baseline", []))
+    cands = [(mean(list(r.values())), arm) for arm in res["summary"]
+             if arm.startswith(prefix) and "noclust" not in arm and set(r := seed_ratios(res, arm)) == seeds and seeds]
+    return (min(cands)[1], min(cands)[0]) if cands else ("", float("nan"))
+
+
+def transfer_lines(results: dict, prefix: str = "mcl") -> list[str]:
+    """One line per direction in the issue's form, each followed by what was chosen and where;
+    `results` is {"A": summary, "B": summary} (either may be missing); the recipe is chosen among
+    the arms named `prefix...` (the tool passes its recipe grid's)."""
+    lines = []
+    for src, dst in (("A", "B"), ("B", "A")):
+        head = f"transfer (recipe chosen on {src}, tested on {dst}): pair error ratio per seed"
+        if src not in results or dst not in results:
+            lines.append(f"{head} — not measured: family {src if src not in results else dst} has no results yet")
+            continue
+        use_family(src)
+        arm, chosen_mean = choose_recipe(results[src], prefix)
+        use_family(dst)
+        r = seed_ratios(results[dst], arm) if arm else {}
+        if not r:
+            lines.append(f"{head} — not measured: " + (f"run {arm} (and baseline) on {dst}" if arm else
+                                                     f"no MCL arm has every seed of the baseline on {src}"))
+            continue
+        lines += [f"{head} {' '.join(f'{v:.2f}' for v in r.values())}",
+                  f"  recipe {arm}: chosen on {src} (mean of its per-seed ratios {chosen_mean:.2f}); "
+                  f"on {dst} against the same seed's baseline, seeds {' '.join(map(str, r))}"]
     return lines
 
 

@@ -1,14 +1,22 @@
 """integrate (rank 0): the stages' checkpoints concatenated into one model (mcl_dist/integrate.py);
-writes `integrated/model.pt`."""
+writes `integrated/model.pt`. model.integration chooses how each stage's features are scaled
+(normalized or raw); with model.integration_weights other than equal, each stage's weight
+comes from its linear CKA with the earlier stages' features on the first training samples
+(mcl_dist/stage_similarity.py), recorded with the weights in the manifest."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 from mcl_dist.files import load_torch
-from mcl_dist.integrate import save_integrated
+from mcl_dist.integrate import save_integrated, stage_weights
 from mcl_dist.run_context import RunContext, integrated_path
+from mcl_dist.stage_similarity import cka_to_earlier, sample_features
 from mcl_dist.steps.base import Step
+from mcl_dist.steps.common import load_stage_model
+
+log = logging.getLogger("mcl_dist")
 
 
 @dataclass
@@ -17,17 +25,25 @@ class IntegrateStep(Step):
     main_only = True
 
     def result_settings(self) -> dict:
-        # the default stays out of the settings: runs made before the choice keep their fingerprint
-        how = self.cfg.model.integration
-        return {"integration": how} if how != "normalized" else {}
+        # the defaults stay out of the settings: runs made before either choice keep their fingerprint
+        m, out = self.cfg.model, {}
+        if m.integration != "normalized":
+            out["integration"] = m.integration
+        if m.integration_weights != "equal":
+            out.update(weights=m.integration_weights, redundant_cka=m.integration_redundant_cka,
+                       samples=m.integration_samples)
+        return out
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
         return [integrated_path(run_dir)]
 
     def describe(self, world: int) -> str:
-        if self.cfg.model.integration == "raw":
-            return f"the {len(self.cfg.stages)} stages' raw features concatenated, then L2-normalised"
-        return f"the {len(self.cfg.stages)} stages' features concatenated (each L2-normalised)"
+        m, n = self.cfg.model, len(self.cfg.stages)
+        how = "raw features concatenated, then L2-normalised" if m.integration == "raw" else \
+            "features concatenated (each L2-normalised)"
+        w = "equal weights" if m.integration_weights == "equal" else \
+            f"{m.integration_weights} weights from CKA on {m.integration_samples} samples"
+        return f"the {n} stages' {how}, {w}"
 
     def run(self, ctx: RunContext) -> dict:
         names, states, config = [], [], None
@@ -36,5 +52,16 @@ class IntegrateStep(Step):
             names.append(ck["model_name"])
             states.append(ck["state_dict"])
             config = ck.get("model_config", config)
-        save_integrated(integrated_path(ctx.run_dir), names, states, None, config, ctx.cfg.model.integration)
-        return {"model": integrated_path(ctx.run_dir)}
+        m, out = ctx.cfg.model, {"model": integrated_path(ctx.run_dir)}
+        weights = None
+        if m.integration_weights != "equal":
+            bundles = [load_stage_model(ctx, s) for s in range(len(ctx.cfg.stages))]
+            feats = sample_features(bundles, ctx.urls, m.integration_samples, batch_size=ctx.cfg.cluster.embed_batch_size,
+                                    image_ext=ctx.cfg.data.image_ext, device=ctx.info.device)
+            cka = cka_to_earlier(feats)
+            weights = stage_weights(m.integration_weights, cka, m.integration_redundant_cka)
+            out.update(cka=cka, weights=weights)
+            log.info("integration weights (%s): %s; CKA with the earlier stages: %s", m.integration_weights, weights, cka)
+        # the weights scale each stage's block after the per-stage scaling model.integration chose
+        save_integrated(integrated_path(ctx.run_dir), names, states, weights, config, m.integration)
+        return out

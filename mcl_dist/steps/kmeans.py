@@ -1,7 +1,8 @@
 """stage_s/kmeans: distributed Lloyd over the ranks' embedding shares (mcl_dist/kmeans.py).
 
 Writes `stage_s/kmeans/assign<rank>-of<world>.npz` (keys, cluster ids), `centroids.npz` and
-`kmeans.json` (inertia per iteration, sizes).
+`kmeans.json` (inertia per iteration, sizes; with `k: auto` the chosen K and the rule's curve,
+mcl_dist/auto_k.py).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from mcl_dist import distributed as dist_utils
+from mcl_dist.auto_k import choose_k
 from mcl_dist.data.preflight import DataError
 from mcl_dist.embed import load_share
 from mcl_dist.files import save_npz, write_json
@@ -27,8 +29,11 @@ class KMeansStep(StageStep):
 
     def result_settings(self) -> dict:
         c = self.cfg
-        return {"k": c.stages[self.stage].k, "iters": c.cluster.kmeans_iters, "tol": c.cluster.kmeans_tol,
-                "spherical": c.cluster.spherical, "backend": c.cluster.backend, "seed": c.train.seed}
+        out = {"k": c.stages[self.stage].k, "iters": c.cluster.kmeans_iters, "tol": c.cluster.kmeans_tol,
+               "spherical": c.cluster.spherical, "backend": c.cluster.backend, "seed": c.train.seed}
+        if out["k"] == "auto":  # only then: fixed-K runs keep their fingerprints
+            out["k_rule"] = {"rule": c.cluster.k_rule, "candidates": c.cluster.k_candidates, "min_gain": c.cluster.k_min_gain}
+        return out
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
         d = os.path.join(stage_dir(run_dir, self.stage), "kmeans")
@@ -36,7 +41,9 @@ class KMeansStep(StageStep):
 
     def describe(self, world: int) -> str:
         c = self.cfg.cluster
-        return (f"K={self.cfg.stages[self.stage].k}, {c.kmeans_iters} iterations, {c.backend} backend"
+        k = self.cfg.stages[self.stage].k
+        k = f"auto ({c.k_rule} over {c.k_candidates}, min gain {c.k_min_gain})" if k == "auto" else k
+        return (f"K={k}, {c.kmeans_iters} iterations, {c.backend} backend"
                 f"{', spherical' if c.spherical else ''}")
 
     def run(self, ctx: RunContext) -> dict:
@@ -45,19 +52,26 @@ class KMeansStep(StageStep):
         feats, keys = load_share(os.path.join(ctx.stage_dir(s), "embed"), info.rank, info.world_size)
         kill_at = ctx.kill_step(self.name)
         try:
-            res = kmeans(torch.from_numpy(np.ascontiguousarray(feats)), c.stages[s].k, iters=c.cluster.kmeans_iters,
-                         tol=c.cluster.kmeans_tol, seed=c.train.seed + s, spherical=c.cluster.spherical,
-                         backend=c.cluster.backend, device=info.device, progress=info.is_main,
-                         on_iter=(lambda it: it == kill_at and dist_utils.kill_launcher()) if kill_at else None)
+            x, rule = torch.from_numpy(np.ascontiguousarray(feats)), None
+            kw = dict(iters=c.cluster.kmeans_iters, tol=c.cluster.kmeans_tol, seed=c.train.seed + s,
+                      spherical=c.cluster.spherical, backend=c.cluster.backend, device=info.device,
+                      progress=info.is_main,
+                      on_iter=(lambda it: it == kill_at and dist_utils.kill_launcher()) if kill_at else None)
+            if c.stages[s].k == "auto":
+                res, rule = choose_k(x, c.cluster.k_candidates, c.cluster.k_min_gain, **kw)
+            else:
+                res = kmeans(x, c.stages[s].k, **kw)
         except ValueError as e:  # every rank raises the same: NaN/inf rows, k larger than the data, ...
             msg = f"{self.name} on {os.path.join(ctx.stage_dir(s), 'embed')}: {e}"
             raise (redo_hint(ValueError(msg), f"stage_{s}/embed") if "NaN or inf" in str(e) else DataError(msg)) from None
         out = os.path.join(ctx.stage_dir(s), "kmeans")
         save_npz(os.path.join(out, f"assign{info.rank:04d}-of{info.world_size:04d}.npz"), keys=keys,
                  clusters=res.assignments.numpy().astype(np.int32))
-        summary = {"k": c.stages[s].k, "inertia": [float(v) for v in res.inertia], "iterations": res.iterations,
-                   "converged": bool(res.converged), "sizes": res.sizes.tolist()}
+        k = int(res.centroids.shape[0])
+        summary = {"k": k, "inertia": [float(v) for v in res.inertia], "iterations": res.iterations,
+                   "converged": bool(res.converged), "sizes": res.sizes.tolist(), **({"k_rule": rule} if rule else {})}
         if info.is_main:
             save_npz(os.path.join(out, "centroids.npz"), centroids=res.centroids.numpy())
             write_json(summary, os.path.join(out, "kmeans.json"))
-        return {"iterations": res.iterations, "final_inertia": summary["inertia"][-1] if res.inertia else None}
+        return {"k": k, "iterations": res.iterations, "final_inertia": summary["inertia"][-1] if res.inertia else None,
+                **({"k_curve": [[p["k"], p["inertia"]] for p in rule["curve"]]} if rule else {})}

@@ -12,6 +12,7 @@ import numpy as np
 from mcl_dist.files import load_npz
 from mcl_dist.labels import compose_labels, label_stats, load_labels, save_labels
 from mcl_dist.run_context import RunContext, stage_dir
+from mcl_dist.stage_similarity import cka_to_earlier, embed_dirs_until, embedded_features
 from mcl_dist.steps.base import StageStep
 from mcl_dist.steps.common import redo_hint
 from mcl_dist.stop_signal import split_signal
@@ -60,6 +61,9 @@ class LabelsStep(StageStep):
         labels = compose_labels(rows, min_label_size=ctx.cfg.cluster.min_label_size)
         save_labels(os.path.join(ctx.stage_dir(s), "labels.npz"), index.keys, labels, np.stack(rows), index.fingerprint())
         signal = split_signal(current, rows[-1], ctx.cfg.cluster.min_label_size)
+        if s > 1:  # stage s-1 (just trained) against stages 0..s-2: did it learn something new?
+            signal["cka_prev"] = cka_to_earlier(embedded_features(embed_dirs_until(ctx.run_dir, s),
+                                                                  seed=ctx.cfg.train.seed))[-1]
         stats = {**label_stats(labels), **{f"signal/{k}": v for k, v in signal.items()}}
         log.info("stage %d labels: %s", s, stats)
         return stats

@@ -36,8 +36,10 @@ log = logging.getLogger("mcl_dist")
 TENSORBOARD = importlib.util.find_spec("tensorboard") is not None  # the optional extra: stage_s/tb/
 
 # settings that change how a run is logged or checkpointed, not what it computes
+# (report_to: where metrics go; the integration settings change only the integrate step, which
+# records them itself)
 NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size",
-               "report_to", "integration"}  # integration: a setting of the integrate step only
+               "report_to", "integration", "integration_weights", "integration_redundant_cka", "integration_samples"}
 
 
 def results_only(section: Any) -> dict:

@@ -1,0 +1,98 @@
+"""The feature-suppression benchmark tool (tools/bench_feature_suppression.py) at its smoke scale:
+real pipeline runs of a few training steps on both data families, resumed, and the report's
+structure (per-seed values, the transfer lines in the issue's form, stop signals, integration)."""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from mcl_dist.config import to_dict
+from mcl_dist.config_load import load_config
+
+
+
+def tool_module(name: str):
+    """One of the tool's helper modules (scripts in tools/, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report, arms = tool_module("bench_suppression_report"), tool_module("bench_suppression_arms")
+arm_overrides, parse_arm = arms.arm_overrides, arms.parse_arm
+
+TRANSFER = r"transfer \(recipe chosen on {}, tested on {}\): pair error ratio per seed( (\d+\.\d\d|inf))+"
+
+
+def bench(tmp, *args):
+    cmd = [sys.executable, "tools/bench_feature_suppression.py", "--scale", "smoke", "--seeds", "0", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_smoke_both_families_resume_and_report_structure(tmp_path):
+    b = ["--family", "B", "--out", str(tmp_path / "b"), "--data-dir", str(tmp_path / "data_b")]
+    out = bench(tmp_path, *b, "--arms", "baseline", "mcl2_prev_kauto", "mcl2_prev_kauto_icka_drop")
+    assert out.count("[bench] start") == 3
+    md = open(tmp_path / "b" / "results.md").read()
+    assert "family B (glyphs)" in md and "| arm | letter | ink | position | backdrop | band |" in md
+    assert "transfer (recipe chosen on A, tested on B): pair error ratio per seed — not measured" in md
+    assert "## Integration weights" in md and "| mcl2_prev_kauto_icka_drop | 0 | 1.00 " in md
+    assert "auto: " in md  # the K that k: auto chose, per seed
+    assert re.search(r"\| mcl2_prev_kauto \| 1 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| — \|", md)  # survived; no CKA at stage 1
+    assert re.search(r"mcl2_prev_kauto \(K auto\): pair error ratio per seed \S+  \(seeds 0\)", md)
+    summary = json.load(open(tmp_path / "b" / "summary.json"))
+    assert summary["family"] == "B" and summary["seeds"]["mcl2_prev_kauto_icka_drop"] == [0]
+    assert out.count("[bench] start") == 3 and "[bench] start" not in bench(tmp_path, *b, "--arms", "baseline",
+                                                                            "mcl2_prev_kauto")  # resumed: all done
+
+    a = ["--family", "A", "--out", str(tmp_path / "a"), "--data-dir", str(tmp_path / "data_a"),
+         "--other-out", str(tmp_path / "b"), "--recipe-prefix", "mcl2_prev"]  # the smoke's 2-stage arms
+    bench(tmp_path, *a, "--arms", "baseline", "mcl2_prev_kauto")
+    top = open(tmp_path / "a" / "results.md").read().split("```")[1].strip().splitlines()
+    assert re.fullmatch(TRANSFER.format("A", "B"), top[0]) and "recipe mcl2_prev_kauto: chosen on A" in top[1]
+    assert re.fullmatch(TRANSFER.format("B", "A"), top[2]) and "recipe mcl2_prev_kauto" in top[3]
+
+
+def test_family_b_config_has_family_a_settings():
+    a, b = (to_dict(load_config(f"configs/{n}.yaml")) for n in ("bench_suppression", "bench_suppression_b"))
+    assert a == b  # the transfer test changes the data, nothing else
+
+
+def summary(ratios_by_arm: dict, suppressed=("shape", "position")) -> dict:
+    """A summary whose arms have, per seed, the same pairs on every suppressed attribute."""
+    S = {arm: {"integrated": {a: {"pairs": list(v)} for a in suppressed}} for arm, v in ratios_by_arm.items()}
+    return {"summary": S, "seeds": {arm: list(range(len(v))) for arm, v in ratios_by_arm.items()}}
+
+
+def test_recipe_is_chosen_on_one_family_and_scored_per_seed_on_the_other():
+    a = summary({"baseline": [0.2, 0.4], "mcl4_prev": [0.6, 0.7], "mcl4_prev_k64": [0.9, 0.5],
+                 "mcl4_noclust": [1.0, 1.0], "mcl4_prev_k16": [1.0], "mcl5_prev": [0.95, 0.95]})
+    # never a no-cluster control; k16 lacks seed 1; mcl5_prev is best but outside the recipe grid
+    b = summary({"baseline": [0.0, 0.5], "mcl4_prev": [0.5, 0.75], "mcl4_prev_k64": [0.8, 0.5]},
+                suppressed=("letter", "position"))
+    report.use_family("A")
+    assert report.choose_recipe(a, "mcl4_prev")[0] == "mcl4_prev_k64"  # mean of (0.125, 0.833) < mean of (0.5, 0.5)
+    assert report.choose_recipe(a)[0] == "mcl5_prev"
+    lines = report.transfer_lines({"A": a, "B": b}, "mcl4_prev")
+    assert lines[0] == "transfer (recipe chosen on A, tested on B): pair error ratio per seed 0.20 1.00"
+    assert lines[2] == "transfer (recipe chosen on B, tested on A): pair error ratio per seed 0.50 0.50"
+    assert "recipe mcl4_prev: chosen on B (mean of its per-seed ratios 0.50)" in lines[3]
+    report.use_family("A")
+
+
+def test_arm_names():
+    assert parse_arm("mcl4_prev_kauto_icka_drop", 32) == (4, "prev", "auto", "cka_drop")
+    assert parse_arm("mcl4_prev_k64", 32) == (4, "prev", 64, "equal")
+    ov = arm_overrides("mcl4_prev_kauto_icka_weight", 2000, 8192, 32, 32)
+    assert ov[0].count("k: auto") == 3 and "model.integration_weights=cka_weight" in ov
+    with pytest.raises(SystemExit, match="unknown arm"):
+        parse_arm("mcl4_prev_kmany", 32)
