@@ -12,6 +12,7 @@ from conftest import ROOT, write_test_shards
 from mcl_dist.config_load import load_config
 from mcl_dist.dry_run import build_plan, format_plan
 from mcl_dist.memory_estimate import ACTIVATIONS
+from mcl_dist.time_estimate import estimate
 
 REAL = ["configs/cc12m_vit_l14_paper.yaml", "configs/cc12m_vit_l14.yaml", "configs/cc12m_vit_b32.yaml", "configs/cc12m_rn50.yaml"]
 N = 10_000_000  # samples per epoch (CC12M as downloaded is about this size)
@@ -109,6 +110,26 @@ def test_memory_estimate_by_hand_and_the_vit_l14_warning(shards):
     eight = format_plan(build_plan(load_config(path, overrides(shards, "model.pretrained=", "stages.0.pretrained=")),
                                    path, "runs/x", world=8))
     assert "warning:" not in eight
+
+
+@pytest.mark.parametrize("config", REAL)
+def test_every_real_config_prints_an_hours_estimate_or_names_the_missing_rate(config, shards):
+    """Hours from the shipped measured rates (mcl_dist/time_estimate.py) on the chosen GPUs: ViT-B-32
+    has H200 rates (8 GPUs are a labelled projection); the others name each rate not measured."""
+    path = os.path.join(ROOT, config)
+    cfg = load_config(path, overrides(shards, "model.pretrained=", "stages.0.pretrained="))
+    plan = build_plan(cfg, path, "runs/x", world=8, gpu="h200")
+    text = format_plan(plan)
+    model = plan["model"]["name"].removesuffix("-quickgelu")
+    assert f"time estimate (projection): {model} on 8 x H200" in text
+    est = estimate(model, "H200", 8, [st["samples"] for st in plan["stages"]], embed_rows=N,
+                   kmeans_iters=cfg.cluster.kmeans_iters, dim=plan["model"]["dim"], global_batch=cfg.train.global_batch_size,
+                   grad_params=max(plan["model"]["trainable"]))
+    if model == "ViT-B-32":
+        assert est["complete"] and est["total_h"] > 0 and f"  total: {est['total_h']:.2f} h\n" in text
+        assert "data-sheet NVLink" in text
+    else:
+        assert f"no measured rate for training {model} on H200" in text and "(partial: rates missing)" in text
 
 
 def test_tensorboard_path_only_when_report_to_names_it(shards):
