@@ -132,7 +132,7 @@ def weights_notes(cfg: Config) -> list[str]:
 
 def planned_paths(cfg: Config, run_dir: str, world: int) -> list[str]:
     j = os.path.join
-    out = [j(run_dir, "config.yaml"), j(run_dir, "manifest.json")]
+    out = [j(run_dir, "config.yaml"), j(run_dir, "manifest.json"), j(run_dir, "data_report.json")]
     if cfg.data.synthetic and not cfg.data.train_shards:
         out.append(f"{cfg.data.synthetic_dir}/ (synthetic shards, MMVP folder, zero_shot.json; first use only)")
     for s, st in enumerate(cfg.stages):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist import files, rundir, steps
+from mcl_dist import data_report, files, rundir, steps, verify
 from mcl_dist.config import Config, ConfigError, default_run_dir, save_config
 from mcl_dist.config_load import check_world, load_config
 from mcl_dist.data.preflight import DataError, check_index, check_shard_count
@@ -29,6 +29,7 @@ from mcl_dist.data.shards import expand_urls, is_local, local_path
 from mcl_dist.data.tar_index import build_or_load_index
 from mcl_dist.manifest import Manifest, fingerprint
 from mcl_dist.objectives import get_objective
+from mcl_dist.report import REPORT_FILES
 from mcl_dist.synthetic import ensure_demo_data
 
 log = logging.getLogger("mcl_dist")
@@ -90,7 +91,8 @@ def step_outputs(run_dir: str, name: str) -> list[str]:
     return {"train": [os.path.join(sd, p) for p in ("checkpoints", "checkpoint.pt", "metrics.jsonl", "tb", "batches")],
             "embed": [os.path.join(sd, "embed")], "kmeans": [os.path.join(sd, "kmeans")],
             "labels": [os.path.join(sd, "labels.npz")]}.get(step, []) if step else \
-        {"integrate": [os.path.join(run_dir, "integrated")], "eval": [os.path.join(run_dir, "eval")]}.get(name, [])
+        {"integrate": [os.path.join(run_dir, "integrated")], "eval": [os.path.join(run_dir, "eval")],
+         "report": [os.path.join(run_dir, p) for p in REPORT_FILES]}.get(name, [])
 
 
 class Pipeline:
@@ -132,6 +134,7 @@ class Pipeline:
         if self.redoing:
             pass  # recomputed whatever the manifest says
         elif self.manifest.is_done(name, settings):
+            verify.check_step(self.run_dir, name, self.manifest.step(name))  # its files are still what it wrote
             log.info("step %s: done already, skipped", name)
             return self.manifest.step(name)["outputs"]
         else:
@@ -147,7 +150,7 @@ class Pipeline:
             dist_utils.kill_launcher()
         dist_utils.barrier()
         if self.info.is_main:
-            self.manifest.finish(name, outputs)
+            self.manifest.finish(name, outputs, files=verify.record(self.run_dir, step_outputs(self.run_dir, name)))
         dist_utils.barrier()
         return outputs
 
@@ -157,7 +160,7 @@ class Pipeline:
         outputs = fn() or {}
         if self.cfg.debug.kill_at == name:
             dist_utils.kill_job_now()
-        self.manifest.finish(name, outputs)
+        self.manifest.finish(name, outputs, files=verify.record(self.run_dir, step_outputs(self.run_dir, name)))
         return outputs
 
     def _clear_from(self, name: str) -> None:
@@ -186,7 +189,7 @@ class Pipeline:
         def train(s: int, upstream: list[str]) -> dict:
             return {"data": self.data_fp, "data_cfg": _results_only(c.data), "model": _results_only(c.model),
                     "train": _results_only(c.train), "stage": _results_only(c.stages[s]),
-                    "world_size": self.info.world_size, "upstream": [fps[u] for u in upstream]}
+                    "world_size": self.info.world_size, "files": verify.model_files(c), "upstream": [fps[u] for u in upstream]}
 
         add("stage_0/train", train(0, []), lambda fp: steps.train_step(self, 0, fp))
         for s in range(1, len(c.stages)):
@@ -205,7 +208,7 @@ class Pipeline:
             lambda fp: steps.integrate_step(self), main_only=True)
         if c.eval.enabled:
             ev = json.loads(json.dumps(c.eval.__dict__, default=str))
-            add("eval", {"upstream": [fps["integrate"]], "eval": ev}, lambda fp: steps.eval_step(self), main_only=True)
+            add("eval", {"upstream": [fps["integrate"]], "eval": ev, "files": verify.eval_files(c)}, lambda fp: steps.eval_step(self), main_only=True)
         add("report", {"upstream": [fps["integrate"]] + ([fps["eval"]] if "eval" in fps else [])},
             lambda fp: steps.report_step(self), main_only=True)
         return out
@@ -229,6 +232,7 @@ class Pipeline:
         except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
             return {"error": str(e)}
         files.write_json(stats, os.path.join(self.run_dir, "data_check.json"))
+        data_report.record(self.run_dir, "preflight", data_report.counted(stats["reasons"]))
         if stats["bad"]:
             log.warning("data check: %d of %d samples unusable (%s); they are skipped and counted",
                         stats["bad"], stats["samples"], stats["reasons"])
@@ -240,7 +244,7 @@ class Pipeline:
         for step in self.steps:
             outputs[step.name] = self.run_step(step)
         if self.info.is_main:
-            print(f"\nMCL run finished. Report: {outputs['report'].get('report')}\nIntegrated model: "
+            print(f"\nMCL run finished. Report: {os.path.join(self.run_dir, outputs['report'].get('report'))}\nIntegrated model: "
                   f"{steps.integrated_path(self.run_dir)} (load with mcl_dist.integrate.load_model)", flush=True)
         dist_utils.barrier()
         return 0

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mcl_dist import data_report
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import ConfigError, micro_batch_size, stage_lr, stage_steps
 from mcl_dist.data.preflight import DataError
@@ -28,12 +29,12 @@ from mcl_dist.data.shards import count_samples, local_path
 from mcl_dist.data.sources import PlannedSource, StreamSource
 from mcl_dist.data.streaming import cap_workers
 from mcl_dist.data.tar_index import build_or_load_index
-from mcl_dist.embed import embed_shards, load_share
+from mcl_dist.embed import check_parts, embed_shards, embedded_bad, load_share
 from mcl_dist.eval.evaluate import evaluate_model
 from mcl_dist.files import load_npz, load_torch, read_json, save_npz, save_torch, write_json
 from mcl_dist.integrate import save_integrated
 from mcl_dist.kmeans import kmeans
-from mcl_dist.labels import compose_labels, label_stats, load_labels, save_labels
+from mcl_dist.labels import check_complete, compose_labels, label_stats, load_labels, save_labels
 from mcl_dist.metrics import read_metrics
 from mcl_dist.models import stage_checkpoint
 from mcl_dist.objectives import get_objective
@@ -99,12 +100,13 @@ def embed_step(pipe, s: int) -> dict:
                         mode=c.cluster.embed, batch_size=c.cluster.embed_batch_size, workers=c.data.workers,
                         image_ext=c.data.image_ext, caption_ext=c.data.caption_ext,
                         max_pixels=c.data.max_image_pixels, max_bytes=c.data.max_member_bytes,
-                        max_bad_fraction=c.data.max_bad_fraction)
+                        max_bad_fraction=c.data.max_bad_fraction, need_caption=get_objective(c).captions)
 
 
 def kmeans_step(pipe, s: int) -> dict:
     c, info = pipe.cfg, pipe.info
     remove_stale(os.path.join(pipe.stage_dir(s), "kmeans"), "assign*-of*.npz", info.world_size)
+    check_parts(os.path.join(pipe.stage_dir(s), "embed"), info.world_size, f"stage_{s}/embed")
     feats, keys = load_share(os.path.join(pipe.stage_dir(s), "embed"), info.rank, info.world_size)
     kill_at = pipe.kill_step(f"stage_{s}/kmeans")
     try:
@@ -148,6 +150,7 @@ def labels_step(pipe, s: int) -> dict:
             raise _redo_hint(e, f"stage_{s - 1}/labels") from None
         rows, current = list(prev["cluster_ids"]), prev["labels"]
     rows.append(_clusters_in_index_order(pipe, s, index))
+    check_complete(rows[-1], embedded_bad(pipe.stage_dir(s)), os.path.join(pipe.stage_dir(s), "kmeans"), f"stage_{s}/embed")
     labels = compose_labels(rows, min_label_size=pipe.cfg.cluster.min_label_size)
     save_labels(path, index.keys, labels, np.stack(rows), index.fingerprint())
     signal = split_signal(current, rows[-1], pipe.cfg.cluster.min_label_size)
@@ -272,6 +275,7 @@ def eval_step(pipe) -> dict:
         if pipe.cfg.debug.kill_at == f"eval:{i + 1}":  # tests: killed half-way through evaluation
             dist_utils.kill_job_now()
     write_json(results, os.path.join(pipe.run_dir, "eval", "results.json"))
+    data_report.record(pipe.run_dir, "eval", data_report.counted(results["integrated"].get("skipped", {})))
     return {"results": os.path.join(pipe.run_dir, "eval", "results.json")}
 
 
@@ -300,4 +304,4 @@ def report_step(pipe) -> dict:
     labelled = {s: st for s in stages if (st := _label_stats(pipe, s))}
     res_path = os.path.join(pipe.run_dir, "eval", "results.json")
     results = read_json(res_path) if os.path.exists(res_path) else {}
-    return {"report": write_report(pipe.run_dir, results, curves, sizes, labelled)}
+    return {"report": write_report(pipe.run_dir, results, curves, sizes, labelled, data_report.load(pipe.run_dir))}

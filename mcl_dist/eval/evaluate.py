@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from typing import Any, Optional, Sequence
 
 import torch
@@ -38,12 +39,12 @@ def has_text(model: Any) -> bool:
     return all(hasattr(m, "encode_text") for m in (stages if stages is not None else [model]))
 
 
-def _embed_shards(model, preprocess, urls, fields, device, batch_size, max_samples=None):
+def _embed_shards(model, preprocess, urls, fields, device, batch_size, max_samples=None, skipped=None):
     """Features of a shard set plus every field's raw labels, from one pass."""
     labels: list[dict] = []
 
     def numbered():
-        for img, lab in iter_labelled_samples(urls, fields, max_samples=max_samples):
+        for img, lab in iter_labelled_samples(urls, fields, max_samples=max_samples, skipped=skipped):
             labels.append(lab)
             yield img, len(labels) - 1  # the "label" is the sample number; real labels stay aside
 
@@ -51,8 +52,8 @@ def _embed_shards(model, preprocess, urls, fields, device, batch_size, max_sampl
     return feats, labels
 
 
-def _field_labels(labels: list[dict], field: str, classnames, where: str):
-    idx = label_indices([lab[field] for lab in labels], classnames, where)
+def _field_labels(labels: list[dict], field: str, classnames, where: str, skipped=None):
+    idx = label_indices([lab[field] for lab in labels], classnames, where, skipped)
     keep = torch.tensor([i is not None for i in idx], dtype=torch.bool)
     return keep, torch.tensor([i for i in idx if i is not None], dtype=torch.long)
 
@@ -71,6 +72,7 @@ def evaluate_loaded(model: Any, preprocess: Any, tokenizer: Any, *, device: Any 
     text = has_text(model)
     note = out["notes"].append
     zsc = zero_shot_classes or {}
+    skipped: Counter = Counter()  # samples (or sample labels) left out, by reason: results.json keeps them
 
     if zs_folder:
         if text:
@@ -83,10 +85,10 @@ def evaluate_loaded(model: Any, preprocess: Any, tokenizer: Any, *, device: Any 
 
     fields = list(label_fields)
     if test_urls and fields:
-        test_x, test_labels = _embed_shards(model, preprocess, test_urls, fields, device, batch_size)
+        test_x, test_labels = _embed_shards(model, preprocess, test_urls, fields, device, batch_size, None, skipped)
         train = None
         if train_urls:
-            train = _embed_shards(model, preprocess, train_urls, fields, device, batch_size, probe_max_samples)
+            train = _embed_shards(model, preprocess, train_urls, fields, device, batch_size, probe_max_samples, skipped)
         else:
             note("linear probe / k-NN skipped: no training shards given")
         for f in fields:
@@ -95,7 +97,7 @@ def evaluate_loaded(model: Any, preprocess: Any, tokenizer: Any, *, device: Any 
                             ({lab[f] for lab in train[1] if lab[f] is not None} if train else set()),
                             key=lambda v: (not isinstance(v, int), v))
             names = entry.get("classnames") or ([v for v in values if isinstance(v, str)] or None)
-            keep, y = _field_labels(test_labels, f, names, f"test shards, field {f!r}")
+            keep, y = _field_labels(test_labels, f, names, f"test shards, field {f!r}", skipped)
             if not len(y):
                 note(f"field {f!r}: no test sample carries it")
                 continue
@@ -105,7 +107,7 @@ def evaluate_loaded(model: Any, preprocess: Any, tokenizer: Any, *, device: Any 
             elif text:
                 note(f"zero-shot {f!r} skipped: integer labels and no class names in zero_shot_classes")
             if train is not None:
-                tkeep, ty = _field_labels(train[1], f, names, f"probe shards, field {f!r}")
+                tkeep, ty = _field_labels(train[1], f, names, f"probe shards, field {f!r}", skipped)
                 if not len(ty):
                     note(f"linear probe {f!r} skipped: no training sample carries it")
                     continue
@@ -120,6 +122,9 @@ def evaluate_loaded(model: Any, preprocess: Any, tokenizer: Any, *, device: Any 
     if not text:
         note("MMVP and shard zero-shot need a text tower; the model has none")
 
+    out["skipped"] = dict(sorted(skipped.items()))
+    if skipped:
+        note("samples left out: " + ", ".join(f"{r} {n}" for r, n in sorted(skipped.items())))
     if mmvp_dir and text:
         out["mmvp"] = evaluate_mmvp(model, preprocess, tokenizer, mmvp_dir, device)
     elif not mmvp_dir:
