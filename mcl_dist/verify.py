@@ -18,6 +18,7 @@ import os
 from typing import Any, Iterable
 
 from mcl_dist.data.preflight import DataError
+from mcl_dist.data.shards import expand_urls, is_local, local_path
 
 WHOLE = 64 << 20  # files up to this size are hashed whole
 WINDOW = 1 << 20
@@ -94,5 +95,13 @@ def model_files(cfg: Any) -> dict[str, str]:
                           "train.deepspeed_config": cfg.train.deepspeed_config})
 
 
-def eval_files(cfg: Any) -> dict[str, str]:
-    return file_settings({"eval.zero_shot_classes": cfg.eval.zero_shot_classes})
+def eval_files(cfg: Any) -> dict[str, Any]:
+    """The evaluation's class names and MMVP questions by content; its test shards by size and
+    modification time (hashing whole shard sets on every launch would cost more than it saves)."""
+    ev = cfg.eval
+    out: dict[str, Any] = file_settings({"eval.zero_shot_classes": ev.zero_shot_classes,
+                                         "eval.mmvp_dir": os.path.join(ev.mmvp_dir, "Questions.csv") if ev.mmvp_dir else ""})
+    if ev.test_shards:
+        shards = [local_path(u) for u in expand_urls(ev.test_shards, key="eval.test_shards") if is_local(u)]
+        out["eval.test_shards"] = [[os.path.getsize(p), os.stat(p).st_mtime_ns] for p in shards]
+    return out
