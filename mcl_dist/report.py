@@ -15,7 +15,11 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mcl_dist import data_report
 from mcl_dist.files import atomic_path, write_text
+
+# what write_report may write into the run directory (`--redo report` or earlier removes them all)
+REPORT_FILES = ("report.md", "loss_curves.png", "cluster_sizes.png", "mmvp_by_stage.png")
 
 SCORE_KEYS = ("top1", "top5", "mean", "overall")  # the leaves worth a table column; counts are not
 
@@ -156,7 +160,8 @@ def _plot_mmvp(path: str, mmvp: dict[str, dict]) -> bool:
     return True
 
 
-def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: dict, label_stats: dict) -> str:
+def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: dict, label_stats: dict,
+                 data: Optional[dict] = None) -> str:
     """Write report.md and its PNGs into `run_dir`; returns the report's path."""
 
     matplotlib.use("Agg")  # no display on cluster nodes
@@ -210,6 +215,8 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
     else:
         md.append("No pseudo-label statistics recorded.\n")
 
+    md.append("## Unusable samples\n")
+    md += data_report.lines(data or {})
     path = os.path.join(run_dir, "report.md")
     write_text("\n".join(md), path)
     return path

@@ -1,18 +1,17 @@
 """report (rank 0): `report.md` and its plots (mcl_dist/report.py) from the stages' metrics, the
-cluster sizes, the labels and the evaluation."""
+cluster sizes, the labels, the evaluation and data_report.json's unusable samples."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
+from mcl_dist import data_report
 from mcl_dist.files import read_json
 from mcl_dist.metrics import read_metrics
-from mcl_dist.report import write_report
+from mcl_dist.report import REPORT_FILES, write_report
 from mcl_dist.run_context import RunContext
 from mcl_dist.steps.base import Step
 from mcl_dist.steps.evaluate import results_path
-
-PLOTS = ("loss_curves.png", "cluster_sizes.png", "mmvp_by_stage.png")  # each only when it has data
 
 
 def label_stats(ctx: RunContext, s: int) -> dict:
@@ -35,7 +34,7 @@ class ReportStep(Step):
     main_only = True
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
-        return [os.path.join(run_dir, "report.md")] + [os.path.join(run_dir, p) for p in PLOTS]
+        return [os.path.join(run_dir, p) for p in REPORT_FILES]  # report.md, then each plot that has data
 
     def describe(self, world: int) -> str:
         return "report.md with the evaluation by stage, loss curves, cluster sizes and label statistics"
@@ -51,4 +50,4 @@ class ReportStep(Step):
         labelled = {s: st for s in stages if (st := label_stats(ctx, s))}
         res_path = results_path(ctx.run_dir)
         results = read_json(res_path) if os.path.exists(res_path) else {}
-        return {"report": write_report(ctx.run_dir, results, curves, sizes, labelled)}
+        return {"report": write_report(ctx.run_dir, results, curves, sizes, labelled, data_report.load(ctx.run_dir))}
