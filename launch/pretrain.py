@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the whole MCL pipeline (the `mcl-pretrain` command; see mcl_dist/launcher.py):
 
-    torchrun --nproc_per_node N launch/pretrain.py --config FILE [--run-dir DIR] [key=value ...]
+    torchrun --standalone --nproc_per_node N launch/pretrain.py --config FILE [--run-dir DIR] [key=value ...]
     python launch/pretrain.py --config FILE --dry-run [--world-size N] [key=value ...]
 """
 import sys

@@ -237,4 +237,5 @@ def save_config(cfg: Config, path: str) -> None:
     raw = to_dict(cfg)
     if cfg.model.config_file:  # the file names the model; a default name beside it would read as a second one
         raw["model"].pop("name", None)
+    raw.pop("run_dir", None)  # the directory the file is in: a copied run directory must not name the old one
     write_text(yaml.safe_dump(raw, sort_keys=False), path)

@@ -9,12 +9,14 @@ padded to the longest before the collective and cut back after.
 """
 from __future__ import annotations
 
+import ctypes
 import datetime
 import json
 import logging
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 import warnings
@@ -46,6 +48,8 @@ _INFO = DistInfo()
 def init_distributed(device: str = "auto", timeout_min: int = 30) -> DistInfo:
     """Read torchrun's environment and start the process group once."""
     global _INFO
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        die_with_launcher()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -60,6 +64,19 @@ def init_distributed(device: str = "auto", timeout_min: int = 30) -> DistInfo:
                                 timeout=datetime.timedelta(minutes=timeout_min))
     _INFO = DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
     return _INFO
+
+
+def die_with_launcher() -> None:
+    """Under torchrun, a rank runs in a session of its own: when the launcher is SIGKILLed (a job
+    killed by its process group), nothing would stop the ranks, which would go on training and
+    hold the run lock. Ask Linux to SIGKILL this rank when its parent dies (PR_SET_PDEATHSIG);
+    what it leaves is what any kill leaves (temp files swept, lock taken over, resume)."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the launcher was already gone before the call: re-parented to init
+        os._exit(137)
 
 
 def ensure_process_group(device: torch.device) -> None:

@@ -26,7 +26,8 @@ from mcl_dist import distributed as dist_utils
 from mcl_dist.data.decode import ClipDecoder
 from mcl_dist.data.preflight import DataError
 from mcl_dist.data.streaming import BadSampleMonitor, ShardStream, make_loader
-from mcl_dist.files import atomic_path, write_json
+from mcl_dist import data_report
+from mcl_dist.files import atomic_path, read_json, write_json
 from mcl_dist.optim import autocast_dtype
 
 log = logging.getLogger("mcl_dist")
@@ -35,6 +36,18 @@ log = logging.getLogger("mcl_dist")
 def part_paths(out_dir: str, rank: int, world: int) -> tuple[str, str]:
     stem = os.path.join(out_dir, f"part{rank:04d}-of{world:04d}")
     return stem + ".feats.npy", stem + ".keys.npy"
+
+
+def _stats_path(feats_path: str) -> str:
+    """A part's own counts (samples, bad by reason), written before the part: a re-run that skips
+    the part reads them back instead of counting its bad samples as none."""
+    return feats_path.replace(".feats.npy", ".stats.json")
+
+
+def embedded_bad(stage_dir: str) -> int:
+    """Samples the stage's embedding counted bad (0 when it recorded none)."""
+    path = os.path.join(stage_dir, "embed", "embed_stats.json")
+    return int(read_json(path).get("bad", 0)) if os.path.exists(path) else 0
 
 
 def list_parts(out_dir: str) -> list[tuple[str, str]]:
@@ -67,7 +80,7 @@ def _save_npy(path: str, arr: np.ndarray) -> None:
 def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir: str, *, mode: str = "image",
                  batch_size: int = 256, workers: int = 2, image_ext: str = "jpg;png;webp;jpeg",
                  caption_ext: str = "txt", max_bad_fraction: float = 1.0, max_pixels: int = 40_000_000,
-                 max_bytes: int = 64 << 20, precision: str = "auto") -> dict[str, Any]:
+                 max_bytes: int = 64 << 20, precision: str = "auto", need_caption: bool = False) -> dict[str, Any]:
     """`precision` as train.precision: "auto" runs the towers in bf16 autocast on a GPU, fp32 on a CPU."""
     info = dist_utils.info()
     feats_path, keys_path = part_paths(out_dir, info.rank, info.world_size)
@@ -76,10 +89,11 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
         log.info("embedding part %s exists, skipped", feats_path)
         n = len(np.load(keys_path, mmap_mode="r"))
         _check_bad_samples(monitor, out_dir)  # nothing to add, but the other ranks gather
-        return _summarise({"samples": n, "bad": 0, "seconds": 0.0}, out_dir)
+        kept = read_json(_stats_path(feats_path)) if os.path.exists(_stats_path(feats_path)) else {}
+        return _summarise({"bad": 0, "reasons": {}, "seen": n, **kept, "samples": n, "seconds": 0.0}, out_dir)
     mine = urls[info.rank::info.world_size]
     decoder = ClipDecoder(bundle["preprocess_val"], bundle["tokenizer"], image_ext, caption_ext,
-                          need_text=mode != "image", max_pixels=max_pixels, max_bytes=max_bytes)
+                          need_text=mode != "image" or need_caption, max_pixels=max_pixels, max_bytes=max_bytes)
     stream = ShardStream(mine, decoder, batch_size=batch_size, rank=0, world=1, seed=None, infinite=False)
     n_workers, dtype = min(workers, len(mine)), autocast_dtype(precision, info.device)
     model.eval()
@@ -97,12 +111,12 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
     dim = chunks[0].shape[1] if chunks else int(getattr(model, "output_dim", 0) or getattr(getattr(model, "visual", None), "output_dim", 0))
     feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float16)
     _check_bad_samples(monitor, out_dir)
-    # keys first, feats last: the feats file is the marker that the part is complete
+    account = data_report.stream_entry(monitor.summary())
+    # stats and keys first, feats last: the feats file is the marker that the part is complete
+    write_json(account, _stats_path(feats_path))
     _save_npy(keys_path, np.asarray(keys, dtype=str))
     _save_npy(feats_path, feats)
-    stats = {"samples": len(keys), "bad": monitor.bad, "seconds": time.perf_counter() - t0,
-             "reasons": dict(monitor.reasons)}
-    return _summarise(stats, out_dir)
+    return _summarise({**account, "samples": len(keys), "seconds": time.perf_counter() - t0}, out_dir)
 
 
 def _check_bad_samples(monitor: BadSampleMonitor, out_dir: str) -> None:
@@ -119,19 +133,35 @@ def _check_bad_samples(monitor: BadSampleMonitor, out_dir: str) -> None:
 def _summarise(stats: dict, out_dir: str) -> dict[str, Any]:
     """Sum the ranks' counts; rank 0 writes them next to the parts."""
     all_stats = dist_utils.all_gather_object(stats)
+    reasons = sum((Counter(s.get("reasons", {})) for s in all_stats), Counter())
     total = {"samples": sum(s["samples"] for s in all_stats), "bad": sum(s["bad"] for s in all_stats),
-             "seconds": max(s["seconds"] for s in all_stats)}
+             "seconds": max(s["seconds"] for s in all_stats), "reasons": dict(sorted(reasons.items()))}
     total["samples_per_s"] = total["samples"] / total["seconds"] if total["seconds"] else 0.0
     if total["samples"] == 0:  # every rank raises the same error (k-means would get no rows)
-        reasons = sum((Counter(s.get("reasons", {})) for s in all_stats), Counter())
         told = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "the shards are empty"
         raise DataError(f"{out_dir}: no sample could be embedded ({total['bad']} bad: {told}); check the "
                         "shards and data.image_ext / data.caption_ext, then re-run")
     if dist_utils.info().is_main:
         write_json(total, os.path.join(out_dir, "embed_stats.json"))
+        step = f"{os.path.basename(os.path.dirname(os.path.normpath(out_dir)))}/embed"
+        damaged = sorted({d for s in all_stats for d in s.get("damaged_shards", [])})
+        data_report.record(os.path.dirname(os.path.dirname(os.path.normpath(out_dir))), step, {
+            "seen": sum(s.get("seen", s["samples"]) for s in all_stats), "bad": total["bad"],
+            "reasons": total["reasons"], "damaged_shards": damaged})
         log.info("embedded %d samples (%d bad skipped) in %.1fs, %.0f samples/s", total["samples"], total["bad"],
                  total["seconds"], total["samples_per_s"])
     return total
+
+
+def check_parts(out_dir: str, world: int, step: str) -> None:
+    """The embedding covers the shard list only if every rank's part is there (rank r embedded
+    shards r, r+W, ...): a missing part would silently drop its shards from k-means and labels."""
+    for r in range(world):
+        for path in part_paths(out_dir, r, world):
+            if not os.path.isfile(path):
+                raise DataError(f"{path} is missing: the embedding no longer covers the shard list (rank {r}'s "
+                                f"share of {world}); recover with --redo {step} (it recomputes that step and every "
+                                f"later one)")
 
 
 def load_share(out_dir: str, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:

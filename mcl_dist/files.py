@@ -80,10 +80,7 @@ def load_torch(path: str, map_location: Any = "cpu") -> Any:
 
 
 def write_json(obj: Any, path: str) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+    write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
 
 
 def read_json(path: str) -> Any:
@@ -94,7 +91,19 @@ def read_json(path: str) -> Any:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
+def _same_text(text: str, path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read() == text
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def write_text(text: str, path: str) -> None:
+    """Atomic; a file that already holds exactly this text is left alone (a finished run that is
+    launched again writes nothing)."""
+    if _same_text(text, path):
+        return
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)

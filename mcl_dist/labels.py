@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from mcl_dist.data.preflight import DataError
 from mcl_dist.files import atomic_path, load_npz, save_npz
 
 
@@ -63,6 +64,16 @@ def compose_labels(cluster_ids: list[np.ndarray], min_label_size: int = 4) -> np
     out = np.full(n, -1, dtype=np.int64)
     out[valid] = label
     return out
+
+
+def check_complete(clusters: np.ndarray, bad: int, where: str, step: str) -> None:
+    """Every sample of the shards has a cluster or was counted bad when it was embedded: refuse a
+    k-means result that misses more (its samples would silently get no label and never train)."""
+    missing = int((np.asarray(clusters) < 0).sum())
+    if missing > bad:
+        raise DataError(f"{where}: {missing} of {len(clusters)} samples have no cluster but only {bad} were "
+                         f"counted bad when embedding: the embedding or k-means result is incomplete; recover "
+                         f"with --redo {step} (it recomputes that step and every later one)")
 
 
 def label_stats(labels: np.ndarray) -> dict:

@@ -1,11 +1,13 @@
 """The `mcl-pretrain` command (also `launch/pretrain.py`): run, resume or plan a whole MCL run.
 
-    torchrun --nproc_per_node N launch/pretrain.py --config FILE [--run-dir DIR] [key=value ...]
+    torchrun --standalone --nproc_per_node N launch/pretrain.py --config FILE [--run-dir DIR] [key=value ...]
     mcl-pretrain --config FILE --dry-run [--world-size N] [--gpu h200] [key=value ...]
     launch/pretrain.py --config FILE --batch-size 32 --lr 1e-3 ...   (open_clip_train's flags: oc_flags.py)
 
-Re-running the same command resumes where it stopped (see <run_dir>/manifest.json). Bad input
-ends in one `error:` line and exit code 2 (3 when training stopped on purpose), not a traceback.
+Re-running the same command resumes where it stopped (see <run_dir>/manifest.json). Every
+failure ends in one `error:` line from rank 0 and exit code 2 (3 when training stopped on
+purpose), not a traceback (add --debug for it). On one node, `torchrun --standalone` picks a free
+rendezvous port, so two runs at once never collide on torchrun's default port 29500.
 """
 from __future__ import annotations
 
@@ -13,7 +15,11 @@ import argparse
 import logging
 import os
 import sys
+import time
+import traceback
 from typing import Callable, Optional
+
+from tqdm import tqdm
 
 from mcl_dist import oc_flags
 from mcl_dist.config import ConfigError
@@ -34,27 +40,50 @@ def setup_logging() -> None:
     logging.getLogger().addFilter(lambda r: "No pretrained weights loaded" not in r.getMessage())
 
 
-def guarded(fn: Callable[[], Optional[int]]) -> int:
-    """Run `fn`; bad input becomes one 'error:' line and exit code 2, not a traceback."""
+RANK0_GRACE_S = 30  # seconds another rank waits after an error for rank 0 to report it
+
+
+def guarded(fn: Callable[[], Optional[int]], debug: bool = False) -> int:
+    """Run `fn`; every failure becomes one 'error:' line from rank 0 and exit code 2 (3 when
+    training stopped on purpose), not a traceback (`--debug` shows it). The other ranks stay quiet:
+    their errors are the same ones (checks run on every rank) or follow from rank 0's."""
     try:
         return fn() or 0
-    except (ConfigError, FileNotFoundError) as e:
-        # an error every rank raises alike (data checks, a busy run directory) is printed once
-        if not (getattr(e, "all_ranks", False) and os.environ.get("RANK", "0") != "0"):
-            print(f"error: {e}", file=sys.stderr)
-        return 2
     except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         return 3
+    except ConfigError as e:  # bad input, with the fix in the message
+        _say(f"error: {e}")
+        if debug:
+            traceback.print_exc()
+        return 2
+    except Exception as e:  # a damaged file, a full disk, ...: the message names it
+        _say(f"error: {type(e).__name__}: {e} (re-run with --debug for the traceback)")
+        if debug:
+            traceback.print_exc()
+        return 2
+
+
+def _say(line: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        for bar in list(getattr(tqdm, "_instances", ())):  # a progress bar left open would prefix the line
+            bar.close()
+        print(line, file=sys.stderr, flush=True)
+        return
+    # kept in the rank's log, not as a second error line. Checks run on every rank, so rank 0 most
+    # likely meets the same error: wait for it, or torchrun would stop rank 0 (SIGTERM) as soon as
+    # this rank exits, before it prints. A failure of this rank alone shows up after the wait.
+    logging.getLogger("mcl_dist").warning("rank %s stopped: %s", os.environ.get("RANK"), line)
+    time.sleep(RANK0_GRACE_S)
 
 
 def launch(config: str, run_dir: Optional[str], overrides: list[str], dry_run: bool = False,
-           world_size: Optional[int] = None, redo: str = "", gpu: Optional[str] = None) -> int:
+           world_size: Optional[int] = None, redo: str = "", gpu: Optional[str] = None, debug: bool = False) -> int:
     """What the command does, callable in-process (tests run it at world size 1)."""
     setup_logging()
     if dry_run:
-        return guarded(lambda: plan(config, run_dir, overrides, world_size, gpu))
-    return guarded(lambda: run_pipeline(config, run_dir, overrides, redo=redo))
+        return guarded(lambda: plan(config, run_dir, overrides, world_size, gpu), debug)
+    return guarded(lambda: run_pipeline(config, run_dir, overrides, redo=redo), debug)
 
 
 def parse(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -70,6 +99,7 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="with --dry-run: warn when a stage's memory estimate exceeds this GPU's (default: a100-80gb)")
     p.add_argument("--redo", default="", metavar="STEP",
                    help="recompute STEP (e.g. stage_1/kmeans) and every step after it")
+    p.add_argument("--debug", action="store_true", help="on failure, print the traceback after the error line")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 stages.1.k=64")
     oc_flags.add_arguments(p)
     args, extra = p.parse_known_args(argv)
@@ -92,13 +122,13 @@ def resolve(args: argparse.Namespace) -> tuple[Optional[str], list[str]]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse(argv)
-    try:
-        run_dir, overrides = resolve(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    resolved: list = []  # (run directory, overrides); a bad flag is one `error:` line from rank 0 like any failure
+    code = guarded(lambda: resolved.extend(resolve(args)), args.debug)
+    if code:
+        return code
+    run_dir, overrides = resolved
     return launch(args.config, run_dir, overrides, dry_run=args.dry_run, world_size=args.world_size,
-                  redo=args.redo, gpu=args.gpu)
+                  redo=args.redo, gpu=args.gpu, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ class Manifest:
     def __init__(self, run_dir: str):
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, "manifest.json")
-        self.data = read_json(self.path) if os.path.exists(self.path) else {"steps": {}, "order": []}
+        self.data = _load(self.path) if os.path.exists(self.path) else {"steps": {}, "order": []}
 
     def save(self) -> None:
         self.data["code_version"] = code_version()
@@ -97,6 +97,32 @@ class Manifest:
         self.save()
 
     def finish(self, name: str, outputs: dict, **extra: Any) -> None:
+        """Record the step as done; paths inside the run directory are stored relative to it, so a
+        copied or moved run directory still names its own files."""
         rec = self.data["steps"][name]
-        rec.update(status="done", outputs=outputs, finished_at=time.time(), **extra)
+        rec.update(status="done", outputs=_relative(outputs, self.run_dir), finished_at=time.time(), **extra)
         self.save()
+
+
+def _relative(value: Any, run_dir: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _relative(v, run_dir) for k, v in value.items()}
+    if isinstance(value, str) and os.path.isabs(value) and \
+            os.path.abspath(value).startswith(os.path.abspath(run_dir) + os.sep):
+        return os.path.relpath(value, run_dir)
+    return value
+
+
+def _load(path: str) -> dict:
+    """The manifest, or one error saying it is damaged and what to do (never a traceback)."""
+    try:
+        data = read_json(path)
+        ok = isinstance(data, dict) and isinstance(data.get("steps"), dict) and isinstance(data.get("order"), list) \
+            and all(isinstance(r, dict) and "status" in r and "fingerprint" in r for r in data["steps"].values())
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        ok, data = False, str(e)
+    if not ok:
+        raise ConfigError(f"{path} is damaged (not the manifest this program writes); it is the record of which "
+                          f"steps are done, so nothing in {os.path.dirname(path)} can be trusted without it. "
+                          f"Restore it from a copy, or start afresh with a new --run-dir (or delete the directory)")
+    return data

@@ -1,6 +1,6 @@
 """open_clip_train's training flags on `mcl-pretrain` / `launch/pretrain.py`, with open_clip's meanings.
 
-    torchrun --nproc_per_node 8 launch/pretrain.py --config configs/demo.yaml --batch-size 32 --lr 1e-3
+    torchrun --standalone --nproc_per_node 8 launch/pretrain.py --config configs/demo.yaml --batch-size 32 --lr 1e-3
 
 Each flag becomes a dotted config override (README "open_clip_train flags" has the table); dotted
 overrides given as well come after them and win. `--batch-size` is per GPU, as in open_clip:

@@ -14,7 +14,7 @@ import shutil
 from typing import Callable
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist import files, rundir
+from mcl_dist import data_report, files, rundir, verify
 from mcl_dist.config import Config, ConfigError, default_run_dir, save_config
 from mcl_dist.config_load import check_world, load_config
 from mcl_dist.data.preflight import DataError, check_index, check_shard_count
@@ -90,12 +90,13 @@ class Pipeline:
         if self.redoing:
             pass  # recomputed whatever the manifest says
         elif self.manifest.is_done(name, settings):
+            verify.check_step(self.run_dir, name, self.manifest.step(name))  # its files are still what it wrote
             log.info("step %s: done already, skipped", name)
             return self.manifest.step(name)["outputs"]
         else:
             self.manifest.check_running(name, settings)
         if step.main_only:  # rank 0 alone; the others wait outside any collective
-            return dist_utils.run_on_main(f"step-{name}", lambda: self._main_only(name, settings, fn))
+            return dist_utils.run_on_main(f"step-{name}", lambda: self._main_only(step, fn))
         dist_utils.barrier()
         if self.info.is_main:
             self.manifest.start(name, settings)
@@ -105,17 +106,23 @@ class Pipeline:
             dist_utils.kill_launcher()
         dist_utils.barrier()
         if self.info.is_main:
-            self.manifest.finish(name, outputs)
+            self.manifest.finish(name, outputs, files=self._written(step))
         dist_utils.barrier()
         return outputs
 
-    def _main_only(self, name: str, settings: dict, fn: Callable[[], dict]) -> dict:
-        self.manifest.start(name, settings)
+    def _written(self, step: Step) -> dict[str, dict]:
+        """Sizes and checksums of the files the step wrote (its outputs() on disk), for the manifest."""
+        return verify.record(self.run_dir, [p for pattern in step.outputs(self.run_dir, self.info.world_size)
+                                            for p in existing(pattern)])
+
+    def _main_only(self, step: Step, fn: Callable[[], dict]) -> dict:
+        name = step.name
+        self.manifest.start(name, step.settings)
         log.info("step %s: running (rank 0)", name)
         outputs = fn() or {}
         if self.cfg.debug.kill_at == name:
             dist_utils.kill_job_now()
-        self.manifest.finish(name, outputs)
+        self.manifest.finish(name, outputs, files=self._written(step))
         return outputs
 
     def _clear_from(self, name: str) -> None:
@@ -157,6 +164,7 @@ class Pipeline:
         except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
             return {"error": str(e)}
         files.write_json(stats, os.path.join(self.run_dir, "data_check.json"))
+        data_report.record(self.run_dir, "preflight", data_report.counted(stats["reasons"]))
         if stats["bad"]:
             log.warning("data check: %d of %d samples unusable (%s); they are skipped and counted",
                         stats["bad"], stats["samples"], stats["reasons"])
@@ -177,7 +185,8 @@ class Pipeline:
         """The end-of-run lines, from the plan's steps and what they returned."""
         by_kind = {st.kind: st for st in self.steps}
         model = by_kind["integrate"].outputs(self.run_dir, self.info.world_size)[0]
-        return (f"\nMCL run finished. Report: {outputs['report'].get('report')}\nIntegrated model: "
+        report = os.path.join(self.run_dir, outputs["report"].get("report"))  # the manifest keeps it relative
+        return (f"\nMCL run finished. Report: {report}\nIntegrated model: "
                 f"{model} (load with mcl_dist.integrate.load_model)")
 
 

@@ -15,8 +15,12 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mcl_dist import data_report
 from mcl_dist.files import atomic_path, write_text
 from mcl_dist.report_context import wilson
+
+# what write_report may write into the run directory (`--redo report` or earlier removes them all)
+REPORT_FILES = ("report.md", "loss_curves.png", "cluster_sizes.png", "mmvp_by_stage.png")
 
 SCORE_KEYS = ("top1", "top5", "mean", "overall")  # the leaves worth a table column; counts are not
 MAX_COLUMNS = 10  # wider tables are cut into several, each repeating the first column
@@ -203,9 +207,9 @@ def _plot_mmvp(path: str, mmvp: dict[str, dict]) -> bool:
 
 
 def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: dict, label_stats: dict,
-                 recipe: Optional[dict] = None, timings: Optional[list] = None) -> str:
+                 recipe: Optional[dict] = None, timings: Optional[list] = None, data: Optional[dict] = None) -> str:
     """Write report.md and its PNGs into `run_dir`; returns the report's path. `recipe` and `timings`
-    come from mcl_dist/report_context.py."""
+    come from mcl_dist/report_context.py, `data` (unusable samples) from mcl_dist/data_report.py."""
 
     matplotlib.use("Agg")  # no display on cluster nodes
     results = {k: v for k, v in (results or {}).items() if isinstance(v, dict)}
@@ -276,6 +280,8 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
     else:
         md.append("No pseudo-label statistics recorded.\n")
 
+    md.append("## Unusable samples\n")
+    md += data_report.lines(data or {})
     path = os.path.join(run_dir, "report.md")
     write_text("\n".join(md), path)
     return path

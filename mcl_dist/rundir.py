@@ -97,6 +97,8 @@ def release(path: str) -> None:
         with open(path) as f:
             if json.load(f).get("pid") != os.getpid():
                 return
+        # this launch's sync markers go with its lock: a launch that found everything done leaves no trace
+        shutil.rmtree(os.path.join(os.path.dirname(path), SYNC_DIR), ignore_errors=True)
         os.remove(path)
     except (OSError, ValueError):
         pass

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from tqdm import tqdm
 
-from mcl_dist import checkpoint
+from mcl_dist import checkpoint, data_report
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import Config
 from mcl_dist.data.sampler import group_purity, write_batch_record
@@ -82,13 +82,14 @@ class StageTrainer:
             data_state = None
         else:
             data_state = data[self.info.rank]
+            self.monitor.restore(data_state.get("bad_samples"))  # the account goes on, not from zero
         if self.info.is_main:
             log.info("resuming stage %d from %s (step %d)", self.spec.stage, state["path"], step)
             truncate_after(self.spec.stage_dir, step)
         return step, data_state
 
     def _save(self, step: int) -> None:
-        data_states = dist_utils.all_gather_object(self.spec.source.state())
+        data_states = dist_utils.all_gather_object({**self.spec.source.state(), "bad_samples": self.monitor.summary()})
         engine_state = self.engine.state_dict()
         if not self.info.is_main:
             return
@@ -179,6 +180,10 @@ class StageTrainer:
                 if self.spec.kill_after_step and done >= self.spec.kill_after_step:
                     dist_utils.kill_launcher()
         bar.close()
+        total = self.monitor.merge(dist_utils.all_gather_object(self.monitor.summary()))
+        if self.info.is_main:
+            data_report.record(os.path.dirname(self.spec.stage_dir), f"stage_{self.spec.stage}/train",
+                               data_report.stream_entry(total))
         self.metrics.close()
         self.engine.finish()  # the stage is over: the pipeline saves the (plain) model itself next
         return last

@@ -165,7 +165,7 @@ def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
 
     assert [f for f in found if not covered(f)] == []
     assert [p for p in expanded if "*" not in p and not os.path.exists(p)] == []
-    assert len({p for p in expanded if "-of0002." in p}) == 2 * 2 + 2  # feats + keys per rank, assignments
+    assert len({p for p in expanded if "-of0002." in p}) == 3 * 2 + 2  # feats + keys + stats per rank, assignments
     assert dry_run(cfg_path, str(run_dir), [], world=2) == 0
     printed = capsys.readouterr().out.split("paths written:\n", 1)[1].splitlines()
     assert [line.strip() for line in printed] == planned

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
+from mcl_dist import verify
 from mcl_dist.integrate import load_model
 
 ARGS = ["data.synthetic=true", "data.synthetic_train=256", "data.synthetic_test=64",
@@ -57,3 +58,13 @@ def test_auto_k_stop_signals_and_cka_weights_are_recorded(tmp_path):
     assert integ2["cka"] == integ["cka"] and integ2["weights"] == [1.0] + [1 - c for c in integ["cka"][1:]]
     model, _, _ = load_model(str(run_dir / "integrated" / "model.pt"))
     assert model.integration == "raw" and model.weights == integ2["weights"]
+
+    # issue 24 with the integrate step's new settings: its file is recorded (size + checksum) like
+    # any step's, and a finished re-run of the same command skips everything and writes nothing
+    model_pt = run_dir / "integrated" / "model.pt"
+    assert steps["integrate"]["files"]["integrated/model.pt"] == {"size": os.path.getsize(model_pt),
+                                                                  "sum": verify.checksum(str(model_pt))}
+    before = {os.path.join(r, n): os.stat(os.path.join(r, n)).st_mtime_ns for r, _, ns in os.walk(run_dir) for n in ns}
+    run(run_dir, tmp_path / "data", "model.integration_weights=cka_weight", "model.integration=raw")
+    assert {os.path.join(r, n): os.stat(os.path.join(r, n)).st_mtime_ns for r, _, ns in os.walk(run_dir)
+            for n in ns} == before

@@ -36,6 +36,8 @@ def decode_image(raw: dict, exts: tuple[str, ...], max_pixels: int = MAX_IMAGE_P
         raise BadSample("too_large", f"{raw.get('__key__')}: {len(data)} bytes > data.max_member_bytes={max_bytes}")
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only: the size is known before decoding
+    except Image.DecompressionBombError as e:  # PIL's own refusal, over 2x its limit of 89 M pixels
+        raise BadSample("too_large", f"{raw.get('__key__')}: {e}") from e
     except Exception as e:
         raise BadSample("corrupt_image", f"{raw.get('__key__')}: {type(e).__name__}") from e
     # a small file can decode to gigabytes (PIL only warns below 2x its own limit of 89 M pixels)

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from mcl_dist.data.decode import collate
+from mcl_dist.data.preflight import DataError
 from mcl_dist.data.sampler import EpochPlan, PlannedBatchSampler, plan_epoch
 from mcl_dist.data.streaming import ShardStream, make_loader, stable_seed
 from mcl_dist.data.tar_index import ShardIndex
@@ -35,6 +36,7 @@ class StreamSource:
 
     def batches(self, state: Optional[dict] = None) -> Iterator[dict[str, Any]]:
         if state:
+            _check_workers(state, max(1, self.workers))
             self.micro = int(state["micro"])
             self.positions = {int(k): int(v) for k, v in state["positions"].items()}
         n = max(1, self.workers)
@@ -49,7 +51,20 @@ class StreamSource:
             yield batch
 
     def state(self) -> dict:
-        return {"micro": self.micro, "positions": {str(k): v for k, v in self.positions.items()}}
+        return {"micro": self.micro, "positions": {str(k): v for k, v in self.positions.items()},
+                "workers": max(1, self.workers)}
+
+
+def _check_workers(state: dict, workers: int) -> None:
+    """A stream's order depends on its loader workers (each reads its own shards through its own
+    shuffle buffer), and the saved positions are per worker: resuming with another worker count
+    would read other samples than the uninterrupted run, so it is refused."""
+    was = int(state.get("workers", workers))  # checkpoints from before this check carry none
+    if was != workers:
+        raise DataError(f"stage 0 was interrupted with {was} data loader worker{'s' if was != 1 else ''} per rank "
+                        f"and would resume with {workers}: its checkpoint holds each worker's place in the "
+                        f"stream, so resuming would read other samples than an uninterrupted run. Resume with "
+                        f"data.workers={was}, or add --redo stage_0/train to train stage 0 afresh")
 
 
 class IndexedDataset(Dataset):

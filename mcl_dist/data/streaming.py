@@ -14,6 +14,7 @@ replays its shuffled stream and skips that many raw samples without decoding the
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from collections import Counter
 from typing import Any, Callable, Iterator, Optional
@@ -35,6 +36,8 @@ class ErrorLog:
 
     def __call__(self, exn: Exception) -> bool:
         url = next((a for a in reversed(exn.args) if isinstance(a, str) and (".tar" in a or "/" in a)), "?")
+        named = re.search(r"name='([^']+)'", url)  # "unexpected end of data @ <_io.BufferedReader name='x.tar'>"
+        url = named.group(1) if named else url
         self.damaged[str(url)] += 1
         return True  # skip and continue with the next member or shard
 
@@ -205,6 +208,13 @@ class BadSampleMonitor:
             for k in ("reasons", "shards", "damaged"):
                 out[k].update(t[k])
         return out
+
+    def restore(self, summary: Optional[dict]) -> None:
+        """Continue the counts a checkpoint kept (`summary()` of the interrupted run)."""
+        if summary:
+            self.seen, self.bad = int(summary["seen"]), int(summary["bad"])
+            for k in ("reasons", "shards", "damaged"):
+                setattr(self, k, Counter(summary.get(k, {})))
 
     def summary(self) -> dict:
         return {"seen": self.seen, "bad": self.bad, "reasons": dict(self.reasons),

@@ -206,9 +206,10 @@ def build_or_load_index(shards: list[str], cache_dir: str, *, rebuild: bool = Fa
         results = list(tqdm(it, total=n, desc="indexing shards", unit="shard", disable=not progress))
     index = ShardIndex(list(shards), paths, [e for e, _ in results])
     built = sum(why != "cached" for _, why in results)
-    for shard, (msg, lost) in index.damaged.items():
-        log.warning("%s: damaged tar: it %s; indexed the complete samples before the damage, "
-                    "about %d members lost (more if the file was cut short)", shard, msg, lost)
+    for shard, (msg, _) in index.damaged.items():
+        # no count here: the loss is estimated once, in samples, by the data check (data_report.json)
+        log.warning("%s: damaged tar: it %s; indexed the complete samples before the damage; the members lost "
+                    "are counted as samples by the data check before training", shard, msg)
     log.info("indexed %d shards (%d scanned, %d from cache, %d damaged): %d samples in %.1fs",
              len(paths), built, len(paths) - built, len(index.damaged), len(index), time.time() - t0)
     return index

@@ -5,7 +5,8 @@ dict; every piece it skips is listed under "notes" so a report can say why it is
 
     {"zero_shot": {set: {"top1", "top5", "n", "classes"}},      # one entry per metric, {} without data
      "linear_probe": {field: {"top1", "train_top1", ...}}, "knn": {field: {"top1", "k", ...}},
-     "mmvp": {"per_category": {...}, "mean", "overall", "pairs"}, "notes": [...]}
+     "mmvp": {"per_category": {...}, "mean", "overall", "pairs"}, "notes": [...],
+     "skipped": {reason: count}}                                  # samples and labels left out
 
 Images of a labelled shard set are embedded ONCE and every label field is scored from those
 features (several fields, zero-shot and probe share one pass).
@@ -58,6 +59,9 @@ def evaluate_loaded(model: Any, preprocess: Any, tokenizer: Any, *, device: Any 
         inp.notes.append("linear probe / k-NN skipped: no training shards given")
     if not inp.text:
         inp.notes.append("MMVP and shard zero-shot need a text tower; the model has none")
+    out["skipped"] = dict(sorted(inp.skipped.items()))
+    if inp.skipped:
+        inp.notes.append("samples left out: " + ", ".join(f"{r} {n}" for r, n in sorted(inp.skipped.items())))
     out["notes"] = inp.notes
     return out
 

@@ -1,7 +1,10 @@
 """What every eval metric reads: the model, the evaluation data, and the labelled shards' features,
-embedded once on first use and shared (zero-shot, linear probe and k-NN score the same pass)."""
+embedded once on first use and shared (zero-shot, linear probe and k-NN score the same pass).
+Samples and labels that cannot be used are left out and counted once, by reason, in `skipped`
+(results.json keeps the counts), so every metric sees the same data and none crashes on it."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -16,8 +19,8 @@ def has_text(model: Any) -> bool:
     return all(hasattr(m, "encode_text") for m in (stages if stages is not None else [model]))
 
 
-def field_labels(labels: list[dict], name: str, classnames, where: str):
-    idx = label_indices([lab[name] for lab in labels], classnames, where)
+def field_labels(labels: list[dict], name: str, classnames, where: str, skipped=None):
+    idx = label_indices([lab[name] for lab in labels], classnames, where, skipped)
     keep = torch.tensor([i is not None for i in idx], dtype=torch.bool)
     return keep, torch.tensor([i for i in idx if i is not None], dtype=torch.long)
 
@@ -41,6 +44,7 @@ class EvalInputs:
     knn_k: int = 20
     probe_seed: int = 0
     notes: list = field(default_factory=list)  # why a metric (or part of one) was skipped
+    skipped: Counter = field(default_factory=Counter)  # samples (or their labels) left out, by reason
     _cache: dict = field(default_factory=dict)
 
     @property
@@ -52,7 +56,7 @@ class EvalInputs:
         labels: list[dict] = []
 
         def numbered():
-            for img, lab in iter_labelled_samples(urls, self.fields, max_samples=max_samples):
+            for img, lab in iter_labelled_samples(urls, self.fields, max_samples=max_samples, skipped=self.skipped):
                 labels.append(lab)
                 yield img, len(labels) - 1  # the "label" is the sample number; real labels stay aside
 
@@ -81,7 +85,11 @@ class EvalInputs:
         return entry.get("classnames") or ([v for v in values if isinstance(v, str)] or None)
 
     def field_split(self, name: str, split: str):
-        """(kept rows, label indices) of a field in the test or train set."""
-        _, labels = self.test() if split == "test" else self.train()
-        where = f"{'test' if split == 'test' else 'probe'} shards, field {name!r}"
-        return field_labels(labels, name, self.classnames(name), where)
+        """(kept rows, label indices) of a field in the test or train set; computed once, so a label
+        outside the class names is counted once however many metrics read it."""
+        key = ("split", name, split)
+        if key not in self._cache:
+            _, labels = self.test() if split == "test" else self.train()
+            where = f"{'test' if split == 'test' else 'probe'} shards, field {name!r}"
+            self._cache[key] = field_labels(labels, name, self.classnames(name), where, self.skipped)
+        return self._cache[key]

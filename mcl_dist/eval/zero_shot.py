@@ -118,7 +118,13 @@ def _raw_label(raw: dict, label_field: Optional[str]) -> Any:
     data = raw.get("json")
     if data is None:
         return None
-    return json.loads(data).get(label_field)
+    obj = json.loads(data)
+    if not isinstance(obj, dict):  # e.g. `[1, 2]`: no field to read, a bad label, not a crash
+        raise BadSample("label_not_an_object", f"{raw.get('__key__')}.json is a {type(obj).__name__}")
+    value = obj.get(label_field)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+        raise BadSample("label_not_a_name_or_int", f"{raw.get('__key__')}: {label_field} is {value!r}")
+    return value
 
 
 def scan_label_values(urls: Union[str, Sequence[str]], label_field: Optional[str] = None) -> list:
@@ -127,7 +133,7 @@ def scan_label_values(urls: Union[str, Sequence[str]], label_field: Optional[str
     for raw in raw_samples(_expand(urls), ErrorLog()):
         try:
             v = _raw_label(raw, label_field)
-        except (ValueError, UnicodeDecodeError):
+        except (BadSample, ValueError, UnicodeDecodeError):
             continue
         if v is not None:
             values.add(v)
@@ -136,12 +142,14 @@ def scan_label_values(urls: Union[str, Sequence[str]], label_field: Optional[str
 
 def iter_labelled_samples(urls: Union[str, Sequence[str]], fields: Sequence[Optional[str]],
                           image_exts: Sequence[str] = ("jpg", "png", "webp", "jpeg"),
-                          max_samples: Optional[int] = None) -> Iterator[tuple[Image.Image, dict]]:
+                          max_samples: Optional[int] = None,
+                          skipped: Optional[Counter] = None) -> Iterator[tuple[Image.Image, dict]]:
     """(image, {field: raw label or None}) for every readable sample, so that several label
-    fields are evaluated from ONE pass of feature extraction. Bad samples are skipped and logged."""
+    fields are evaluated from ONE pass of feature extraction. Bad samples are skipped, counted by
+    reason into `skipped` and logged."""
     urls = _expand(urls)
     errors = ErrorLog()  # damaged tar members are skipped, like training streams do
-    skipped: Counter = Counter()
+    skipped = Counter() if skipped is None else skipped
     n = 0
     for raw in raw_samples(urls, errors):
         if max_samples is not None and n >= max_samples:
@@ -149,25 +157,33 @@ def iter_labelled_samples(urls: Union[str, Sequence[str]], fields: Sequence[Opti
         try:
             labels = {f: _raw_label(raw, f) for f in fields}
             img = decode_image(raw, tuple(image_exts))
-        except (BadSample, ValueError, UnicodeDecodeError):
-            skipped["bad"] += 1
+        except BadSample as e:
+            skipped[e.reason] += 1
+            continue
+        except (ValueError, UnicodeDecodeError):  # a .json or .cls that does not parse
+            skipped["bad_label"] += 1
             continue
         n += 1
         yield img, labels
     if errors.damaged:
-        skipped["damaged"] += sum(errors.damaged.values())
+        skipped["damaged_tar_member"] += sum(errors.damaged.values())
     if skipped:
         log.warning("%s%s: skipped %s", urls[0], " …" if len(urls) > 1 else "", dict(skipped))
 
 
-def label_indices(raw_labels: Sequence[Any], classnames: Optional[Sequence[str]], where: str) -> list[Optional[int]]:
-    """Integer labels as they are; string labels -> their position in `classnames`; None stays."""
+def label_indices(raw_labels: Sequence[Any], classnames: Optional[Sequence[str]], where: str,
+                  skipped: Optional[Counter] = None) -> list[Optional[int]]:
+    """Integer labels as they are; string labels -> their position in `classnames`; None stays.
+    A label that is not among the class names is an error, or with `skipped` None and counted."""
     out: list[Optional[int]] = []
     for v in raw_labels:
-        if v is None or isinstance(v, int):
+        if v is None or (isinstance(v, int) and not isinstance(v, bool)):
             out.append(v)
         elif classnames is not None and v in classnames:
             out.append(list(classnames).index(v))
+        elif skipped is not None:
+            skipped["label_not_in_class_names"] += 1
+            out.append(None)
         else:
             raise ValueError(f"{where}: label {v!r} is not among the class names "
                              f"{list(classnames) if classnames is not None else None}")

@@ -1,7 +1,8 @@
 """stage_s/embed: every rank embeds its own share of the shards with stage s-1's model, once.
 
 Writes `stage_s/embed/part<rank>-of<world>.feats.npy` (fp16) and `.keys.npy` (mcl_dist/embed.py
-`part_paths`), and `embed_stats.json`.
+`part_paths`), each part's own bad-sample counts `.stats.json` (a resumed step adds them up
+rather than counting zero), and `embed_stats.json`; its entry in data_report.json.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from mcl_dist.embed import embed_shards
+from mcl_dist.objectives import get_objective
 from mcl_dist.run_context import RunContext, stage_dir
 from mcl_dist.steps.base import StageStep, rank_parts
 from mcl_dist.steps.common import load_stage_model, remove_stale
@@ -24,6 +26,7 @@ class EmbedStep(StageStep):
     def outputs(self, run_dir: str, world: int) -> list[str]:
         d = os.path.join(stage_dir(run_dir, self.stage), "embed")
         return [rank_parts(d, "part", ".feats.npy", world), rank_parts(d, "part", ".keys.npy", world),
+                rank_parts(d, "part", ".stats.json", world),
                 os.path.join(d, "embed_stats.json")]
 
     def describe(self, world: int) -> str:
@@ -31,11 +34,11 @@ class EmbedStep(StageStep):
 
     def run(self, ctx: RunContext) -> dict:
         out = os.path.join(ctx.stage_dir(self.stage), "embed")
-        remove_stale(out, "part*-of*.npy", ctx.info.world_size)
+        remove_stale(out, "part*-of*.*", ctx.info.world_size)
         bundle = load_stage_model(ctx, self.stage - 1)
         c = ctx.cfg
         return embed_shards(bundle["model"], bundle, ctx.urls, out, mode=c.cluster.embed,
                             batch_size=c.cluster.embed_batch_size, workers=c.data.workers,
                             image_ext=c.data.image_ext, caption_ext=c.data.caption_ext,
                             max_pixels=c.data.max_image_pixels, max_bytes=c.data.max_member_bytes,
-                            max_bad_fraction=c.data.max_bad_fraction)
+                            max_bad_fraction=c.data.max_bad_fraction, need_caption=get_objective(c).captions)

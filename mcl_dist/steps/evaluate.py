@@ -1,5 +1,6 @@
 """eval (rank 0): every stage and the integrated model scored by the eval metrics
-(mcl_dist/eval/); writes `eval/results.json`."""
+(mcl_dist/eval/); writes `eval/results.json` and the integrated model's skipped samples and
+labels as the `eval` entry of data_report.json."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from mcl_dist import data_report, verify
 from mcl_dist import distributed as dist_utils
 from mcl_dist.eval.evaluate import evaluate_model
 from mcl_dist.files import write_json
@@ -30,7 +32,7 @@ class EvalStep(Step):
         ev = json.loads(json.dumps(self.cfg.eval.__dict__, default=str))
         if not ev.get("metrics"):  # the default (every metric with data) keeps older runs' fingerprints
             ev.pop("metrics", None)
-        return {"eval": ev}
+        return {"eval": ev, "files": verify.eval_files(self.cfg)}  # class names, questions, shards by content
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
         return [results_path(run_dir)]
@@ -48,4 +50,5 @@ class EvalStep(Step):
             if ctx.cfg.debug.kill_at == f"eval:{i + 1}":  # tests: killed half-way through evaluation
                 dist_utils.kill_job_now()
         write_json(results, results_path(ctx.run_dir))
+        data_report.record(ctx.run_dir, "eval", data_report.counted(results["integrated"].get("skipped", {})))
         return {"results": results_path(ctx.run_dir)}

@@ -15,7 +15,7 @@ import torch
 from mcl_dist import distributed as dist_utils
 from mcl_dist.auto_k import choose_k
 from mcl_dist.data.preflight import DataError
-from mcl_dist.embed import load_share
+from mcl_dist.embed import check_parts, load_share
 from mcl_dist.files import save_npz, write_json
 from mcl_dist.kmeans import kmeans
 from mcl_dist.run_context import RunContext, stage_dir
@@ -49,6 +49,7 @@ class KMeansStep(StageStep):
     def run(self, ctx: RunContext) -> dict:
         c, info, s = ctx.cfg, ctx.info, self.stage
         remove_stale(os.path.join(ctx.stage_dir(s), "kmeans"), "assign*-of*.npz", info.world_size)
+        check_parts(os.path.join(ctx.stage_dir(s), "embed"), info.world_size, f"stage_{s}/embed")
         feats, keys = load_share(os.path.join(ctx.stage_dir(s), "embed"), info.rank, info.world_size)
         kill_at = ctx.kill_step(self.name)
         try:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mcl_dist.embed import embedded_bad
 from mcl_dist.files import load_npz
-from mcl_dist.labels import compose_labels, label_stats, load_labels, save_labels
+from mcl_dist.labels import check_complete, compose_labels, label_stats, load_labels, save_labels
 from mcl_dist.run_context import RunContext, stage_dir
 from mcl_dist.stage_similarity import cka_to_earlier, embed_dirs_until, embedded_features
 from mcl_dist.steps.base import StageStep
@@ -58,6 +59,8 @@ class LabelsStep(StageStep):
                 raise redo_hint(e, f"stage_{s - 1}/labels") from None
             rows, current = list(prev["cluster_ids"]), prev["labels"]
         rows.append(clusters_in_index_order(ctx, s, index))
+        check_complete(rows[-1], embedded_bad(ctx.stage_dir(s)), os.path.join(ctx.stage_dir(s), "kmeans"),
+                       f"stage_{s}/embed")
         labels = compose_labels(rows, min_label_size=ctx.cfg.cluster.min_label_size)
         save_labels(os.path.join(ctx.stage_dir(s), "labels.npz"), index.keys, labels, np.stack(rows), index.fingerprint())
         signal = split_signal(current, rows[-1], ctx.cfg.cluster.min_label_size)

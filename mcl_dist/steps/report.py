@@ -1,19 +1,18 @@
 """report (rank 0): `report.md` and its plots (mcl_dist/report.py) from the stages' metrics, the
-cluster sizes, the labels and the evaluation."""
+cluster sizes, the labels, the evaluation and data_report.json's unusable samples."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
+from mcl_dist import data_report
 from mcl_dist.files import read_json
 from mcl_dist.metrics import read_metrics
-from mcl_dist.report import write_report
+from mcl_dist.report import REPORT_FILES, write_report
 from mcl_dist.report_context import recipe, step_times
 from mcl_dist.run_context import RunContext
 from mcl_dist.steps.base import Step
 from mcl_dist.steps.evaluate import results_path
-
-PLOTS = ("loss_curves.png", "cluster_sizes.png", "mmvp_by_stage.png")  # each only when it has data
 
 
 def label_stats(ctx: RunContext, s: int) -> dict:
@@ -36,7 +35,7 @@ class ReportStep(Step):
     main_only = True
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
-        return [os.path.join(run_dir, "report.md")] + [os.path.join(run_dir, p) for p in PLOTS]
+        return [os.path.join(run_dir, p) for p in REPORT_FILES]  # report.md, then each plot that has data
 
     def describe(self, world: int) -> str:
         return "report.md with the evaluation by stage, loss curves, cluster sizes and label statistics"
@@ -56,4 +55,5 @@ class ReportStep(Step):
         done = {s: metrics[s][-1]["step"] for s in stages if metrics[s]}
         return {"report": write_report(ctx.run_dir, results, curves, sizes, labelled,
                                        recipe(ctx.cfg, ctx.info.world_size, done),
-                                       step_times(ctx.run_dir, metrics, ctx.cfg.train.global_batch_size))}
+                                       step_times(ctx.run_dir, metrics, ctx.cfg.train.global_batch_size),
+                                       data_report.load(ctx.run_dir))}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mcl_dist import distributed as dist_utils
+from mcl_dist import verify
 from mcl_dist.config import ConfigError, micro_batch_size, stage_peak_lr, stage_steps
 from mcl_dist.data.sampler import EpochPlan
 from mcl_dist.data.shards import count_samples
@@ -119,7 +120,7 @@ class TrainStep(StageStep):
     def result_settings(self) -> dict:
         c = self.cfg
         return {"data_cfg": results_only(c.data), "model": results_only(c.model), "train": results_only(c.train),
-                "stage": results_only(c.stages[self.stage])}
+                "stage": results_only(c.stages[self.stage]), "files": verify.model_files(c)}  # named files by content
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
         d = stage_dir(run_dir, self.stage)
