@@ -72,9 +72,11 @@ def _say(line: str) -> None:
         return
     # kept in the rank's log, not as a second error line. Checks run on every rank, so rank 0 most
     # likely meets the same error: wait for it, or torchrun would stop rank 0 (SIGTERM) as soon as
-    # this rank exits, before it prints. A failure of this rank alone shows up after the wait.
-    logging.getLogger("mcl_dist").warning("rank %s stopped: %s", os.environ.get("RANK"), line)
+    # this rank exits, before it prints. Wait first, then log: torchrun stops this rank when rank 0
+    # exits, so the common case prints one line, never two glued together on the shared stderr.
+    # A failure of this rank alone shows up after the wait.
     time.sleep(RANK0_GRACE_S)
+    logging.getLogger("mcl_dist").warning("rank %s stopped: %s", os.environ.get("RANK"), line)
 
 
 def launch(config: str, run_dir: Optional[str], overrides: list[str], dry_run: bool = False,

@@ -78,9 +78,10 @@ def run_command(arm: str, seed: int, run_dir: str, data: dict, args, sc: dict) -
     return launcher + [os.path.join(ROOT, "launch", "pretrain.py"), "--config", config, "--run-dir", run_dir] + ov + redo
 
 
-# what an integration arm does not need from its trained arm (the rest is a few MB for this tower)
-NOT_COPIED = shutil.ignore_patterns("checkpoints", "embed", "tb", "batches", "eval", "integrated", "report.md",
-                                    "*.png", "run.lock")
+# what an integration arm redoes or never reads from its trained arm. The finished steps' files are
+# copied whole (training checkpoints and embedding parts included: a few MB for this tower): the
+# run checks every recorded output of a finished step before it skips it (mcl_dist/verify.py)
+NOT_COPIED = shutil.ignore_patterns("tb", "batches", "eval", "integrated", "report.md", "*.png", "run.lock")
 
 
 def finished(run_dir: str) -> bool:
