@@ -78,10 +78,11 @@ def run_command(arm: str, seed: int, run_dir: str, data: dict, args, sc: dict) -
     return launcher + [os.path.join(ROOT, "launch", "pretrain.py"), "--config", config, "--run-dir", run_dir] + ov + redo
 
 
-# what an integration arm redoes or never reads from its trained arm. The finished steps' files are
-# copied whole (training checkpoints and embedding parts included: a few MB for this tower): the
-# run checks every recorded output of a finished step before it skips it (mcl_dist/verify.py)
-NOT_COPIED = shutil.ignore_patterns("tb", "batches", "eval", "integrated", "report.md", "*.png", "run.lock")
+# what an integration arm redoes from its trained arm (integrate, eval, report) or the lock. The
+# finished steps' files are copied whole (training checkpoints, TensorBoard logs and embedding parts
+# included: a few MB for this tower): the run checks every recorded output of a finished step
+# before it skips it (mcl_dist/verify.py)
+NOT_COPIED = shutil.ignore_patterns("eval", "integrated", "report.md", "*.png", "run.lock")
 
 
 def finished(run_dir: str) -> bool:
