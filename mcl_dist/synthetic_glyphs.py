@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mcl_dist.synthetic import PALETTE
+from mcl_dist.synthetic import PALETTE, PREFIXES  # caption prefixes shared with family A
 
 FONT_FILES = {"sans": "DejaVuSans.ttf", "sans bold": "DejaVuSans-Bold.ttf", "sans oblique": "DejaVuSans-Oblique.ttf",
               "serif": "DejaVuSerif.ttf", "serif italic": "DejaVuSerif-Italic.ttf", "mono": "DejaVuSansMono.ttf"}
@@ -42,7 +42,6 @@ CLAUSES = {"ink": ("in {} ink", "written in {}", "printed in {}"),
            "backdrop": ("on {a} {} background", "against {a} {} backdrop", "over {a} {} background"),
            "band": ("under {a} {} band", "below {a} {} stripe", "with {a} {} band on top")}
 HEADS = ("the letter {}", "a letter {}", "the capital {}", "a capital letter {}")
-PREFIXES = ("", "a picture of ", "an image of ", "a photo of ")
 VOCAB_FIELD = {"letter": "letters", "ink": "inks", "position": "positions", "backdrop": "backdrops", "band": "bands"}
 
 
