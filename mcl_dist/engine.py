@@ -8,6 +8,7 @@ both engines build comes from `optim.py`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Any, Iterator, Optional
 
@@ -19,6 +20,15 @@ from mcl_dist.config import TrainConfig
 from mcl_dist.engine_deepspeed import DeepSpeedEngine
 from mcl_dist.lr_schedule import scheduled_lr
 from mcl_dist.optim import autocast_dtype, make_optimizer
+
+
+def buffer_sync_kwargs(sync: bool, ddp=DistributedDataParallel) -> dict:
+    """DDP's per-step buffer broadcast, on (BatchNorm statistics change every step) or off (CLIP's
+    other buffers, attention masks, are constant; buffers still sync once at init). torch >= 2.13
+    names the flag forward_sync_buffers and warns on broadcast_buffers; older torch (GPU images
+    often ship one, e.g. 2.11) knows only broadcast_buffers and raises TypeError on the new name."""
+    params = inspect.signature(ddp.__init__).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": sync}
 
 
 class DDPEngine:
@@ -36,11 +46,8 @@ class DDPEngine:
         self.model = model
         if dist_utils.is_distributed():
             ids = [device.index] if device.type == "cuda" else None
-            # buffers only need re-broadcasting every step when they change (BatchNorm statistics);
-            # CLIP's other buffers (attention masks) are constant. torch >= 2.13 names the flag
-            # forward_sync_buffers (broadcast_buffers warns as deprecated); buffers still sync at init.
             has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-            self.model = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=has_bn)
+            self.model = DistributedDataParallel(model, device_ids=ids, **buffer_sync_kwargs(has_bn))
         self.optimizer = make_optimizer(model, tcfg, base_lr)
         self.dtype = autocast_dtype(tcfg.precision, device)
         # fp16 gradients underflow without loss scaling; open_clip_train's amp uses the same scaler
