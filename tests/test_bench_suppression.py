@@ -89,6 +89,26 @@ def test_recipe_is_chosen_on_one_family_and_scored_per_seed_on_the_other():
     report.use_family("A")
 
 
+def test_dilution_is_per_seed_against_that_seeds_best_stage():
+    # means tie (0.8 vs 0.8) but seed 1's integrated model is 0.2 below its own best stage
+    pairs = {"stage_0": [0.2, 1.0], "stage_1": [1.0, 0.4], "integrated": [1.0, 0.6]}
+    res = {"summary": {"mcl2_prev": {m: {"shape": {"pairs": v}} for m, v in pairs.items()},
+                       "mcl2_prev_icka_drop": {m: {"shape": {"pairs": v}} for m, v in pairs.items()}},
+           "seeds": {"mcl2_prev": [0, 1], "mcl2_prev_icka_drop": [0, 1]}}
+    report.use_family("A")
+    rows = [r for r in report.dilution_table(res, ["mcl2_prev"]) if r.startswith("| mcl2_prev")]
+    shape = 1 + report.ATTRS.index("shape")
+    assert rows[0].split(" | ")[shape] == "0.80 vs 1.00, short 0.40 on seed 1"
+    pairs["integrated"][:] = [1.0, 1.0]  # in place: res holds these lists
+    assert report.dilution_table(res, ["mcl2_prev"])[-1].split(" | ")[shape] == "1.00 vs 1.00, ≥ on every seed"
+    # a re-integrated arm shares its stages: only its integrated row is listed
+    every = report.clip_tables({"summary": {a: {m: {"shape": {"pairs": v, "zero_shot": v, "probe": v}}
+                                                for m, v in pairs.items()} for a in res["summary"]}},
+                               list(res["summary"]))
+    assert sum(r.startswith("| mcl2_prev_icka_drop | stage_") for r in every) == 0
+    assert sum(r.startswith("| mcl2_prev | stage_") for r in every) == 6  # 2 stages x 3 metrics
+
+
 def test_arm_names():
     assert parse_arm("mcl4_prev_kauto_icka_drop", 32) == (4, "prev", "auto", "cka_drop")
     assert parse_arm("mcl4_prev_k64", 32) == (4, "prev", 64, "equal")
