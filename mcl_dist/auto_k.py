@@ -5,7 +5,8 @@ Rule `spread` (cluster.k_rule): run k-means for each of cluster.k_candidates in 
 spread (the k-means inertia) by less than cluster.k_min_gain of it. While K is below the number
 of groups the embedding really has, a larger K separates groups and the spread falls steeply;
 past it, a larger K only cuts groups in half, and in D dimensions halving a compact group
-removes about 1/D of its spread. If every step still gains, the largest candidate is kept.
+removes about 1/D of its spread. If every step still gains, the largest candidate is kept and
+the result says `capped` (the k-means step logs a warning).
 
 No labels are read. The chosen K and the whole curve (K, inertia, gain to the next candidate) go
 into `stage_s/kmeans/kmeans.json` and the manifest. Whether this K beats a fixed one is measured by
@@ -59,6 +60,10 @@ def choose_k(x: torch.Tensor, candidates: list[int], min_gain: float, **kmeans_k
                 chosen = prev
                 break
         prev = res
+    # capped: every step still gained, so the rule found no K and kept the largest it tried. The
+    # benchmark's families (1,000+ easy combinations, low-dimensional embeddings) cap at 128 on
+    # every stage: the caller warns, since a capped K is the candidate list's choice, not the data's.
+    capped = chosen is None and len(curve) > 1
     chosen = chosen or prev
     k = int(chosen.centroids.shape[0])
-    return chosen, {"rule": "spread", "min_gain": min_gain, "chosen": k, "curve": curve}
+    return chosen, {"rule": "spread", "min_gain": min_gain, "chosen": k, "capped": capped, "curve": curve}

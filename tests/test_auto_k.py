@@ -21,6 +21,7 @@ def test_spread_rule_finds_the_true_cluster_count(true_k):
     x = blobs(true_k)
     res, rule = choose_k(x, [3, 6, 12, 24, 48], 0.1, iters=30, seed=0, spherical=True)
     assert rule["chosen"] == true_k == res.centroids.shape[0] == int(res.assignments.max()) + 1
+    assert rule["capped"] is False
     curve = {p["k"]: p for p in rule["curve"]}
     assert curve[true_k]["gain"] < 0.1 <= min(p["gain"] for p in rule["curve"] if p["k"] < true_k)
     assert [p["k"] for p in rule["curve"]] == [k for k in [3, 6, 12, 24, 48] if k <= 2 * true_k]  # stops early
@@ -29,7 +30,7 @@ def test_spread_rule_finds_the_true_cluster_count(true_k):
 def test_no_structure_keeps_gaining_until_the_largest_candidate_then_keeps_it():
     x = torch.nn.functional.normalize(torch.randn(400, 2, generator=torch.Generator().manual_seed(1)), dim=1)
     _, rule = choose_k(x, [2, 4, 8], 0.1, iters=30, seed=0, spherical=True)  # a circle: halving always gains a lot
-    assert rule["chosen"] == 8 and rule["curve"][-1]["gain"] is None
+    assert rule["chosen"] == 8 and rule["curve"][-1]["gain"] is None and rule["capped"] is True
 
 
 def test_candidates_above_the_row_count_are_skipped():

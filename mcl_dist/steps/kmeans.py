@@ -6,6 +6,7 @@ mcl_dist/auto_k.py).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from mcl_dist.kmeans import kmeans
 from mcl_dist.run_context import RunContext, stage_dir
 from mcl_dist.steps.base import StageStep, rank_parts
 from mcl_dist.steps.common import redo_hint, remove_stale
+
+log = logging.getLogger("mcl_dist")
 
 
 @dataclass
@@ -60,6 +63,11 @@ class KMeansStep(StageStep):
                       on_iter=(lambda it: it == kill_at and dist_utils.kill_launcher()) if kill_at else None)
             if c.stages[s].k == "auto":
                 res, rule = choose_k(x, c.cluster.k_candidates, c.cluster.k_min_gain, **kw)
+                if rule["capped"] and info.is_main:
+                    log.warning("%s: k: auto kept the largest candidate, K=%d: every larger K still lowered the "
+                                "spread by >= %.2f (cluster.k_min_gain), so the rule found no K on this data; "
+                                "add larger cluster.k_candidates or set a fixed k", self.name, rule["chosen"],
+                                c.cluster.k_min_gain)
             else:
                 res = kmeans(x, c.stages[s].k, **kw)
         except ValueError as e:  # every rank raises the same: NaN/inf rows, k larger than the data, ...
