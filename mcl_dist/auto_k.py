@@ -61,8 +61,8 @@ def choose_k(x: torch.Tensor, candidates: list[int], min_gain: float, **kmeans_k
                 break
         prev = res
     # capped: every step still gained, so the rule found no K and kept the largest it tried. The
-    # benchmark's families (1,000+ easy combinations, low-dimensional embeddings) cap at 128 on
-    # every stage: the caller warns, since a capped K is the candidate list's choice, not the data's.
+    # benchmark's glyph family (1,440 easy combinations) caps at 128 on every stage: the caller
+    # warns, since a capped K is the candidate list's choice, not the data's.
     capped = chosen is None and len(curve) > 1
     chosen = chosen or prev
     k = int(chosen.centroids.shape[0])

@@ -334,7 +334,8 @@ def main(argv=None) -> int:
         if wanted and not finished(run_dir) and not args.report_only:
             jobs.append((arm, seed, run_dir, run_command(arm, seed, run_dir, data, args, sc)))
     times = run_all(jobs, args.jobs, args.threads or sc["threads"], out)
-    runs = {k: v for k, v in runs.items() if finished(v)}
+    # seed order within each arm (runs finish in any order; every per-seed list and line reads 0 1 2 ...)
+    runs = {k: v for k, v in sorted(runs.items(), key=lambda kv: kv[0][1]) if finished(v)}
     res = collect(runs)
     res["scale"], res["family"] = args.scale, args.family
     res["settings"] = {**sc, "k": args.k, "group": args.group, "seeds": args.seeds, "split": args.split,
