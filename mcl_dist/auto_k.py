@@ -60,9 +60,9 @@ def choose_k(x: torch.Tensor, candidates: list[int], min_gain: float, **kmeans_k
                 chosen = prev
                 break
         prev = res
-    # capped: every step still gained, so the rule found no K and kept the largest it tried. The
-    # benchmark's glyph family (1,440 easy combinations) caps at 128 on every stage: the caller
-    # warns, since a capped K is the candidate list's choice, not the data's.
+    # capped: every step still gained, so the rule found no K and kept the largest it tried. Both
+    # benchmark families (1,200 and 1,440 easy combinations in 8,192 samples) cap at 128 on every
+    # stage: the caller warns, since a capped K is the candidate list's choice, not the data's.
     capped = chosen is None and len(curve) > 1
     chosen = chosen or prev
     k = int(chosen.centroids.shape[0])
