@@ -17,14 +17,16 @@ from mcl_dist.config_load import load_config
 
 
 def tool_module(name: str):
-    """One of the tool's helper modules (scripts in tools/, not a package)."""
+    """One of the tool's helper modules (scripts in tools/, not a package), registered under its
+    name as the scripts import each other (tools/ is on sys.path when they run)."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-report, arms = tool_module("bench_suppression_report"), tool_module("bench_suppression_arms")
+arms = tool_module("bench_suppression_arms")  # first: the report imports base_arm from it
+report = tool_module("bench_suppression_report")
 arm_overrides, parse_arm = arms.arm_overrides, arms.parse_arm
 
 TRANSFER = r"transfer \(recipe chosen on {}, tested on {}\): pair error ratio per seed( (\d+\.\d\d|inf))+"

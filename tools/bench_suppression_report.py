@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from bench_suppression_arms import base_arm  # an integration arm (_icka_*) shares its trained arm's stages
+
 # Family A (shapes), measured on the validation split with the tiny-vit-p4 tower at T = 2,000
 # (docs/results.md): the baseline learns colour, background and frame (pairs 1.00) and texture
 # (1.00), and suppresses shape (0.34) and position (0.06), which the same tower learns when the easy
@@ -72,15 +74,9 @@ def clip_tables(res: dict, arms: list[str]) -> list[str]:
                           ("probe", "linear-probe accuracy")):
         out += ["", f"## Every model (stage and integrated), {title}", ""]
         rows = [[arm, model] + [ms(S[arm][model][a][metric]) if a in S[arm][model] else "—" for a in ATTRS]
-                for arm in arms for model in ([] if reintegrated(arm) else stage_models(S[arm])) + ["integrated"]]
+                for arm in arms for model in ([] if base_arm(arm) else stage_models(S[arm])) + ["integrated"]]
         out += _table(["arm", "model"] + ATTRS, rows)
     return out
-
-
-def reintegrated(arm: str) -> bool:
-    """An integration arm (`..._icka_*`): the stages of its trained arm, re-integrated. Its stage rows
-    would repeat the trained arm's, so the per-stage tables show its integrated model only."""
-    return "_icka" in arm
 
 
 def dilution_table(res: dict, arms: list[str]) -> list[str]:
@@ -118,7 +114,7 @@ def chosen_k(res: dict, arm: str, s, k_of: dict) -> str:
 def purity_table(res: dict, k_of: dict) -> list[str]:
     P, st = res["purity"], res["label_stats"]
     rows = []
-    for arm in [a for a in P if not reintegrated(a)]:
+    for arm in [a for a in P if not base_arm(a)]:
         for s in sorted(P[arm]):
             for src in ("clusters", "labels"):
                 sizes = st.get(arm, {}).get(s, [{}])
@@ -136,7 +132,7 @@ def signal_table(res: dict) -> list[str]:
     """Per stage of every MCL arm: the label-free stop signals next to what they should predict."""
     rows = []
     for arm, stages in res.get("stages", {}).items():
-        if reintegrated(arm):
+        if base_arm(arm):  # its stages are its trained arm's rows
             continue
         for s in sorted(stages, key=int):
             d = stages[s]
