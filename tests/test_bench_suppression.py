@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -26,7 +27,9 @@ def tool_module(name: str):
 
 
 arms = tool_module("bench_suppression_arms")  # first: the report imports base_arm from it
+records = tool_module("bench_suppression_records")
 report = tool_module("bench_suppression_report")
+runner = tool_module("bench_feature_suppression")
 arm_overrides, parse_arm = arms.arm_overrides, arms.parse_arm
 
 TRANSFER = r"transfer \(recipe chosen on {}, tested on {}\): pair error ratio per seed( (\d+\.\d\d|inf))+"
@@ -55,6 +58,14 @@ def test_smoke_both_families_resume_and_report_structure(tmp_path):
     assert summary["family"] == "B" and summary["seeds"]["mcl2_prev_kauto_icka_drop"] == [0]
     assert out.count("[bench] start") == 3 and "[bench] start" not in bench(tmp_path, *b, "--arms", "baseline",
                                                                             "mcl2_prev_kauto")  # resumed: all done
+    # a later session: the run dirs are gone, their records (tmp/b/records) are enough to skip and report
+    for d in os.listdir(tmp_path / "b"):
+        if d.endswith(("_s0", "_s0.log")):
+            shutil.rmtree(tmp_path / "b" / d) if os.path.isdir(tmp_path / "b" / d) else os.remove(tmp_path / "b" / d)
+    again = bench(tmp_path, *b, "--arms", "baseline", "mcl2_prev_kauto", "mcl2_prev_kauto_icka_drop")
+    assert "[bench] start" not in again and "3 run records" in again
+    timeless = lambda text: [ln for ln in text.splitlines() if not ln.startswith("Wall time")]  # noqa: E731
+    assert timeless(open(tmp_path / "b" / "results.md").read()) == timeless(md)  # the same report
 
     a = ["--family", "A", "--out", str(tmp_path / "a"), "--data-dir", str(tmp_path / "data_a"),
          "--other-out", str(tmp_path / "b"), "--recipe-prefix", "mcl2_prev"]  # the smoke's 2-stage arms
@@ -118,3 +129,36 @@ def test_arm_names():
     assert ov[0].count("k: auto") == 3 and "model.integration_weights=cka_weight" in ov
     with pytest.raises(SystemExit, match="unknown arm"):
         parse_arm("mcl4_prev_kmany", 32)
+
+
+def test_records_hold_everything_the_report_read():
+    # the published family-B summary (merged from run dirs) split into records and merged back
+    old = json.load(open(os.path.join(ROOT, "docs", "bench", "family_b", "summary.json")))
+    recs = records.split_summary(old)
+    assert len(recs) == sum(len(v) for v in old["seeds"].values())
+    back = json.loads(json.dumps(records.merge(recs)))  # stage numbers as JSON writes them
+    for key in ("summary", "purity", "label_stats", "stages", "seeds", "integration"):
+        assert back[key] == old[key], key
+
+
+def test_a_record_of_other_settings_is_refused_by_name(tmp_path):
+    settings = {"family": "B", "scale": "cpu", "split": "test", "steps": 2000, "batch": 128, "n_train": 8192,
+                "k": 32, "group": 32, "config": "configs/bench_suppression_b.yaml"}
+    rec = records.make_record("baseline", 0, settings, {"integrated": {}}, {"weights": None, "cka": None}, {})
+    path = records.save(rec, str(tmp_path))
+    assert records.load(str(tmp_path), settings)[("baseline", 0)] == rec
+    with pytest.raises(SystemExit, match=r"baseline_s0\.json: recorded under other settings \(steps 2000 here, 240 now\)"):
+        records.load(str(tmp_path), {**settings, "steps": 240})
+    open(path, "w").write("[1, 2]")
+    with pytest.raises(SystemExit, match="not a benchmark run record"):
+        records.load(str(tmp_path), settings)
+
+
+def test_a_reintegration_whose_trained_run_is_only_recorded_retrains_it_first(tmp_path):
+    order = [("baseline", 0), ("mcl4_prev", 0), ("mcl4_prev_icka_drop", 0)]
+    runs = {r: str(tmp_path / f"{r[0]}_s{r[1]}") for r in order}
+    recorded = {("baseline", 0): {}, ("mcl4_prev", 0): {}}  # records only: no run dirs
+    assert runner.to_run(order, [], runs, recorded) == [("mcl4_prev", 0), ("mcl4_prev_icka_drop", 0)]
+    os.makedirs(tmp_path / "mcl4_prev_s0" / "eval")
+    open(tmp_path / "mcl4_prev_s0" / "eval" / "results.json", "w").write("{}")  # the trained run dir exists
+    assert runner.to_run(order, [], runs, recorded) == [("mcl4_prev_icka_drop", 0)]

@@ -31,8 +31,10 @@ with every MCL arm's pair error ratio per seed against the same seed's baseline.
     python tools/bench_feature_suppression.py --family A --report-only
 
 Arms run in the order given (default: the order above, most decisive first), and a run whose
-eval/results.json exists is reused: an interrupted benchmark resumes where it stopped, and a later
-session can add arms or seeds to the same --out.
+eval/results.json exists is reused: an interrupted benchmark resumes where it stopped. Every
+finished run leaves a record (bench_suppression_records.py) in docs/bench/records/<out name>
+(committed; <out>/records for a given --out): a later session, whose checkout has no run dirs,
+skips the recorded runs, adds arms or seeds, and reports from records and new runs alike.
 
 Unimodal arm (--objective simclr, family A only; configs/bench_simclr.yaml): images only, colour
 jitter and grayscale OFF so colour stays the easy feature, a small torchvision ResNet; linear probe
@@ -52,6 +54,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+import bench_suppression_records as records
 import bench_suppression_report as report
 from bench_suppression_arms import (FAMILIES, HEADLINE, RECIPE_PREFIX, SCALES, SIMCLR_ARMS, SIMCLR_AS, arm_overrides, base_arm,
                                     default_arms, make_data, parse_arm, planned_runs)
@@ -87,6 +90,27 @@ NOT_COPIED = shutil.ignore_patterns("eval", "integrated", "report.md", "*.png", 
 
 def finished(run_dir: str) -> bool:
     return os.path.exists(os.path.join(run_dir, "eval", "results.json"))
+
+
+def default_store(out: str, custom_out: bool) -> str:
+    """Records of the default runs live in the repository (a later session reuses them); those of a
+    custom --out stay beside it."""
+    return os.path.join(out, "records") if custom_out else os.path.join(ROOT, "docs", "bench", "records",
+                                                                      os.path.basename(os.path.normpath(out)))
+
+
+def to_run(order: list, explicit: list, runs: dict, recorded: dict) -> list[tuple[str, int]]:
+    """The wanted runs with neither a finished run dir nor a record, in order. A re-integration arm
+    starts from a copy of its trained arm's run dir: where only that arm's record survives, the
+    trained arm is queued again first."""
+    todo = [r for r in order if (not explicit or r in explicit) and not finished(runs[r]) and r not in recorded]
+    for arm, seed in list(todo):
+        base = (base_arm(arm), seed)
+        if base_arm(arm) and not finished(os.path.join(os.path.dirname(runs[(arm, seed)]), f"{base[0]}_s{seed}")) \
+                and base not in todo:
+            todo.insert(todo.index((arm, seed)), base)
+            runs.setdefault(base, os.path.join(os.path.dirname(runs[(arm, seed)]), f"{base[0]}_s{seed}"))
+    return todo
 
 
 def run_all(jobs: list[tuple[str, int, str, list[str]]], parallel: int, threads: int, out: str) -> dict[str, float]:
@@ -154,34 +178,21 @@ def stage_record(run_dir: str, s: int, results: dict, manifest: dict, purity: di
     return out
 
 
-def collect(runs: dict) -> dict:
-    """summary[arm][model][attr][metric], purity[arm][stage][source][attr], stages[arm][stage][field]:
-    each a list over seeds."""
+def run_record(run_dir: str, arm: str, seed: int, settings: dict) -> dict:
+    """The few kilobytes of a finished run the report reads (bench_suppression_records.py)."""
     from mcl_dist.cluster_inspect import stage_purity
 
-    summary, purity, label_stats, stages, seeds, integration = {}, {}, {}, {}, {}, {}
-    for (arm, seed), run_dir in runs.items():
-        seeds.setdefault(arm, []).append(seed)  # the order of every list below
-        results = json.load(open(os.path.join(run_dir, "eval", "results.json")))
-        for model, res in results.items():
-            for a, m in model_scores(res, arm in SIMCLR_ARMS).items():
-                for metric, v in m.items():
-                    summary.setdefault(arm, {}).setdefault(model, {}).setdefault(a, {}).setdefault(metric, []).append(v)
-        n_stages = sum(1 for m in results if m.startswith("stage_"))
-        manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
-        integ = manifest.get("steps", {}).get("integrate", {}).get("outputs", {})
-        integration.setdefault(arm, []).append({"seed": seed, "weights": integ.get("weights"), "cka": integ.get("cka")})
-        for s in range(1, n_stages):
-            pur = {src: stage_purity(run_dir, s, source=src)["mean_purity"] for src in ("clusters", "labels")}
-            for src, per_attr in pur.items():
-                for a, v in per_attr.items():
-                    purity.setdefault(arm, {}).setdefault(s, {}).setdefault(src, {}).setdefault(a, []).append(v)
-            label_stats.setdefault(arm, {}).setdefault(s, []).append(
-                manifest.get("steps", {}).get(f"stage_{s}/labels", {}).get("outputs", {}))
-            for key, v in stage_record(run_dir, s, results, manifest, pur).items():
-                stages.setdefault(arm, {}).setdefault(s, {}).setdefault(key, []).append(v)
-    return {"summary": summary, "purity": purity, "label_stats": label_stats, "stages": stages, "seeds": seeds,
-            "integration": integration}
+    results = json.load(open(os.path.join(run_dir, "eval", "results.json")))
+    models = {model: model_scores(res, arm in SIMCLR_ARMS) for model, res in results.items()}
+    manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
+    integ = manifest.get("steps", {}).get("integrate", {}).get("outputs", {})
+    stages = {}
+    for s in range(1, sum(1 for m in results if m.startswith("stage_"))):
+        pur = {src: stage_purity(run_dir, s, source=src)["mean_purity"] for src in ("clusters", "labels")}
+        stages[s] = {"purity": pur, "signals": stage_record(run_dir, s, results, manifest, pur),
+                     "label_stats": manifest.get("steps", {}).get(f"stage_{s}/labels", {}).get("outputs", {})}
+    return records.make_record(arm, seed, settings, models, {"weights": integ.get("weights"), "cka": integ.get("cka")},
+                               stages)
 
 
 def suppression_check(S: dict, simclr: bool) -> list[str]:
@@ -205,14 +216,22 @@ def integration_table(res: dict) -> list[str]:
             "| arm | seed | weights | CKA |", "|---|---|---|---|"] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
 
 
-def other_summaries(args, family: str) -> dict:
-    """{family: summary} of this run and of the other family's default --out (same scale and split)."""
+def other_summaries(args, family: str, suffix: str) -> dict:
+    """{family: summary} of the other family: its --other-out's summary.json, or else the records of
+    its default runs (same scale, split and T)."""
     out = {}
     for fam, spec in FAMILIES.items():
-        path = os.path.join(args.other_out if fam != family and args.other_out else
-                            spec["out"].format(scale=args.scale, split=args.split), "summary.json")
-        if os.path.exists(path):
-            out[fam] = json.load(open(path))
+        if fam == family:
+            continue
+        if args.other_out:
+            path = os.path.join(args.other_out, "summary.json")
+            if os.path.exists(path):
+                out[fam] = json.load(open(path))
+            continue
+        store = default_store(spec["out"].format(scale=args.scale, split=args.split) + suffix, custom_out=False)
+        recs = sorted(records.load(store).values(), key=lambda r: r["seed"])
+        if recs:
+            out[fam] = records.merge(recs)
     return out
 
 
@@ -227,7 +246,8 @@ def baseline_pairs(res: dict) -> str:
 def write_report(res: dict, args, sc: dict, times: dict, out: str, simclr: bool) -> tuple[str, list[str]]:
     arms = SIMCLR_ARMS if simclr else list(dict.fromkeys(default_arms(args.family) + args.arms))
     k_of = {arm: parse_arm(arm, args.k)[2] for arm in res["summary"]}
-    top = [] if simclr else report.transfer_lines({**other_summaries(args, args.family), args.family: res},
+    suffix = "" if sc["steps"] == SCALES[args.scale]["steps"] else f"_T{sc['steps']}"
+    top = [] if simclr else report.transfer_lines({**other_summaries(args, args.family, suffix), args.family: res},
                                                   args.recipe_prefix)
     report.use_family(args.family)  # transfer_lines switches between the families
     steps = sc["simclr_steps"] if simclr else sc["steps"]
@@ -288,7 +308,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads per run")
     p.add_argument("--nproc", type=int, default=1, help="ranks per run (torchrun when > 1)")
     p.add_argument("--override", nargs="*", default=[], help="extra config overrides for every run")
-    p.add_argument("--report-only", action="store_true", help="only collect finished runs")
+    p.add_argument("--records", default=None,
+                   help="where each finished run's record is kept and reused (default: docs/bench/records/<out name> "
+                        "for the default --out, committed; <out>/records for a given --out)")
+    p.add_argument("--report-only", action="store_true", help="run nothing: report the finished runs and records")
     args = p.parse_args(argv)
     fam = FAMILIES[args.family]
     report.use_family(args.family)
@@ -313,30 +336,39 @@ def main(argv=None) -> int:
         out = args.out or (fam["out"].format(scale=args.scale, split=args.split)
                            + ("" if sc["steps"] == default_steps else f"_T{sc['steps']}"))
     data_dir = args.data_dir or fam["data"].format(scale=args.scale)
+    store = args.records or default_store(out, custom_out=bool(args.out))
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    data = make_data(data_dir, sc, args.family, simclr)
-    print(f"[bench] data ready in {time.time() - t0:.0f} s under {data_dir}", flush=True)
+    rec_settings = {**sc, "family": args.family, "scale": args.scale, "split": args.split, "k": args.k,
+                    "group": args.group, "config": args.simclr_config if simclr else args.config,
+                    "steps": sc["simclr_steps"] if simclr else sc["steps"]}
+    recorded = records.load(store, rec_settings)
 
-    runs, jobs = {}, []
     ref_seeds = args.reference_seeds if args.reference_seeds is not None else args.seeds[:1]
     order = planned_runs(args.arms, args.seeds, ref_seeds)
+    explicit = []
     if args.runs:
         explicit = [(r.split(":")[0], int(r.split(":")[1])) for r in args.runs]
         for arm, _ in explicit:
             parse_arm(arm, args.k)
         order = explicit + [r for r in order if r not in explicit]
         args.arms = list(dict.fromkeys(args.arms + [a for a, _ in explicit]))
-    for arm, seed in order:
-        run_dir = os.path.join(out, f"{arm}_s{seed}")
-        runs[(arm, seed)] = run_dir
-        wanted = not args.runs or (arm, seed) in explicit
-        if wanted and not finished(run_dir) and not args.report_only:
-            jobs.append((arm, seed, run_dir, run_command(arm, seed, run_dir, data, args, sc)))
+    runs = {(arm, seed): os.path.join(out, f"{arm}_s{seed}") for arm, seed in order}
+    todo = [] if args.report_only else to_run(order, explicit, runs, recorded)
+    jobs = []
+    if todo:
+        data = make_data(data_dir, sc, args.family, simclr)
+        print(f"[bench] data ready in {time.time() - t0:.0f} s under {data_dir}", flush=True)
+        jobs = [(arm, seed, runs[(arm, seed)], run_command(arm, seed, runs[(arm, seed)], data, args, sc))
+                for arm, seed in todo]
     times = run_all(jobs, args.jobs, args.threads or sc["threads"], out)
+    for (arm, seed), run_dir in runs.items():  # a finished run dir is the truth; its record is rewritten
+        if finished(run_dir):
+            recorded[(arm, seed)] = run_record(run_dir, arm, seed, rec_settings)
+            records.save(recorded[(arm, seed)], store)
     # seed order within each arm (runs finish in any order; every per-seed list and line reads 0 1 2 ...)
-    runs = {k: v for k, v in sorted(runs.items(), key=lambda kv: kv[0][1]) if finished(v)}
-    res = collect(runs)
+    res = records.merge([recorded[r] for r in sorted(runs, key=lambda r: r[1]) if r in recorded])
+    print(f"[bench] {len(recorded)} run records in {store}", flush=True)
     res["scale"], res["family"] = args.scale, args.family
     res["settings"] = {**sc, "k": args.k, "group": args.group, "seeds": args.seeds, "split": args.split,
                        "reference_seeds": ref_seeds, "config": args.simclr_config if simclr else args.config}
