@@ -29,6 +29,7 @@ def tool_module(name: str):
 arms = tool_module("bench_suppression_arms")  # first: the report imports base_arm from it
 records = tool_module("bench_suppression_records")
 report = tool_module("bench_suppression_report")
+stop = tool_module("bench_suppression_stop")
 runner = tool_module("bench_feature_suppression")
 arm_overrides, parse_arm = arms.arm_overrides, arms.parse_arm
 
@@ -162,3 +163,23 @@ def test_a_reintegration_whose_trained_run_is_only_recorded_retrains_it_first(tm
     os.makedirs(tmp_path / "mcl4_prev_s0" / "eval")
     open(tmp_path / "mcl4_prev_s0" / "eval" / "results.json", "w").write("{}")  # the trained run dir exists
     assert runner.to_run(order, [], runs, recorded) == [("mcl4_prev_icka_drop", 0)]
+
+
+def test_stop_rules_pick_a_count_from_the_longest_arm_and_are_scored_by_that_fixed_count():
+    res = summary({"baseline": [0.0, 0.0], "mcl3_prev": [0.6, 0.8], "mcl4_prev": [0.9, 0.7], "mcl5_prev": [0.7, 0.7]})
+    # ratios per seed: 3 stages 0.40 0.20, 4 stages 0.10 0.30 (best, mean 0.20), 5 stages 0.30 0.30
+    res["stages"] = {"mcl5_prev": {1: {"cka_prev": [None, None], "survived_samples": [0.9, 0.9], "nmi": [0.1, 0.1]},
+                                   2: {"cka_prev": [0.5, 0.6], "survived_samples": [0.8, 0.7], "nmi": [0.2, 0.1]},
+                                   3: {"cka_prev": [0.7, 0.95], "survived_samples": [0.6, 0.6], "nmi": [0.3, 0.2]},
+                                   4: {"cka_prev": [0.8, 0.8], "survived_samples": [0.3, 0.45], "nmi": [0.2, 0.3]}}}
+    report.use_family("A")
+    assert stop.picks(res, "cka") == {0: (5, False), 1: (3, True)}
+    lines = stop.stage_count_lines(res)
+    assert lines[0].endswith("best fixed (after the fact): 4 stages, mean 0.20")
+    assert lines[1].endswith("stages per seed 5 3 -> ratio per seed 0.30 0.20, mean 0.25, worse than the best fixed count")
+    assert lines[2].endswith("stages per seed 4 4 -> ratio per seed 0.10 0.30, mean 0.20, no worse than the best fixed count")
+    assert lines[3].endswith("stages per seed 5 5 (never fired: always mcl5_prev, not a stop signal)")
+    res["stages"]["mcl5_prev"][2]["survived_samples"][0] = 0.2  # seed 0 would stop at 2 stages: not run
+    assert stop.stage_count_lines(res)[2].endswith("stages per seed 2 4; not scored: run mcl2_prev")
+    del res["summary"]["mcl3_prev"], res["summary"]["mcl4_prev"]
+    assert stop.stage_count_lines(res) == []  # one count is no sweep

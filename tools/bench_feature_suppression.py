@@ -20,7 +20,8 @@ with model.integration_weights; no training). Every arm runs every seed (the ref
 Reported per arm, per model (each stage and the integrated one), per attribute: linear-probe,
 zero-shot and MMVP-style pair accuracy, per seed; per MCL stage the label purity and the
 label-free stop signals (mcl_dist.stop_signal, mcl_dist.stage_similarity); the integrated model
-against its best single stage. Writes <out>/results.md, <out>/summary.json and PNG charts. The
+against its best single stage; once the stage sweep has run, the stage count each stop rule
+(bench_suppression_stop.py, fixed before the sweep) picks and what it scored. Writes <out>/results.md, <out>/summary.json and PNG charts. The
 report starts with one line per direction (`transfer (recipe chosen on A, tested on B): pair
 error ratio per seed ...`, from this family's and the other family's summary.json) and ends
 with every MCL arm's pair error ratio per seed against the same seed's baseline.
@@ -56,6 +57,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import bench_suppression_records as records
 import bench_suppression_report as report
+import bench_suppression_stop as stop
 from bench_suppression_arms import (FAMILIES, HEADLINE, RECIPE_PREFIX, SCALES, SIMCLR_ARMS, SIMCLR_AS, arm_overrides, base_arm,
                                     default_arms, make_data, parse_arm, planned_runs)
 from bench_suppression_report import SIMCLR_HARD, mean
@@ -266,6 +268,7 @@ def write_report(res: dict, args, sc: dict, times: dict, out: str, simclr: bool)
     else:
         md += report.clip_tables(res, arms) + [""] + report.dilution_table(res, arms) + [""] + integration_table(res)
         pngs, final = report.clip_charts(res, out, arms, args.headline), report.final_lines(res, args.headline, k_of)
+        final += stop.stage_count_lines(res)
     md += report.purity_table(res, k_of) + [""] + report.signal_table(res) + [""]
     if times:
         md.append(f"Wall time of the runs started by this invocation: {sum(times.values()) / 60:.1f} run-minutes "
