@@ -24,7 +24,7 @@ import torch
 import webdataset as wds
 
 from conftest import ROOT, write_test_shards
-from test_faults import PIPE_CFG, TIMEOUT, _descendants, error_lines, launch_here, run2
+from launch_helpers import PIPE_CFG, TIMEOUT, _descendants, error_lines, launch_here, run2
 from mcl_dist import verify
 from mcl_dist.data.decode import BadSample, decode_image
 from mcl_dist.data.streaming import ErrorLog, raw_samples
