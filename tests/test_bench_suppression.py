@@ -52,6 +52,8 @@ def test_smoke_both_families_resume_and_report_structure(tmp_path):
     assert "family B (glyphs)" in md and "| arm | letter | ink | position | backdrop | band |" in md
     assert "transfer (recipe chosen on A, tested on B): pair error ratio per seed — not measured" in md
     assert "## Integration weights" in md and "| mcl2_prev_kauto_icka_drop | 0 | 1.00 " in md
+    assert "| arm | seeds | pair error ratio per seed | letter pairs per seed | position pairs per seed |" in md
+    assert re.search(r"\| baseline \| 0 \| — \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|", md)  # the per-seed table
     assert "auto: " in md  # the K that k: auto chose, per seed
     assert re.search(r"\| mcl2_prev_kauto \| 1 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| — \|", md)  # survived; no CKA at stage 1
     assert re.search(r"mcl2_prev_kauto \(K auto\): pair error ratio per seed \S+  \(seeds 0\)", md)

@@ -266,7 +266,8 @@ def write_report(res: dict, args, sc: dict, times: dict, out: str, simclr: bool)
         md += report.simclr_tables(res, arms)
         pngs, final = report.simclr_chart(res, out), report.simclr_final_line(res)
     else:
-        md += report.clip_tables(res, arms) + [""] + report.dilution_table(res, arms) + [""] + integration_table(res)
+        md += report.seed_table(res, arms) + report.clip_tables(res, arms) + [""] + report.dilution_table(res, arms) + [""]
+        md += integration_table(res)
         pngs, final = report.clip_charts(res, out, arms, args.headline), report.final_lines(res, args.headline, k_of)
         final += stop.stage_count_lines(res)
     md += report.purity_table(res, k_of) + [""] + report.signal_table(res) + [""]

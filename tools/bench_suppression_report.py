@@ -176,6 +176,27 @@ def seed_ratios(res: dict, arm: str) -> dict:
     return {sd: ratio(mine[sd], base[sd]) for sd in mine if sd in base}
 
 
+def seed_table(res: dict, arms: list[str]) -> list[str]:
+    """One row per arm of what the issue asks per seed: the integrated model's pair error ratio
+    against the same seed's baseline, the pairs of each suppressed attribute, the easy minimum."""
+    S = res["summary"]
+    rows = []
+    for arm in [a for a in arms if a in S] + [a for a in S if a not in arms]:
+        if "integrated" not in S[arm] or arm.endswith("reference"):
+            continue
+        per = seed_pairs(res, arm)
+        r = seed_ratios(res, arm)
+        rows.append([arm, " ".join(map(str, per)), "—" if arm == "baseline" else
+                     " ".join(f"{r[sd]:.2f}" if sd in r else "—" for sd in per)]
+                    + [" ".join(f"{v[a]:.2f}" for v in per.values()) for a in SUPPRESSED]
+                    + [" ".join(f"{min(v[a] for a in EASY):.2f}" for v in per.values())])
+    if not rows:
+        return []
+    return (["## Per seed: the integrated model against the same seed's baseline", ""]
+            + _table(["arm", "seeds", "pair error ratio per seed"] + [f"{a} pairs per seed" for a in SUPPRESSED]
+                     + ["easy min per seed"], rows) + [""])
+
+
 def fmt_seeds(values: dict) -> str:
     return " ".join(f"{v:.2f}" for v in values.values()) + f"  (seeds {' '.join(str(s) for s in values)})"
 
