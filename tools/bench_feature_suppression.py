@@ -359,6 +359,9 @@ def main(argv=None) -> int:
         args.arms = list(dict.fromkeys(args.arms + [a for a, _ in explicit]))
     runs = {(arm, seed): os.path.join(out, f"{arm}_s{seed}") for arm, seed in order}
     todo = [] if args.report_only else to_run(order, explicit, runs, recorded)
+    for arm, seed in sorted(recorded, key=lambda r: r[1]):  # the report covers every recorded run of this store
+        runs.setdefault((arm, seed), os.path.join(out, f"{arm}_s{seed}"))
+    args.arms = list(dict.fromkeys(args.arms + [arm for arm, _ in runs]))
     jobs = []
     if todo:
         data = make_data(data_dir, sc, args.family, simclr)
