@@ -359,7 +359,8 @@ def main(argv=None) -> int:
         args.arms = list(dict.fromkeys(args.arms + [a for a, _ in explicit]))
     runs = {(arm, seed): os.path.join(out, f"{arm}_s{seed}") for arm, seed in order}
     todo = [] if args.report_only else to_run(order, explicit, runs, recorded)
-    for arm, seed in sorted(recorded, key=lambda r: r[1]):  # the report covers every recorded run of this store
+    # the report covers every recorded run of this store; a re-integrated arm after its trained arm
+    for arm, seed in sorted(recorded, key=lambda r: (r[1], base_arm(r[0]) or r[0], bool(base_arm(r[0])))):
         runs.setdefault((arm, seed), os.path.join(out, f"{arm}_s{seed}"))
     args.arms = list(dict.fromkeys(args.arms + [arm for arm, _ in runs]))
     jobs = []
