@@ -183,5 +183,8 @@ def test_stop_rules_pick_a_count_from_the_longest_arm_and_are_scored_by_that_fix
     assert lines[3].endswith("stages per seed 5 5 (never fired: always mcl5_prev, not a stop signal)")
     res["stages"]["mcl5_prev"][2]["survived_samples"][0] = 0.2  # seed 0 would stop at 2 stages: not run
     assert stop.stage_count_lines(res)[2].endswith("stages per seed 2 4; not scored: run mcl2_prev")
+    res["summary"]["mcl3_prev"] = summary({"mcl3_prev": [0.6]})["summary"]["mcl3_prev"]  # seed 0 only
+    res["seeds"]["mcl3_prev"] = [0]
+    assert "3 stages" not in stop.stage_count_lines(res)[0]  # counts are compared on the longest arm's seeds
     del res["summary"]["mcl3_prev"], res["summary"]["mcl4_prev"]
     assert stop.stage_count_lines(res) == []  # one count is no sweep

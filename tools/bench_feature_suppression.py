@@ -101,6 +101,20 @@ def default_store(out: str, custom_out: bool) -> str:
                                                                       os.path.basename(os.path.normpath(out)))
 
 
+def finished_runs(out: str, k: int) -> set[tuple[str, int]]:
+    """(arm, seed) of every finished run dir in `out` named <arm>_s<seed> with a known arm."""
+    found = set()
+    for name in os.listdir(out):
+        arm, _, seed = name.rpartition("_s")
+        if seed.isdigit() and finished(os.path.join(out, name)):
+            try:
+                parse_arm(arm, k)
+            except SystemExit:
+                continue
+            found.add((arm, int(seed)))
+    return found
+
+
 def to_run(order: list, explicit: list, runs: dict, recorded: dict) -> list[tuple[str, int]]:
     """The wanted runs with neither a finished run dir nor a record, in order. A re-integration arm
     starts from a copy of its trained arm's run dir: where only that arm's record survives, the
@@ -359,8 +373,10 @@ def main(argv=None) -> int:
         args.arms = list(dict.fromkeys(args.arms + [a for a, _ in explicit]))
     runs = {(arm, seed): os.path.join(out, f"{arm}_s{seed}") for arm, seed in order}
     todo = [] if args.report_only else to_run(order, explicit, runs, recorded)
-    # the report covers every recorded run of this store; a re-integrated arm after its trained arm
-    for arm, seed in sorted(recorded, key=lambda r: (r[1], base_arm(r[0]) or r[0], bool(base_arm(r[0])))):
+    # the report covers every recorded or finished run of this store and --out, asked for or not; a
+    # re-integrated arm after its trained arm
+    extra = set(recorded) | finished_runs(out, args.k)
+    for arm, seed in sorted(extra, key=lambda r: (r[1], base_arm(r[0]) or r[0], bool(base_arm(r[0])))):
         runs.setdefault((arm, seed), os.path.join(out, f"{arm}_s{seed}"))
     args.arms = list(dict.fromkeys(args.arms + [arm for arm, _ in runs]))
     jobs = []

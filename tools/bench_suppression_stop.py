@@ -47,12 +47,16 @@ def picks(res: dict, rule: str) -> dict:
 def stage_count_lines(res: dict) -> list[str]:
     """The fixed counts' per-seed ratios, the best of them, and per rule the counts it picks and
     what they scored; empty until the sweep (LONGEST and another count) has run."""
-    fixed = {n: r for n in COUNTS if (r := seed_ratios(res, f"mcl{n}_prev"))}
-    if LONGEST not in res.get("stages", {}) or len(fixed) < 2:
+    if LONGEST not in res.get("stages", {}):
+        return []
+    seeds = res["seeds"][LONGEST]  # every count is compared on these seeds only
+    fixed = {n: {sd: r[sd] for sd in seeds} for n in COUNTS
+             if set(seeds) <= set(r := seed_ratios(res, f"mcl{n}_prev"))}
+    if len(fixed) < 2:
         return []
     best = min(fixed, key=lambda n: mean(list(fixed[n].values())))
     best_mean = mean(list(fixed[best].values()))
-    lines = ["stage counts, pair error ratio per seed: " + "; ".join(
+    lines = [f"stage counts, pair error ratio per seed (seeds {' '.join(map(str, seeds))}): " + "; ".join(
         f"{n} stages {' '.join(f'{v:.2f}' for v in r.values())}" for n, r in fixed.items())
         + f"; best fixed (after the fact): {best} stages, mean {best_mean:.2f}"]
     for rule, (key, op, threshold) in RULES.items():
