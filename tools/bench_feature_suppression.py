@@ -21,10 +21,11 @@ Reported per arm, per model (each stage and the integrated one), per attribute: 
 zero-shot and MMVP-style pair accuracy, per seed; per MCL stage the label purity and the
 label-free stop signals (mcl_dist.stop_signal, mcl_dist.stage_similarity); the integrated model
 against its best single stage; once the stage sweep has run, the stage count each stop rule
-(bench_suppression_stop.py, fixed before the sweep) picks and what it scored. Writes <out>/results.md, <out>/summary.json and PNG charts. The
-report starts with one line per direction (`transfer (recipe chosen on A, tested on B): pair
-error ratio per seed ...`, from this family's and the other family's summary.json) and ends
-with every MCL arm's pair error ratio per seed against the same seed's baseline.
+(bench_suppression_stop.py, fixed before the sweep) picks and what it scored. Writes
+<out>/results.md, <out>/summary.json and PNG charts. The report starts with one line per direction
+(`transfer (recipe chosen on A, tested on B): pair error ratio per seed ...`, from this family's
+runs and the other family's records) and ends with every MCL arm's pair error ratio per seed
+against the same seed's baseline.
 
     python tools/bench_feature_suppression.py --family B           # CPU defaults, test split
     python tools/bench_feature_suppression.py --family B --split val   # settings are chosen on val only
@@ -35,7 +36,8 @@ Arms run in the order given (default: the order above, most decisive first), and
 eval/results.json exists is reused: an interrupted benchmark resumes where it stopped. Every
 finished run leaves a record (bench_suppression_records.py) in docs/bench/records/<out name>
 (committed; <out>/records for a given --out): a later session, whose checkout has no run dirs,
-skips the recorded runs, adds arms or seeds, and reports from records and new runs alike.
+skips the recorded runs, adds arms or seeds, and reports from records and new runs alike. To
+measure recorded runs again, give --records an empty directory.
 
 Unimodal arm (--objective simclr, family A only; configs/bench_simclr.yaml): images only, colour
 jitter and grayscale OFF so colour stays the easy feature, a small torchvision ResNet; linear probe
@@ -373,6 +375,10 @@ def main(argv=None) -> int:
         args.arms = list(dict.fromkeys(args.arms + [a for a, _ in explicit]))
     runs = {(arm, seed): os.path.join(out, f"{arm}_s{seed}") for arm, seed in order}
     todo = [] if args.report_only else to_run(order, explicit, runs, recorded)
+    skipped = [r for r in order if r in recorded and not finished(runs[r]) and (not explicit or r in explicit)]
+    if skipped and not args.report_only:
+        print(f"[bench] {len(skipped)} runs skipped, recorded in {store} (to measure them again: --records with an "
+              f"empty directory)", flush=True)
     # the report covers every recorded or finished run of this store and --out, asked for or not; a
     # re-integrated arm after its trained arm
     extra = set(recorded) | finished_runs(out, args.k)
