@@ -161,10 +161,11 @@ def test_a_reintegration_whose_trained_run_is_only_recorded_retrains_it_first(tm
     order = [("baseline", 0), ("mcl4_prev", 0), ("mcl4_prev_icka_drop", 0)]
     runs = {r: str(tmp_path / f"{r[0]}_s{r[1]}") for r in order}
     recorded = {("baseline", 0): {}, ("mcl4_prev", 0): {}}  # records only: no run dirs
-    assert runner.to_run(order, [], runs, recorded) == [("mcl4_prev", 0), ("mcl4_prev_icka_drop", 0)]
+    assert runner.to_run(order, [], runs, recorded) == ([("mcl4_prev", 0), ("mcl4_prev_icka_drop", 0)],
+                                                       [("baseline", 0), ("mcl4_prev", 0)])
     os.makedirs(tmp_path / "mcl4_prev_s0" / "eval")
     open(tmp_path / "mcl4_prev_s0" / "eval" / "results.json", "w").write("{}")  # the trained run dir exists
-    assert runner.to_run(order, [], runs, recorded) == [("mcl4_prev_icka_drop", 0)]
+    assert runner.to_run(order, [], runs, recorded) == ([("mcl4_prev_icka_drop", 0)], [("baseline", 0)])
 
 
 def test_stop_rules_pick_a_count_from_the_longest_arm_and_are_scored_by_that_fixed_count():

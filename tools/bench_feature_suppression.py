@@ -117,18 +117,19 @@ def finished_runs(out: str, k: int) -> set[tuple[str, int]]:
     return found
 
 
-def to_run(order: list, explicit: list, runs: dict, recorded: dict) -> list[tuple[str, int]]:
-    """The wanted runs with neither a finished run dir nor a record, in order. A re-integration arm
-    starts from a copy of its trained arm's run dir: where only that arm's record survives, the
-    trained arm is queued again first."""
-    todo = [r for r in order if (not explicit or r in explicit) and not finished(runs[r]) and r not in recorded]
+def to_run(order: list, explicit: list, runs: dict, recorded: dict) -> tuple[list, list]:
+    """(to run, skipped as recorded): the wanted runs without a finished run dir, in order, split by
+    whether a record exists. A re-integration arm starts from a copy of its trained arm's run dir:
+    where only that arm's record survives, the trained arm is queued again first."""
+    wanted = [r for r in order if (not explicit or r in explicit) and not finished(runs[r])]
+    todo, skipped = [r for r in wanted if r not in recorded], [r for r in wanted if r in recorded]
     for arm, seed in list(todo):
         base = (base_arm(arm), seed)
-        if base_arm(arm) and not finished(os.path.join(os.path.dirname(runs[(arm, seed)]), f"{base[0]}_s{seed}")) \
-                and base not in todo:
+        base_dir = os.path.join(os.path.dirname(runs[(arm, seed)]), f"{base[0]}_s{seed}")
+        if base[0] and not finished(base_dir) and base not in todo:
             todo.insert(todo.index((arm, seed)), base)
-            runs.setdefault(base, os.path.join(os.path.dirname(runs[(arm, seed)]), f"{base[0]}_s{seed}"))
-    return todo
+            runs.setdefault(base, base_dir)
+    return todo, skipped
 
 
 def run_all(jobs: list[tuple[str, int, str, list[str]]], parallel: int, threads: int, out: str) -> dict[str, float]:
@@ -374,9 +375,8 @@ def main(argv=None) -> int:
         order = explicit + [r for r in order if r not in explicit]
         args.arms = list(dict.fromkeys(args.arms + [a for a, _ in explicit]))
     runs = {(arm, seed): os.path.join(out, f"{arm}_s{seed}") for arm, seed in order}
-    todo = [] if args.report_only else to_run(order, explicit, runs, recorded)
-    skipped = [r for r in order if r in recorded and not finished(runs[r]) and (not explicit or r in explicit)]
-    if skipped and not args.report_only:
+    todo, skipped = ([], []) if args.report_only else to_run(order, explicit, runs, recorded)
+    if skipped:
         print(f"[bench] {len(skipped)} runs skipped, recorded in {store} (to measure them again: --records with an "
               f"empty directory)", flush=True)
     # the report covers every recorded or finished run of this store and --out, asked for or not; a
