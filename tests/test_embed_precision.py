@@ -37,3 +37,25 @@ def test_embed_precision_follows_train_precision():
     assert autocast_dtype("auto", cpu) is None  # fp32 on CPU (tests, demo)
     assert autocast_dtype("auto", gpu) is torch.bfloat16
     assert autocast_dtype("fp32", gpu) is None
+
+
+def test_embed_step_runs_at_train_precision(monkeypatch, tmp_path):
+    """The step hands train.precision to embed_shards and records it in its settings (a resumed run
+    at another precision must re-embed). embed_shards itself is replaced here only to read the
+    argument: the real one runs in every pipeline test."""
+    from mcl_dist.config import Config
+    from mcl_dist.run_context import RunContext
+    from mcl_dist.steps import embed as embed_step
+
+    seen = {}
+    monkeypatch.setattr(embed_step, "load_stage_model", lambda ctx, s: {"model": None})
+    monkeypatch.setattr(embed_step, "embed_shards", lambda *a, **kw: seen.update(kw) or {})
+    settings = {}
+    for precision in ("fp32", "amp"):
+        cfg = Config()
+        cfg.train.precision = precision
+        step = embed_step.EmbedStep(cfg, stage=1)
+        step.run(RunContext(cfg=cfg, run_dir=str(tmp_path / precision)))
+        assert seen["precision"] == precision
+        settings[precision] = step.result_settings()
+    assert settings["fp32"] != settings["amp"]

@@ -21,7 +21,8 @@ class EmbedStep(StageStep):
     kind = "embed"
 
     def result_settings(self) -> dict:
-        return {"mode": self.cfg.cluster.embed}
+        # the autocast dtype changes the features, so a resumed run with another precision re-embeds
+        return {"mode": self.cfg.cluster.embed, "precision": self.cfg.train.precision}
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
         d = os.path.join(stage_dir(run_dir, self.stage), "embed")
@@ -30,7 +31,8 @@ class EmbedStep(StageStep):
                 os.path.join(d, "embed_stats.json")]
 
     def describe(self, world: int) -> str:
-        return f"{self.cfg.cluster.embed} embeddings of every sample, fp16, each rank its own shards"
+        return (f"{self.cfg.cluster.embed} embeddings of every sample (towers at train.precision "
+                f"{self.cfg.train.precision}), stored fp16, each rank its own shards")
 
     def run(self, ctx: RunContext) -> dict:
         out = os.path.join(ctx.stage_dir(self.stage), "embed")
@@ -41,4 +43,5 @@ class EmbedStep(StageStep):
                             batch_size=c.cluster.embed_batch_size, workers=c.data.workers,
                             image_ext=c.data.image_ext, caption_ext=c.data.caption_ext,
                             max_pixels=c.data.max_image_pixels, max_bytes=c.data.max_member_bytes,
-                            max_bad_fraction=c.data.max_bad_fraction, need_caption=get_objective(c).captions)
+                            max_bad_fraction=c.data.max_bad_fraction, precision=c.train.precision,
+                            need_caption=get_objective(c).captions)
