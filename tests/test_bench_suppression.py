@@ -162,7 +162,7 @@ def test_a_reintegration_whose_trained_run_is_only_recorded_retrains_it_first(tm
     runs = {r: str(tmp_path / f"{r[0]}_s{r[1]}") for r in order}
     recorded = {("baseline", 0): {}, ("mcl4_prev", 0): {}}  # records only: no run dirs
     assert runner.to_run(order, [], runs, recorded) == ([("mcl4_prev", 0), ("mcl4_prev_icka_drop", 0)],
-                                                       [("baseline", 0), ("mcl4_prev", 0)])
+                                                       [("baseline", 0)])  # re-queued: not skipped
     os.makedirs(tmp_path / "mcl4_prev_s0" / "eval")
     open(tmp_path / "mcl4_prev_s0" / "eval" / "results.json", "w").write("{}")  # the trained run dir exists
     assert runner.to_run(order, [], runs, recorded) == ([("mcl4_prev_icka_drop", 0)], [("baseline", 0)])

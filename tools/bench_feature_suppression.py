@@ -120,7 +120,8 @@ def finished_runs(out: str, k: int) -> set[tuple[str, int]]:
 def to_run(order: list, explicit: list, runs: dict, recorded: dict) -> tuple[list, list]:
     """(to run, skipped as recorded): the wanted runs without a finished run dir, in order, split by
     whether a record exists. A re-integration arm starts from a copy of its trained arm's run dir:
-    where only that arm's record survives, the trained arm is queued again first."""
+    where only that arm's record survives, the trained arm is queued again first (and so is not
+    counted as skipped)."""
     wanted = [r for r in order if (not explicit or r in explicit) and not finished(runs[r])]
     todo, skipped = [r for r in wanted if r not in recorded], [r for r in wanted if r in recorded]
     for arm, seed in list(todo):
@@ -129,7 +130,7 @@ def to_run(order: list, explicit: list, runs: dict, recorded: dict) -> tuple[lis
         if base[0] and not finished(base_dir) and base not in todo:
             todo.insert(todo.index((arm, seed)), base)
             runs.setdefault(base, base_dir)
-    return todo, skipped
+    return todo, [r for r in skipped if r not in todo]
 
 
 def run_all(jobs: list[tuple[str, int, str, list[str]]], parallel: int, threads: int, out: str) -> dict[str, float]:
