@@ -89,6 +89,22 @@ def summary(ratios_by_arm: dict, suppressed=("shape", "position")) -> dict:
     return {"summary": S, "seeds": {arm: list(range(len(v))) for arm, v in ratios_by_arm.items()}}
 
 
+def test_simclr_gain_line_gives_every_seed_against_the_same_seeds_baseline():
+    def arm(shape, texture, color=(1.0, 1.0)):
+        return {"integrated": {"shape": {"probe": list(shape)}, "texture": {"probe": list(texture)},
+                               "color": {"probe": list(color)}}}
+    res = {"summary": {"simclr_baseline": arm([0.2, 0.3], [0.4, 0.4]), "simclr_mcl3": arm([0.5], [0.6], [0.9]),
+                       "simclr_mcl3_noclust": arm([0.1, 0.4], [0.4, 0.5])},
+           "seeds": {"simclr_baseline": [0, 1], "simclr_mcl3": [1], "simclr_mcl3_noclust": [0, 1]}}
+    lines = report.simclr_final_line(res)
+    # seed 1 only: ((0.5 - 0.3) + (0.6 - 0.4)) / 2 = 20 points, not against the baseline's mean
+    assert lines[0] == ("linear-probe gain (integrated MCL - baseline) on suppressed attributes: 20.0 points, "
+                        "per seed 20.0 (seeds 1); easy attribute: 90.0%")
+    assert lines[1].endswith("control - baseline) on suppressed attributes: 2.5 points, per seed -5.0 10.0 (seeds 0 1)")
+    del res["summary"]["simclr_mcl3"]
+    assert "needs" in report.simclr_final_line(res)[0]
+
+
 def test_recipe_is_chosen_on_one_family_and_scored_per_seed_on_the_other():
     a = summary({"baseline": [0.2, 0.4], "mcl4_prev": [0.6, 0.7], "mcl4_prev_k64": [0.9, 0.5],
                  "mcl4_noclust": [1.0, 1.0], "mcl4_prev_k16": [1.0], "mcl5_prev": [0.95, 0.95]})

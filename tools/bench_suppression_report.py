@@ -339,10 +339,27 @@ def simclr_chart(res: dict, out: str) -> list[str]:
 
 
 def simclr_final_line(res: dict) -> list[str]:
+    """The linear-probe gain on the suppressed attributes of integrated MCL (and of its no-cluster
+    control) over the same seed's baseline: the mean, then every seed's value."""
     S = res["summary"]
     if "simclr_mcl3" not in S or "simclr_baseline" not in S:
         return ["(the final line needs the simclr_baseline and simclr_mcl3 arms)"]
-    mcl, base = S["simclr_mcl3"]["integrated"], S["simclr_baseline"]["integrated"]
-    gain = 100 * mean([mean(mcl[a]["probe"]) - mean(base[a]["probe"]) for a in SIMCLR_HARD])
-    return [f"linear-probe gain (integrated MCL - baseline) on suppressed attributes: {gain:.1f} points; "
-            f"easy attribute: {100 * mean(mcl['color']['probe']):.1f}%"]
+    base = dict(zip(res["seeds"]["simclr_baseline"], range(len(res["seeds"]["simclr_baseline"]))))
+
+    def gains(arm: str) -> dict:  # {seed: points}, the seeds both arms have
+        at = S[arm]["integrated"]
+        return {sd: 100 * mean([at[a]["probe"][i] - S["simclr_baseline"]["integrated"][a]["probe"][base[sd]]
+                                for a in SIMCLR_HARD])
+                for i, sd in enumerate(res["seeds"][arm]) if sd in base}
+
+    def pts(v: float) -> str:
+        return f"{round(v, 1) + 0.0:.1f}"  # + 0.0: never "-0.0"
+
+    def line(arm: str, what: str) -> str:
+        g = gains(arm)
+        return (f"linear-probe gain ({what} - baseline) on suppressed attributes: {pts(mean(list(g.values())))} "
+                f"points, per seed {' '.join(pts(v) for v in g.values())} (seeds {' '.join(map(str, g))})")
+
+    mcl = S["simclr_mcl3"]["integrated"]
+    out = [line("simclr_mcl3", "integrated MCL") + f"; easy attribute: {100 * mean(mcl['color']['probe']):.1f}%"]
+    return out + ([line("simclr_mcl3_noclust", "no-cluster control")] if "simclr_mcl3_noclust" in S else [])
