@@ -42,8 +42,9 @@ measure recorded runs again, give --records an empty directory.
 Unimodal arm (--objective simclr, family A only; configs/bench_simclr.yaml): images only, colour
 jitter and grayscale OFF so colour stays the easy feature, a small torchvision ResNet; linear probe
 and k-NN per attribute (arms simclr_reference, simclr_baseline, simclr_mcl2, simclr_mcl3,
-simclr_mcl3_noclust; ends with the linear-probe gain lines, per seed, of MCL and of its no-cluster control). Its T is --simclr-steps (default
-2,000 on the CPU scale), and its default --out names T, so runs of another T are never reused.
+simclr_mcl3_noclust; ends with the linear-probe gain lines, per seed, of MCL and of its no-cluster
+control). Its T is --simclr-steps (default 2,000 on the CPU scale), and its default --out names T,
+so runs of another T are never reused.
 """
 from __future__ import annotations
 
