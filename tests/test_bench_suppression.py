@@ -78,6 +78,20 @@ def test_smoke_both_families_resume_and_report_structure(tmp_path):
     assert re.fullmatch(TRANSFER.format("B", "A"), top[2]) and "recipe mcl2_prev_kauto" in top[3]
 
 
+def test_smoke_simclr_report_names_its_own_suppressed_attributes(tmp_path):
+    out = bench(tmp_path, "--objective", "simclr", "--out", str(tmp_path / "s"), "--data-dir", str(tmp_path / "d"),
+                "--arms", "simclr_baseline", "simclr_mcl3")
+    assert out.count("[bench] start") == 2
+    md = open(tmp_path / "s" / "results.md").read()
+    # SimCLR's suppressed attributes and metric, not the CLIP family's pairs
+    assert re.search(r"suppressed = shape, texture \(.*baseline linear probe shape [0-9.]+, texture [0-9.]+\)", md)
+    assert "| simclr_mcl3 | integrated |" in md and "| simclr_baseline | stage_0 |" in md
+    assert re.search(r"\| simclr_mcl3 \| 2 \| .* \| — \|\n", md)  # no pairs: "—", never "nan"
+    assert "nan" not in md
+    assert re.search(r"linear-probe gain \(integrated MCL - baseline\) on suppressed attributes: -?[0-9.]+ points, "
+                     r"per seed -?[0-9.]+ \(seeds 0\); easy attribute", md)
+
+
 def test_family_b_config_has_family_a_settings():
     a, b = (to_dict(load_config(f"configs/{n}.yaml")) for n in ("bench_suppression", "bench_suppression_b"))
     assert a == b  # the transfer test changes the data, nothing else

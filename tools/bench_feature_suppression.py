@@ -256,12 +256,14 @@ def other_summaries(args, family: str, suffix: str) -> dict:
     return out
 
 
-def baseline_pairs(res: dict) -> str:
-    """What the baseline reached on each suppressed attribute here: an attribute near 1.00 is not
-    suppressed on this data, and then only counts against an MCL arm that loses it."""
-    base = res["summary"].get("baseline", {}).get("integrated", {})
-    got = [f"{a} {mean(base[a]['pairs']):.2f}" for a in report.SUPPRESSED if a in base]
-    return "baseline pair accuracy " + ", ".join(got) if got else "no baseline run yet"
+def baseline_pairs(res: dict, simclr: bool = False) -> str:
+    """What the baseline reached on each suppressed attribute here (pairs; SimCLR: linear probe): an
+    attribute near 1.00 is not suppressed on this data, and then only counts against an MCL arm that
+    loses it."""
+    base = res["summary"].get("simclr_baseline" if simclr else "baseline", {}).get("integrated", {})
+    metric = "probe" if simclr else "pairs"
+    got = [f"{a} {mean(base[a][metric]):.2f}" for a in (SIMCLR_HARD if simclr else report.SUPPRESSED) if a in base]
+    return f"baseline {'linear probe' if simclr else 'pair accuracy'} " + ", ".join(got) if got else "no baseline run yet"
 
 
 def write_report(res: dict, args, sc: dict, times: dict, out: str, simclr: bool) -> tuple[str, list[str]]:
@@ -279,8 +281,10 @@ def write_report(res: dict, args, sc: dict, times: dict, out: str, simclr: bool)
            f"{sc['n_train']} training samples, K = {args.k} (unless the arm says), group size {args.group}, seeds "
            f"{args.seeds} (reference: {res['settings']['reference_seeds']}); every cell is one value, or the mean "
            f"followed by each seed's value [seed order as listed]. "
-           f"easy = {', '.join(report.EASY)}; hard = {', '.join(report.HARD)}, of which the baseline suppresses "
-           f"{', '.join(report.SUPPRESSED)} (chosen before these runs; {baseline_pairs(res)}).", ""]
+           + (f"suppressed = {', '.join(SIMCLR_HARD)} (chosen in issue 19, before these runs: position is easy for "
+              f"this ResNet; {baseline_pairs(res, simclr)})." if simclr else
+              f"easy = {', '.join(report.EASY)}; hard = {', '.join(report.HARD)}, of which the baseline suppresses "
+              f"{', '.join(report.SUPPRESSED)} (chosen before these runs; {baseline_pairs(res)})."), ""]
     if simclr:
         md += report.simclr_tables(res, arms)
         pngs, final = report.simclr_chart(res, out), report.simclr_final_line(res)

@@ -139,10 +139,12 @@ def signal_table(res: dict) -> list[str]:
             if "nmi" not in d:
                 continue
             easy_min = [min(p[a] for a in EASY) for p in d["label_purity"]]
-            opt = lambda key: ms(d[key]) if key in d and None not in d[key] else "—"  # noqa: E731
+            # "—" where a signal predates the run or has no value here (SimCLR has no pairs: NaN)
+            opt = lambda key: (ms(d[key]) if key in d and None not in d[key]  # noqa: E731
+                               and not np.isnan(np.asarray(d[key], float)).all() else "—")
             rows.append([arm, str(s), ms(d["nmi"]), ms(d["split_samples"]), opt("survived_samples"), opt("cka_prev"),
                          f"{mean(d['labels_before']):.0f} → {mean(d['labels_after']):.0f}",
-                         ms(easy_min), ms(d["loss_start"]), ms(d["loss_end"]), ms(d["hard_pairs"])])
+                         ms(easy_min), ms(d["loss_start"]), ms(d["loss_end"]), opt("hard_pairs")])
     if not rows:
         return []
     return (["## Stop signals per stage (label-free) and what they should predict", "",
