@@ -328,7 +328,7 @@ def simclr_chart(res: dict, out: str) -> list[str]:
         ax.bar(x + (i - (len(bars) - 1) / 2) * w, [np.mean(v) if v else np.nan for v in vals], w,
                yerr=[np.std(v) if v else 0 for v in vals], capsize=2,
                label=arm.replace("simclr_", "") + ("" if model == "integrated" else f" {model}"))
-    ax.set_xticks(x, [a + (" (hard)" if a in HARD else "") for a in ATTRS])
+    ax.set_xticks(x, [a + (" (suppressed)" if a in SIMCLR_HARD else "") for a in ATTRS])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("linear-probe accuracy")
     ax.set_title("SimCLR: linear-probe accuracy per attribute (mean ± std over seeds)")
