@@ -158,10 +158,10 @@ def signal_table(res: dict) -> list[str]:
                       "hard pairs, stage model"], rows))
 
 
-def seed_pairs(res: dict, arm: str, model: str = "integrated") -> dict:
-    """{seed: {attribute: pair accuracy}} of one arm's model."""
+def seed_pairs(res: dict, arm: str, model: str = "integrated", metric: str = "pairs") -> dict:
+    """{seed: {attribute: pair accuracy}} of one arm's model (or another metric: SimCLR's probe)."""
     S = res["summary"][arm][model]
-    return {sd: {a: S[a]["pairs"][i] for a in S} for i, sd in enumerate(res["seeds"][arm])}
+    return {sd: {a: S[a][metric][i] for a in S} for i, sd in enumerate(res["seeds"][arm])}
 
 
 def ratio(mcl: dict, base: dict) -> float:
@@ -346,13 +346,11 @@ def simclr_final_line(res: dict) -> list[str]:
     S = res["summary"]
     if "simclr_mcl3" not in S or "simclr_baseline" not in S:
         return ["(the final line needs the simclr_baseline and simclr_mcl3 arms)"]
-    base = dict(zip(res["seeds"]["simclr_baseline"], range(len(res["seeds"]["simclr_baseline"]))))
+    base = seed_pairs(res, "simclr_baseline", metric="probe")
 
     def gains(arm: str) -> dict:  # {seed: points}, the seeds both arms have
-        at = S[arm]["integrated"]
-        return {sd: 100 * mean([at[a]["probe"][i] - S["simclr_baseline"]["integrated"][a]["probe"][base[sd]]
-                                for a in SIMCLR_HARD])
-                for i, sd in enumerate(res["seeds"][arm]) if sd in base}
+        return {sd: 100 * mean([v[a] - base[sd][a] for a in SIMCLR_HARD])
+                for sd, v in seed_pairs(res, arm, metric="probe").items() if sd in base}
 
     def pts(v: float) -> str:
         return f"{round(v, 1) + 0.0:.1f}"  # + 0.0: never "-0.0"
