@@ -213,9 +213,30 @@ def test_stop_rules_pick_a_count_from_the_longest_arm_and_are_scored_by_that_fix
     assert lines[2].endswith("stages per seed 4 4 -> ratio per seed 0.10 0.30, mean 0.20, no worse than the best fixed count")
     assert lines[3].endswith("stages per seed 5 5 (never fired: always mcl5_prev, not a stop signal)")
     res["stages"]["mcl5_prev"][2]["survived_samples"][0] = 0.2  # seed 0 would stop at 2 stages: not run
-    assert stop.stage_count_lines(res)[2].endswith("stages per seed 2 4; not scored: run mcl2_prev")
+    assert stop.stage_count_lines(res)[2].endswith("stages per seed 2 4; not scored: run mcl2_prev:0")
     res["summary"]["mcl3_prev"] = summary({"mcl3_prev": [0.6]})["summary"]["mcl3_prev"]  # seed 0 only
     res["seeds"]["mcl3_prev"] = [0]
-    assert "3 stages" not in stop.stage_count_lines(res)[0]  # counts are compared on the longest arm's seeds
+    head = stop.stage_count_lines(res)[0]  # counts are compared on the longest arm's seeds: 3 is partial
+    assert "3 stages on seeds 0 only: 0.40" in head
+    assert head.endswith("best fixed (after the fact, among the counts run on every seed): 4 stages, mean 0.20")
     del res["summary"]["mcl3_prev"], res["summary"]["mcl4_prev"]
     assert stop.stage_count_lines(res) == []  # one count is no sweep
+
+
+def test_stop_rules_are_scored_at_the_recipes_k_on_the_seeds_each_count_ran():
+    """At K 64 the 4-stage recipe arm is the longest: survival stops seed 1 before stage 3, which
+    the 3-stage K 64 arm (run on seed 1 only) scores; the default K's sweep is absent."""
+    res = summary({"baseline": [0.0, 0.0], "mcl4_prev_k64": [0.9, 0.7], "mcl3_prev_k64": [0.8]})
+    res["seeds"]["mcl3_prev_k64"] = [1]
+    res["stages"] = {"mcl4_prev_k64": {1: {"cka_prev": [None, None], "survived_samples": [1.0, 1.0], "nmi": [0.0, 0.0]},
+                                       2: {"cka_prev": [0.6, 0.5], "survived_samples": [0.9, 0.9], "nmi": [0.5, 0.4]},
+                                       3: {"cka_prev": [0.6, 0.6], "survived_samples": [0.6, 0.4], "nmi": [0.5, 0.5]}}}
+    report.use_family("A")
+    lines = stop.stage_count_lines(res)
+    assert lines[0] == ("stage counts at K 64, pair error ratio per seed (seeds 0 1): 4 stages 0.10 0.30; 3 stages "
+                        "on seeds 1 only: 0.20; best fixed (after the fact, among the counts run on every seed): "
+                        "4 stages, mean 0.20")
+    assert lines[2] == ("  stop rule survival (K 64, survived_samples < 0.5): stages per seed 4 3 -> ratio per seed "
+                        "0.10 0.20, mean 0.15, no worse than the best fixed count")
+    res["stages"]["mcl4_prev_k64"][3]["survived_samples"][0] = 0.1  # seed 0 would stop at 3 stages too: not run
+    assert stop.stage_count_lines(res)[2].endswith("stages per seed 3 3; not scored: run mcl3_prev_k64:0")
