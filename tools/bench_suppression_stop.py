@@ -53,7 +53,8 @@ def picks(res: dict, rule: str, longest: str = LONGEST) -> dict:
 def _longest(res: dict, suffix: str) -> str:
     """The sweep's longest arm with logged signals ('' when none): mcl5_prev at the default K."""
     ran = [n for n in COUNTS if f"mcl{n}_prev{suffix}" in res.get("stages", {})]
-    return f"mcl{max(ran)}_prev{suffix}" if ran and (suffix or max(ran) == 5) else ""
+    longest = f"mcl{max(ran)}_prev{suffix}" if ran else ""
+    return longest if suffix or longest == LONGEST else ""
 
 
 def _fmt(ratios: dict) -> str:
@@ -76,14 +77,13 @@ def _sweep_lines(res: dict, suffix: str) -> list[str]:
     seeds = res["seeds"][longest]  # every count is compared on these seeds only
     ran = {n: r for n in COUNTS if (r := seed_ratios(res, f"mcl{n}_prev{suffix}"))}
     fixed = {n: {sd: r[sd] for sd in seeds} for n, r in ran.items() if set(seeds) <= set(r)}
-    partial = {n: {sd: r[sd] for sd in seeds if sd in r} for n, r in ran.items() if n not in fixed}
-    partial = {n: r for n, r in partial.items() if r}
+    partial = {n: p for n, r in ran.items() if n not in fixed and (p := {sd: r[sd] for sd in seeds if sd in r})}
     if len(fixed) + len(partial) < 2:
         return []
     best = min(fixed, key=lambda n: mean(list(fixed[n].values())))
     best_mean = mean(list(fixed[best].values()))
-    where = f"K {suffix[2:]}, " if suffix else ""
-    head = (f"stage counts{' at ' + where[:-2] if suffix else ''}, pair error ratio per seed (seeds "
+    k = f"K {suffix[len('_k'):]}" if suffix else ""  # the default K's lines name no K, as before
+    head = (f"stage counts{f' at {k}' if k else ''}, pair error ratio per seed (seeds "
             f"{' '.join(map(str, seeds))}): " + "; ".join(f"{n} stages {_fmt(r)}" for n, r in fixed.items()))
     head += "".join(f"; {n} stages on seeds {' '.join(map(str, r))} only: {_fmt(r)}" for n, r in partial.items())
     lines = [head + f"; best fixed (after the fact{', among the counts run on every seed' if partial else ''}): "
@@ -91,7 +91,7 @@ def _sweep_lines(res: dict, suffix: str) -> list[str]:
     for rule, (key, op, threshold) in RULES.items():
         got = picks(res, rule, longest)
         scored = {seed: ran.get(n, {}).get(seed) for seed, (n, _) in got.items()}
-        line = (f"  stop rule {rule} ({where}{key} {SIGN[op]} {threshold}): stages per seed "
+        line = (f"  stop rule {rule} ({f'{k}, ' if k else ''}{key} {SIGN[op]} {threshold}): stages per seed "
                 + " ".join(str(n) for n, _ in got.values()))
         if not any(fired for _, fired in got.values()):
             lines.append(line + f" (never fired: always {longest}, not a stop signal)")
