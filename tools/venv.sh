@@ -2,7 +2,8 @@
 # Create (or reuse) the project's virtual environment in .venv and run a command inside it.
 #   bash tools/venv.sh torchrun --nproc_per_node 2 launch/pretrain.py --config configs/demo.yaml
 #   bash tools/venv.sh python -m pytest -q tests
-# The install is redone only when setup.py or this script changes (a stamp file records their hash).
+# It installs the exact versions of constraints.txt (setup.py only gives ranges). The install is
+# redone only when setup.py, constraints.txt or this script changes (a stamp file records their hash).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,15 +12,16 @@ if [ ! -x .venv/bin/python ]; then
   $PY -m venv .venv
 fi
 stamp=.venv/.mcl_dist_installed
-want=$(cat setup.py tools/venv.sh | sha256sum | cut -c1-16)
+want=$(cat setup.py constraints.txt tools/venv.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[venv] installing mcl_dist and its dependencies (torch first, a few minutes once)" >&2
+  pip=(.venv/bin/python -m pip install -q -c constraints.txt)
   .venv/bin/python -m pip install -q --upgrade pip >&2
   # torch + torchvision first and together: a separate torchvision install could pull another torch
-  .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" >&2
-  .venv/bin/python -m pip install -q -e ".[dev]" >&2
+  "${pip[@]}" torch torchvision >&2
+  "${pip[@]}" -e ".[dev]" >&2
   # DeepSpeed (train.engine=deepspeed) needs torch at build time and no compiled ops
-  DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --no-build-isolation "deepspeed==0.19.8" >&2
+  DS_BUILD_OPS=0 "${pip[@]}" --no-build-isolation deepspeed >&2
   echo "$want" > "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
