@@ -29,16 +29,36 @@ done
 stamp() { date -u +%s; }
 t0=$(stamp)
 
-# 1. the base: Debian with what the Dockerfile's apt-get line installs, so that line only re-checks
+# 1. the base: Debian with what the Dockerfile's apt-get line installs, so that line only re-checks.
+# It trusts the certificate authorities this host trusts beyond Debian's, and pip uses the system
+# bundle (pip.conf), so apt and pip inside the build pass the same TLS proxy the host passes.
 if podman image exists "$base"; then
   echo "[docker_check] base $base: reused"
 else
-  echo "[docker_check] base $base: debootstrap bookworm into $work/rootfs"
-  rm -rf "$work/rootfs"
-  debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,python3-dev,g++,ca-certificates \
-    bookworm "$work/rootfs" "$mirror" > "$work/debootstrap.log" 2>&1 || fail "debootstrap failed, see $work/debootstrap.log"
-  rm -f "$work"/rootfs/var/cache/apt/archives/*.deb
-  tar -C "$work/rootfs" -c . | podman import - "$base" >/dev/null || fail "podman import of $work/rootfs failed"
+  root=$work/rootfs
+  if [ ! -f "$root/.debootstrap_done" ]; then
+    echo "[docker_check] base $base: debootstrap bookworm into $root"
+    rm -rf "$root"
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,python3-dev,g++,ca-certificates \
+      bookworm "$root" "$mirror" > "$work/debootstrap.log" 2>&1 || fail "debootstrap failed, see $work/debootstrap.log"
+    rm -f "$root"/var/cache/apt/archives/*.deb
+    touch "$root/.debootstrap_done"
+  fi
+  python3 - /etc/ssl/certs/ca-certificates.crt "$root" <<'EOF' || fail "could not copy this host's certificate authorities into $root"
+import os, re, sys
+pem = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+host, root = sys.argv[1], sys.argv[2]
+theirs = set(pem.findall(open(os.path.join(root, "etc/ssl/certs/ca-certificates.crt")).read()))
+extra = [c for c in pem.findall(open(host).read()) if c not in theirs]
+for i, cert in enumerate(extra):
+    with open(os.path.join(root, f"usr/local/share/ca-certificates/host-{i}.crt"), "w") as f:
+        f.write(cert + "\n")
+print(f"[docker_check] base: {len(extra)} certificate authorities of this host added")
+EOF
+  chroot "$root" update-ca-certificates > /dev/null || fail "update-ca-certificates failed in $root"
+  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$root/etc/pip.conf"
+  tar -C "$root" --exclude=./.debootstrap_done -c . | podman import - "$base" > /dev/null \
+    || fail "podman import of $root failed"
 fi
 t1=$(stamp)
 
