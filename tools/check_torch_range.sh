@@ -6,8 +6,8 @@
 # subset. One verdict line per venv; exit status 0 only if every venv passed.
 #   bash tools/check_torch_range.sh DIR               # both ends (venvs, logs and runs under DIR)
 #   bash tools/check_torch_range.sh DIR oldest        # one end: oldest | newest
-# Slow: several GB of CUDA wheels per venv, a CPU demo and the tests in each (~15 min per venv on two
-# cores). Where /etc/xdg/pip caps torch (this kind of machine), `rm -r /etc/xdg/pip` first.
+# Slow: several GB of CUDA wheels per venv, a CPU demo and the tests in each (2-5 min per venv on two
+# cores once the wheels are in pip's cache). Where /etc/xdg/pip caps torch (this kind of machine), `rm -r /etc/xdg/pip` first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:?usage: bash tools/check_torch_range.sh DIR [oldest|newest ...]}
@@ -43,7 +43,8 @@ check() {  # check NAME PACKAGES...: exit status 0 when every step passed; the s
   "$py" -m pip install "$@" >>"$log" 2>&1 || { echo "pip install $*" >&2; return 1; }
   local before after
   before=$("$py" -m pip list --format=freeze 2>/dev/null | grep -iE '^(torch|torchvision)==' | tr '\n' ' ')
-  "$py" -m pip install -e . pytest pytest-xdist >>"$log" 2>&1 || { echo "pip install -e ." >&2; return 1; }
+  # faiss-cpu (the faiss extra): test_kmeans compares the faiss backend with ours
+  "$py" -m pip install -e ".[faiss]" pytest pytest-xdist >>"$log" 2>&1 || { echo "pip install -e ." >&2; return 1; }
   after=$("$py" -m pip list --format=freeze 2>/dev/null | grep -iE '^(torch|torchvision)==' | tr '\n' ' ')
   echo "[$name] before: $before after: $after" >>"$log"
   [ "$before" = "$after" ] || { echo "pip install -e . changed torch: $before-> $after" >&2; return 1; }
