@@ -73,11 +73,12 @@ t2=$(stamp)
 size=$(podman image inspect --format '{{.Size}}' "$tag")
 
 # 3. the demo inside the image, through its entry point: torchrun --standalone --nproc_per_node 2
-ctr=$(buildah from --pull-never "$tag")
+# a hostname that resolves inside, as Docker gives a container (torchrun's rendezvous binds to it)
+ctr=$(buildah from --pull-never --add-host mcl-check:127.0.0.1 "$tag")
 trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
 inside() { buildah run --isolation chroot --workingdir /opt/mcl_dist "$ctr" -- "$@"; }
 echo "[docker_check] demo in the image (log: $work/demo.log)"
-if ! buildah run --isolation chroot --workingdir /opt/mcl_dist --env NPROC_PER_NODE=2 "$ctr" -- \
+if ! buildah run --isolation chroot --hostname mcl-check --workingdir /opt/mcl_dist --env NPROC_PER_NODE=2 "$ctr" -- \
     mcl-entrypoint --config configs/demo.yaml --run-dir /runs/demo > "$work/demo.log" 2>&1; then
   tail -n 30 "$work/demo.log" >&2
   fail "the demo failed inside the image, see $work/demo.log"
