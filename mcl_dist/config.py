@@ -113,6 +113,9 @@ class TrainConfig:
     checkpoint_every: int = 100  # optimizer steps between periodic checkpoints
     keep_checkpoints: int = 2
     nan_patience: int = 0  # non-finite losses tolerated in a row before stopping
+    # a later stage whose group cutting (label remainders smaller than a group, one-sample labels)
+    # would drop more than this share of its samples is refused (mcl_dist/data/group_cut.py)
+    max_dropped_share: float = 0.05
 
 
 @dataclass
@@ -140,6 +143,9 @@ class ClusterConfig:
     spherical: bool = True
     backend: str = "torch"  # torch | faiss
     min_label_size: int = 4  # smaller label combinations fall back to their parent
+    # control only: each stage's pseudo-labels permuted over the samples (the same group sizes, so the
+    # same negatives per anchor, but no cluster structure); the benchmark's random-label arms
+    shuffle_labels: bool = False
     # stages.N.k: auto (mcl_dist/auto_k.py): the smallest candidate whose next one lowers the
     # within-cluster spread by less than k_min_gain of it
     k_rule: str = "spread"

@@ -58,11 +58,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+import bench_suppression_pairs as pairs
+import bench_suppression_protocol as protocol
 import bench_suppression_records as records
 import bench_suppression_report as report
 import bench_suppression_stop as stop
 from bench_suppression_arms import (FAMILIES, HEADLINE, RECIPE_PREFIX, SCALES, SIMCLR_ARMS, SIMCLR_AS, arm_overrides, base_arm,
-                                    default_arms, make_data, parse_arm, planned_runs)
+                                    data_digest, default_arms, make_data, parse_arm, planned_runs)
 from bench_suppression_report import SIMCLR_HARD, mean
 
 
@@ -73,8 +75,8 @@ def run_command(arm: str, seed: int, run_dir: str, data: dict, args, sc: dict) -
     fields = (SIMCLR_HARD if simclr else report.HARD) if ref else report.ATTRS
     split = args.split
     ov = [f"data.train_shards={d['train']}", f"eval.test_shards={d[split]}"]
-    if not simclr:  # SimCLR has no text tower: no zero-shot, no MMVP statements
-        ov += [f"eval.mmvp_dir={d['mmvp_' + split]}", f"eval.zero_shot_classes={d['zero_shot']}"]
+    if not simclr:  # SimCLR has no text tower: no zero-shot; the pairs are scored after the run, per pair
+        ov += ["eval.mmvp_dir=", f"eval.zero_shot_classes={d['zero_shot']}"]
     steps = sc["simclr_steps"] if simclr else sc["steps"]
     ov += ["eval.label_fields=[" + ",".join(fields) + "]", f"train.seed={seed}", f"train.global_batch_size={sc['batch']}",
            f"data.workers={sc['workers']}", f"eval.probe_max_samples={sc['probe']}"]
@@ -134,9 +136,11 @@ def to_run(order: list, explicit: list, runs: dict, recorded: dict) -> tuple[lis
     return todo, [r for r in skipped if r not in todo]
 
 
-def run_all(jobs: list[tuple[str, int, str, list[str]]], parallel: int, threads: int, out: str) -> dict[str, float]:
+def run_all(jobs: list[tuple[str, int, str, list[str]]], parallel: int, threads: int, out: str,
+            on_done=None) -> dict[str, float]:
     """Run the pipeline commands, `parallel` at a time (an integration arm once its trained arm has
-    finished: it starts from a copy of it); returns each run's wall time."""
+    finished: it starts from a copy of it); `on_done(arm, seed, run_dir)` records each run as soon
+    as it finishes (a benchmark stopped later keeps it); returns each run's wall time."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     pending, running, times = list(jobs), [], {}
     while pending or running:
@@ -170,6 +174,8 @@ def run_all(jobs: list[tuple[str, int, str, list[str]]], parallel: int, threads:
                     p.kill()
                 raise SystemExit(f"[bench] {arm} seed {seed} failed (exit {proc.returncode}); see {run_dir}.log")
             print(f"[bench] done  {arm} seed {seed} in {times[run_dir]:.0f} s", flush=True)
+            if on_done is not None:
+                on_done(arm, seed, run_dir)
     return times
 
 
@@ -199,12 +205,34 @@ def stage_record(run_dir: str, s: int, results: dict, manifest: dict, purity: di
     return out
 
 
-def run_record(run_dir: str, arm: str, seed: int, settings: dict) -> dict:
-    """The few kilobytes of a finished run the report reads (bench_suppression_records.py)."""
+def settings_as_run(run_dir: str, manifest: dict) -> dict:
+    """What the run actually ran: its resolved stages, cluster and integration settings, the K each
+    stage's k-means used and the code version the pipeline recorded."""
+    import yaml
+
+    cfg = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
+    steps = manifest.get("steps", {})
+    ks = [steps.get(f"stage_{s}/kmeans", {}).get("outputs", {}).get("k") for s in range(len(cfg.get("stages", [])))]
+    return {"stages": cfg.get("stages"), "k_used": ks, "cluster": cfg.get("cluster"), "seed": cfg.get("train", {}).get("seed"),
+            "model": {k: v for k, v in cfg.get("model", {}).items() if k.startswith("integration")},
+            "code_version": manifest.get("code_version")}
+
+
+def run_record(run_dir: str, arm: str, seed: int, settings: dict, data: dict | None = None, prov: dict | None = None) -> dict:
+    """The few kilobytes of a finished run the report reads (bench_suppression_records.py); with the
+    run's data, its pairs scored per pair on both splits (bench_suppression_pairs.py)."""
     from mcl_dist.cluster_inspect import stage_purity
 
     results = json.load(open(os.path.join(run_dir, "eval", "results.json")))
     models = {model: model_scores(res, arm in SIMCLR_ARMS) for model, res in results.items()}
+    n_stages = sum(1 for m in results if m.startswith("stage_"))
+    scored = pairs.score_run(run_dir, data, n_stages) if data is not None and arm not in SIMCLR_ARMS else None
+    if scored:  # the report's "pairs" metric: the test split, the paper's integration (= the pipeline's)
+        for model in models:
+            per = scored["pairs"]["test"]["integ:equal" if model == "integrated" else model]
+            for a in models[model]:
+                if a in per:
+                    models[model][a]["pairs"] = per[a].count("1") / len(per[a])
     manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
     integ = manifest.get("steps", {}).get("integrate", {}).get("outputs", {})
     stages = {}
@@ -212,8 +240,16 @@ def run_record(run_dir: str, arm: str, seed: int, settings: dict) -> dict:
         pur = {src: stage_purity(run_dir, s, source=src)["mean_purity"] for src in ("clusters", "labels")}
         stages[s] = {"purity": pur, "signals": stage_record(run_dir, s, results, manifest, pur),
                      "label_stats": manifest.get("steps", {}).get(f"stage_{s}/labels", {}).get("outputs", {})}
-    return records.make_record(arm, seed, settings, models, {"weights": integ.get("weights"), "cka": integ.get("cka")},
-                               stages)
+    for s, st in stages.items():  # the stage model's own pairs, from the per-pair scores
+        if scored:
+            per = scored["pairs"]["test"][f"stage_{s}"]
+            st["signals"]["hard_pairs"] = mean([per[a].count("1") / len(per[a]) for a in report.SUPPRESSED if a in per])
+    rec = records.make_record(arm, seed, settings, models, {"weights": integ.get("weights"), "cka": integ.get("cka")},
+                              stages)
+    if scored:
+        rec.update(pairs=scored["pairs"], rules=scored["rules"], stage_retrieval=scored["stage_retrieval"])
+    rec["provenance"] = {**(prov or {}), "settings_as_run": settings_as_run(run_dir, manifest)}
+    return rec
 
 
 def suppression_check(S: dict, simclr: bool) -> list[str]:
@@ -276,6 +312,14 @@ def write_report(res: dict, args, sc: dict, times: dict, out: str, simclr: bool)
     steps = sc["simclr_steps"] if simclr else sc["steps"]
     md = [f"# Feature-suppression benchmark ({'SimCLR, ' if simclr else ''}family {args.family} "
           f"({FAMILIES[args.family]['name']}), {args.scale} scale, split `{args.split}`)", ""]
+    if not simclr:  # the v2 protocol's tables: chosen on the other families' validation pairs, test reported
+        recs = {fam: protocol.load_family(fam, args.store if fam == args.family else None) for fam in FAMILIES}
+        report.use_family(args.family)
+        md += ["## Protocol v2 (validation chooses, test reports; 95% intervals over pairs)", ""]
+        md += protocol.report_lines(recs) + [""]
+        md += [f"- not run yet, family {fam}: {' '.join(miss)}" for fam, miss in protocol.missing_runs(recs).items()] + [""]
+        report.use_family(args.family)
+        md += ["## Earlier tables (every value below is the test split's; nothing below chose the v2 recipe)", ""]
     md += ["```", *top, "```", ""] if top else []
     md += [f"`{args.simclr_config if simclr else args.config}`; T = {steps} total steps per arm, batch {sc['batch']}, "
            f"{sc['n_train']} training samples, K = {args.k} (unless the arm says), group size {args.group}, seeds "
@@ -363,10 +407,10 @@ def main(argv=None) -> int:
         out = args.out or (fam["out"].format(scale=args.scale, split=args.split)
                            + ("" if sc["steps"] == default_steps else f"_T{sc['steps']}"))
     data_dir = args.data_dir or fam["data"].format(scale=args.scale)
-    store = args.records or default_store(out, custom_out=bool(args.out))
+    store = args.store = args.records or default_store(out, custom_out=bool(args.out))
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    rec_settings = {**sc, "family": args.family, "scale": args.scale, "split": args.split, "k": args.k,
+    rec_settings = {**sc, "protocol": protocol.PROTOCOL, "family": args.family, "scale": args.scale, "split": args.split, "k": args.k,
                     "group": args.group, "config": args.simclr_config if simclr else args.config,
                     "steps": sc["simclr_steps"] if simclr else sc["steps"]}
     recorded = records.load(store, rec_settings)
@@ -391,17 +435,23 @@ def main(argv=None) -> int:
     for arm, seed in sorted(extra, key=lambda r: (r[1], base_arm(r[0]) or r[0], bool(base_arm(r[0])))):
         runs.setdefault((arm, seed), os.path.join(out, f"{arm}_s{seed}"))
     args.arms = list(dict.fromkeys(args.arms + [arm for arm, _ in runs]))
-    jobs = []
-    if todo:
+    jobs, data, prov = [], None, {}
+    if todo or any(finished(d) for d in runs.values()):  # a finished run's pairs are scored on this data
         data = make_data(data_dir, sc, args.family, simclr)
-        print(f"[bench] data ready in {time.time() - t0:.0f} s under {data_dir}", flush=True)
+        prov = {**pairs.provenance(ROOT), "data_digest": data_digest(data), "data_dir": os.path.abspath(data_dir)}
+        print(f"[bench] data ready in {time.time() - t0:.0f} s under {data_dir} (digest {prov['data_digest'][:12]})",
+              flush=True)
         jobs = [(arm, seed, runs[(arm, seed)], run_command(arm, seed, runs[(arm, seed)], data, args, sc))
                 for arm, seed in todo]
-    times = run_all(jobs, args.jobs, args.threads or sc["threads"], out)
-    for (arm, seed), run_dir in runs.items():  # a finished run dir is the truth; its record is rewritten
-        if finished(run_dir):
-            recorded[(arm, seed)] = run_record(run_dir, arm, seed, rec_settings)
-            records.save(recorded[(arm, seed)], store)
+
+    def record(arm: str, seed: int, run_dir: str) -> None:  # a finished run dir is the truth; its record is rewritten
+        recorded[(arm, seed)] = run_record(run_dir, arm, seed, rec_settings, data and data["main"], prov)
+        records.save(recorded[(arm, seed)], store)
+
+    times = run_all(jobs, args.jobs, args.threads or sc["threads"], out, on_done=record)
+    for (arm, seed), run_dir in runs.items():
+        if finished(run_dir) and run_dir not in times:
+            record(arm, seed, run_dir)
     # seed order within each arm (runs finish in any order; every per-seed list and line reads 0 1 2 ...)
     res = records.merge([recorded[r] for r in sorted(runs, key=lambda r: r[1]) if r in recorded])
     print(f"[bench] {len(recorded)} run records in {store}", flush=True)

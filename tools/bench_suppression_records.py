@@ -22,7 +22,8 @@ import os
 
 # the settings a record must share with the invocation that reuses it (anything else, e.g. the
 # number of runs at a time, does not change a run's results); steps is the T of the run's objective
-SAME = ("family", "scale", "split", "steps", "batch", "n_train", "k", "group", "config")
+SAME = ("protocol", "family", "scale", "split", "steps", "batch", "n_train", "k", "group", "config", "mmvp_pairs",
+        "pair_sets")
 
 
 def record_path(store: str, arm: str, seed: int) -> str:

@@ -31,13 +31,24 @@ def clusters_in_index_order(ctx: RunContext, s: int, index) -> np.ndarray:
     return out
 
 
+def shuffled(labels: np.ndarray, seed: int, stage: int) -> np.ndarray:
+    """The labels permuted over the samples that have one (seeded): every group keeps its size, so
+    each anchor keeps as many negatives, but what a group holds is random (the random-label control)."""
+    out, valid = labels.copy(), np.flatnonzero(labels >= 0)
+    out[valid] = labels[valid][np.random.default_rng([seed, stage, 7]).permutation(valid.size)]
+    return out
+
+
 @dataclass
 class LabelsStep(StageStep):
     kind = "labels"
     main_only = True
 
     def result_settings(self) -> dict:
-        return {"min_label_size": self.cfg.cluster.min_label_size}
+        out = {"min_label_size": self.cfg.cluster.min_label_size}
+        if self.cfg.cluster.shuffle_labels:  # only when on: earlier runs keep their fingerprint
+            out["shuffle_labels"] = True
+        return out
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
         return [os.path.join(stage_dir(run_dir, self.stage), "labels.npz")]
@@ -62,6 +73,8 @@ class LabelsStep(StageStep):
         check_complete(rows[-1], embedded_bad(ctx.stage_dir(s)), os.path.join(ctx.stage_dir(s), "kmeans"),
                        f"stage_{s}/embed")
         labels = compose_labels(rows, min_label_size=ctx.cfg.cluster.min_label_size)
+        if ctx.cfg.cluster.shuffle_labels:
+            labels = shuffled(labels, ctx.cfg.train.seed, s)
         save_labels(os.path.join(ctx.stage_dir(s), "labels.npz"), index.keys, labels, np.stack(rows), index.fingerprint())
         signal = split_signal(current, rows[-1], ctx.cfg.cluster.min_label_size)
         if s > 1:  # stage s-1 (just trained) against stages 0..s-2: did it learn something new?
