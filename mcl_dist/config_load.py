@@ -245,6 +245,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     if cfg.data.cache_decoded and cfg.data.augment:
         raise ConfigError(f"{where}: 'data.cache_decoded' needs 'data.augment' false (an augmented sample "
                           f"differs every epoch, a cached one would not)")
+    if not 0.0 <= t.max_dropped_share <= 1.0:
+        raise ConfigError(f"{where}: 'train.max_dropped_share' must be in [0, 1], got {t.max_dropped_share}")
     if not 0.0 <= cfg.data.max_bad_fraction <= 1.0:
         raise ConfigError(f"{where}: 'data.max_bad_fraction' must be in [0, 1], got {cfg.data.max_bad_fraction}")
     if t.global_batch_size % t.accum_freq:

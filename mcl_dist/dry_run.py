@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from mcl_dist.config import Config, default_run_dir, micro_batch_size, stage_steps
+from mcl_dist.config import Config, ConfigError, default_run_dir, micro_batch_size, stage_steps
 from mcl_dist.config_load import check_world, load_config
+from mcl_dist.data import group_cut
 from mcl_dist.data.preflight import check_shard_count
 from mcl_dist.data.shards import count_samples, expand_urls, is_local, local_path
 from mcl_dist.launch_lines import launch_lines
@@ -136,6 +137,8 @@ def build_plan(cfg: Config, config_path: str, run_dir: str, world: int, override
              f"it never leaves the warm-up" for st in stages if st["steps"] and warmup_steps(t, st["steps"]) >= st["steps"]]
     notes += weights_notes(cfg)
     memory, warnings = memory_lines(cfg, model, micro, world, gpu)
+    cuts, cut_warnings = cut_lines(cfg, n, world)
+    warnings = warnings + cut_warnings
     hours = hours_lines(cfg, model, stages, n, world, gpu)
     return {"config": config_path, "run_dir": run_dir, "notes": notes, "world": world, "data": data, "model": model,
             "micro": micro, "accum": t.accum_freq, "global_batch": t.global_batch_size, "stages": stages,
@@ -144,7 +147,7 @@ def build_plan(cfg: Config, config_path: str, run_dir: str, world: int, override
             "kmeans_bytes": rows * 20 + chunk * (k_max + 2 * dim) * 4 + k_max * dim * 12 if k_max else 0,
             "paths": planned_paths(cfg, run_dir, world), "steps": step_lines(cfg, world),
             "synthetic": f"{cfg.data.synthetic_dir}/" if cfg.data.synthetic and not cfg.data.train_shards else "",
-            "memory": memory, "warnings": warnings, "hours": hours, "launch": launch_lines(config_path, run_dir, list(overrides), world),
+            "memory": memory, "warnings": warnings, "cuts": cuts, "hours": hours, "launch": launch_lines(config_path, run_dir, list(overrides), world),
             "tensorboard": "tensorboard" in parse_report_to(cfg.train.report_to)}
 
 
@@ -158,6 +161,24 @@ def hours_lines(cfg: Config, model: dict[str, Any], stages: list[dict], samples:
                    dim=model["dim"] or None, global_batch=cfg.train.global_batch_size,
                    grad_params=max(model["trainable"]) or None)
     return format_estimate(est)
+
+
+def cut_lines(cfg: Config, samples: int, world: int) -> tuple[list[str], list[str]]:
+    """Per later stage, what the group cutting would drop, planned by the sampler on simulated
+    labels (mcl_dist/data/group_cut.py); a stage over train.max_dropped_share is a warning here
+    (an estimate) and the run's refusal once the real labels exist."""
+    lines, warnings = [], []
+    for s in range(1, len(cfg.stages)):
+        d = group_cut.estimate(cfg, s, samples, world)
+        lines.append(f"  {group_cut.describe(s, d)}")
+        try:
+            group_cut.check(cfg, s, d, world)
+        except ConfigError as e:
+            warnings.append(f"{e} (estimated; the run refuses the stage if its labels are like this)")
+    if lines:
+        lines.insert(0, f"group cutting per stage (estimate: {group_cut.LABEL_MODEL}; the run measures its "
+                        f"real labels):")
+    return lines, warnings
 
 
 def weights_notes(cfg: Config) -> list[str]:
@@ -206,6 +227,7 @@ def format_plan(p: dict[str, Any]) -> str:
     total = sum(st["samples"] for st in p["stages"])
     lines.append(f"total: {'<=' if any(not st['exact'] for st in p['stages']) else ''}{total:,} samples over "
                  f"{sum(1 for st in p['stages'] if st['steps'])} trained stage(s)")
+    lines += p["cuts"]
     lines += ["", "GPU memory per rank (estimate; mcl_dist/memory_estimate.py):"] + p["memory"]
     lines += [f"warning: {w}" for w in p["warnings"]]
     lines += [""] + p["hours"]

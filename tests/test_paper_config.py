@@ -24,5 +24,5 @@ def test_paper_config_is_the_public_command():
     assert cfg.data.workers == 16
     assert len(cfg.stages) == 4 and cfg.stages[0].pretrained == "openai"  # openai + 3 MCL stages
     for st in cfg.stages[1:]:
-        assert (st.k, st.group_size, st.init, st.pretrained) == (10, 8000, "base", "")
+        assert (st.k, st.group_size, st.init, st.pretrained) == (10, 1000, "base", "")
         assert (st.lr, st.epochs, st.max_steps) == (None, None, None)  # the train.* values above

@@ -216,6 +216,7 @@ def plan_epoch(labels: np.ndarray, *, epoch: int, seed: int, world_size: int, mi
         "excluded": int((labels < 0).sum()),
         "skipped_singletons": int(singles.sum()),
         "dropped": remainder + tail,
+        "tail": tail,  # samples of the last incomplete step (not the group cutting's doing)
         "planned": int(pz.sum()),
         "num_steps": int(num_steps),
         "short_group_share": short / max(1, int(pz.sum())),

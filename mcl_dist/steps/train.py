@@ -19,6 +19,7 @@ import torch
 from mcl_dist import distributed as dist_utils
 from mcl_dist import verify
 from mcl_dist.config import ConfigError, micro_batch_size, stage_peak_lr, stage_steps
+from mcl_dist.data import group_cut
 from mcl_dist.data.sampler import EpochPlan
 from mcl_dist.data.shards import count_samples
 from mcl_dist.data.sources import PlannedSource, StreamSource
@@ -40,7 +41,7 @@ TENSORBOARD = importlib.util.find_spec("tensorboard") is not None  # the optiona
 # (report_to: where metrics go; the integration settings change only the integrate step, which
 # records them itself)
 NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size",
-               "report_to", "integration", "integration_weights", "integration_redundant_cka", "integration_samples"}
+               "report_to", "max_dropped_share", "integration", "integration_weights", "integration_redundant_cka", "integration_samples"}
 
 
 def results_only(section: Any) -> dict:
@@ -103,9 +104,12 @@ def planned_source(ctx: RunContext, s: int, index, labels: np.ndarray, decoder) 
     if plan.num_steps == 0:
         raise ConfigError(f"stage {s}: the cluster plan has no full step ({plan.stats}); lower "
                           f"stages.{s}.group_size or train.global_batch_size, or lower stages.{s}.k")
+    drops = group_cut.drop_shares(plan)
     total = stage_steps(c, s, plan.num_steps * c.train.global_batch_size)
     if info.is_main:
         log.info("stage %d: %d steps; plan of epoch 0: %s", s, total, plan.stats)
+        log.info(group_cut.describe(s, drops))
+    group_cut.check(c, s, drops, info.world_size)
     return source, total, plan
 
 
