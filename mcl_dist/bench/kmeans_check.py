@@ -15,9 +15,15 @@ one search). faiss's Kmeans API takes host float32 arrays, so faiss-gpu pages th
 in every iteration; that is how faiss-gpu k-means is used. Both inertias are recomputed with one
 formula on the same float32 values.
 
-Bandwidth: each of our passes (the input check and iters + 1 assignment passes) reads the fp16
-matrix once, so achieved GB/s = passes x N x D x 2 bytes / time; the peak is the data-sheet value
-of the device when known (PEAK_GBS), else a measured device-to-device copy.
+Bandwidth: the bytes our kernels actually move (`DeviceBytes`: every device op's operands read
+once and results written once, counted in a second, untimed run from the same init: the fp16
+rows, their float32 copies, the score blocks, the pruning bounds), over the timed run's seconds;
+the peak is the data-sheet value of the device when known (PEAK_GBS), else a measured
+device-to-device copy. Counting only the fp16 input (passes x N x D x 2) would leave out ~10x
+the bytes, and a bandwidth target judged on it would be out of reach by construction.
+
+`torch_lloyd` is a plain-torch Lloyd peer on the same device, for machines where faiss-gpu
+cannot be installed beside torch (paper_check uses it with, or instead of, faiss-gpu).
 """
 from __future__ import annotations
 
@@ -26,6 +32,9 @@ import json
 import time
 
 import torch
+import torch.nn.functional as F
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mcl_dist.bench.devtime import seconds_per_call, sync
 from mcl_dist.files import write_json
@@ -48,6 +57,93 @@ def copy_bandwidth(device: torch.device, nbytes: int, reps: int = 5) -> float:
     a = torch.ones(nbytes // 4, device=device)
     b = torch.empty_like(a)
     return 2 * nbytes / seconds_per_call(lambda: b.copy_(a), device, reps) / 1e9
+
+
+# in-place ops that write without reading their target, and ops that write only the rows their
+# index names (counting the whole target would add passes that never happen)
+_WRITE_ONLY = {"copy_", "zero_", "fill_"}
+_SPARSE_WRITE = {"scatter_", "scatter_add_", "scatter_reduce_", "index_put_", "index_add_", "index_fill_",
+                 "index_copy_", "masked_fill_"}
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class DeviceBytes(TorchDispatchMode):
+    """with DeviceBytes(device) as b: ...; b.bytes -> bytes read + written by the ops that ran on
+    `device`: each tensor operand read once, each result written once. Views, allocations and
+    host <-> device copies (PCIe, not device memory) are not counted; an op that writes only
+    indexed rows counts those rows."""
+
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self.device, self.bytes = torch.device(device), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.bytes += self._count(func, args, kwargs, out)
+        return out
+
+    def _count(self, func, args, kwargs, out) -> int:
+        schema, name = func._schema, func._schema.name.split("::")[-1]
+        if name.startswith("empty") or any(r.alias_info is not None and not r.alias_info.is_write
+                                           for r in schema.returns):
+            return 0  # an allocation or a view: no data moves
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        outs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if any(t.device.type != self.device.type for t in tensors + outs):
+            return 0
+        written = {id(t) for t in outs}
+        if name in _SPARSE_WRITE:
+            others = [t for t in tensors[1:]]
+            rows = max((t.numel() for t in others), default=0) * tensors[0].element_size()
+            return sum(_nbytes(t) for t in others) + rows
+        # an out= result or a write-only target is not read; an in-place target is
+        reads = [t for t in tensors if id(t) not in written or (name.endswith("_") and name not in _WRITE_ONLY)]
+        return sum(_nbytes(t) for t in reads) + sum(_nbytes(t) for t in outs)
+
+
+def device_bytes(fn, device: torch.device) -> int:
+    with DeviceBytes(device) as counter:
+        fn()
+    return counter.bytes
+
+
+@torch.no_grad()
+def torch_lloyd(x: torch.Tensor, init: torch.Tensor, iters: int, device: torch.device, spherical: bool = True,
+                chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain Lloyd in torch on `device`, as a user without faiss-gpu would write it: the rows copied
+    to the device once, float32 math per block (scores by one matmul, sums by index_add_), `iters`
+    updates from `init` and a last assignment; an empty cluster keeps its centroid.
+    Returns (centroids, labels)."""
+    x = x.to(device)
+    c = init.to(device, torch.float32)
+    k, d = c.shape
+    if device.type == "cpu":
+        chunk = min(chunk, max(256, (1 << 20) // d))
+    labels = torch.empty(x.shape[0], dtype=torch.long, device=device)
+    for it in range(iters + 1):
+        update = it < iters
+        sums, counts = torch.zeros(k, d, device=device), torch.zeros(k, device=device)
+        cc = None if spherical else (c * c).sum(1)
+        for s in range(0, x.shape[0], chunk):
+            xc = x[s: s + chunk].float()
+            if spherical:
+                xc = F.normalize(xc, dim=1)
+                lab = (xc @ c.T).argmax(1)
+            else:
+                lab = torch.addmm(cc, xc, c.T, alpha=-2).argmin(1)
+            labels[s: s + chunk] = lab
+            if update:
+                sums.index_add_(0, lab, xc)
+                counts += torch.bincount(lab, minlength=k)
+        if update:
+            new = sums / counts.clamp_min(1)[:, None]
+            new = F.normalize(new, dim=1) if spherical else new
+            c = torch.where(counts[:, None] > 0, new, c)
+    return c, labels
 
 
 def make_matrix(n: int, d: int, k_true: int, seed: int, device: torch.device, chunk: int = 1 << 18) -> torch.Tensor:

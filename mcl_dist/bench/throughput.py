@@ -15,8 +15,18 @@ rounds, each arm's samples per wall-clock second over its whole timed window.
   workers, shards, lr / wd / warm-up, no clipping, local loss + gathered features with gradient,
   one epoch of exactly `steps` steps, and the same AdamW implementation (fused: ours picks it,
   open_clip_train is given it by a shim, `_fused_adamw`).
-- Data-wait share: time blocked on the loader / window (ours: `data_time`; open_clip_train:
-  `Data (t)`, printed to the millisecond).
+- Equal step counts: open_clip_train rounds its epoch up to whole batches per loader worker, so
+  `steps` must be a multiple of the workers (`Recipe.check`), and both arms' counted timed steps
+  are parsed and must equal steps - warmup (else the round is an error, not a biased ratio).
+- Data-wait share: time blocked on the loader / window (ours: `data_time`, the time in `next()`;
+  open_clip_train: the same, timed by a shim around its loader, `_TimedLoader`. Its own
+  `Data (t)` is not used: it starts its clock before the logging `.item()` syncs, so it holds
+  GPU time too).
+- The children write no checkpoints (ours stops after its stage's last step; open_clip_train's
+  `torch.save` is a no-op), and a child's metrics are parsed before its exit status counts: a
+  launch that fails after its timed window still gives its round. A child that fails to allocate
+  (torch.OutOfMemoryError, or cuBLAS / cuDNN allocation errors, which are plain RuntimeErrors)
+  halves the per-GPU batch of both arms and the rounds start again (`rounds`).
 - Model-only ceiling (`ModelOnly`): the same model, locks, engine, loss and optimizer step on
   tensors already on the device: the rate with no data loading at all.
 - MFU: samples/s x FLOPs per sample (counted while one real step runs, `flops.py`) / peak.
@@ -31,7 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -43,7 +53,25 @@ from mcl_dist.engine import DDPEngine
 from mcl_dist.loss import ClipLoss
 from mcl_dist.models import create
 
-OC_LINE = re.compile(r"Data \(t\): ([\d.]+) Batch \(t\): [\d.]+, ([\d.eE+]+)/s,")
+OC_LINE = re.compile(r"Data \(t\): [\d.]+ Batch \(t\): [\d.]+, ([\d.eE+]+)/s,")
+SHIM_WAIT = re.compile(r"^mcl_bench data_wait_s ([\d.eE+-]+)$", re.M)  # _TimedLoader's line per batch
+# what a failed allocation prints: torch's OutOfMemoryError, and cuBLAS / cuDNN / CUDA runtime
+# allocation failures, which torch raises as plain RuntimeErrors
+ALLOC_FAILURE = re.compile(r"OutOfMemoryError|CUDA out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED|"
+                           r"cudaErrorMemoryAllocation|CUDA error: out of memory")
+MIN_BATCH = 16  # halving stops here: a smaller batch says nothing about the recipe
+
+
+def is_alloc_failure(text: str) -> bool:
+    return bool(ALLOC_FAILURE.search(text))
+
+
+class ChildFailed(RuntimeError):
+    """A trainer launch that gave no timed window; `alloc`: it failed to allocate memory."""
+
+    def __init__(self, arm: str, why: str, output: str):
+        self.alloc = is_alloc_failure(output)
+        super().__init__(f"{arm}: {why}{' (allocation failure)' if self.alloc else ''}\n{output[-3000:]}")
 
 
 @dataclass
@@ -65,6 +93,19 @@ class Recipe:
     def global_batch(self) -> int:
         return self.batch_per_gpu * self.nproc
 
+    @property
+    def timed_steps(self) -> int:
+        return self.steps - self.warmup
+
+    def check(self) -> None:
+        """open_clip_train yields ceil(steps / workers) x workers batches: other step counts would
+        time the two arms over different windows."""
+        if self.steps % max(1, self.workers):
+            raise ValueError(f"steps ({self.steps}) must be a multiple of the loader workers ({self.workers}): "
+                             f"open_clip_train rounds its epoch up to whole batches per worker")
+        if self.timed_steps < 1:
+            raise ValueError(f"steps ({self.steps}) must exceed warmup ({self.warmup})")
+
 
 def window(intervals: list[float], data_waits: list[float], samples_per_step: int) -> dict:
     """Rate and data-wait share over contiguous step intervals (seconds)."""
@@ -75,16 +116,28 @@ def window(intervals: list[float], data_waits: list[float], samples_per_step: in
             "timed_steps": len(intervals), "window_s": total}
 
 
-def ours_window(run_dir: str, warmup: int, global_batch: int) -> dict:
+def counted(arm: str, w: dict, expected: int) -> dict:
+    if w["timed_steps"] != expected:
+        raise ValueError(f"{arm}: {w['timed_steps']} timed steps logged, expected {expected}: the arms would be "
+                         f"timed over different windows")
+    return w
+
+
+def ours_window(run_dir: str, warmup: int, global_batch: int, expected: int | None = None) -> dict:
     with open(os.path.join(run_dir, "stage_0", "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     rows = [r for r in rows if r["step"] > warmup]
-    return window([global_batch / r["samples_per_s"] for r in rows], [r["data_time"] for r in rows], global_batch)
+    w = window([global_batch / r["samples_per_s"] for r in rows], [r["data_time"] for r in rows], global_batch)
+    return w if expected is None else counted("ours", w, expected)
 
 
-def open_clip_window(log: str, warmup: int, global_batch: int) -> dict:
-    steps = OC_LINE.findall(log)[warmup:]
-    return window([global_batch / float(rate) for _, rate in steps], [float(d) for d, _ in steps], global_batch)
+def open_clip_window(log: str, warmup: int, global_batch: int, expected: int | None = None) -> dict:
+    """Step intervals from `Batch (t)`; data waits from the loader shim's lines (one per batch)."""
+    rates, waits = OC_LINE.findall(log)[warmup:], [float(x) for x in SHIM_WAIT.findall(log)[warmup:]]
+    if len(waits) < len(rates):
+        raise ValueError(f"open_clip_train: {len(waits)} loader-shim lines for {len(rates)} logged steps")
+    w = window([global_batch / float(rate) for rate in rates], waits[: len(rates)], global_batch)
+    return w if expected is None else counted("open_clip_train", w, expected)
 
 
 def ratio_stats(ours: list[float], theirs: list[float]) -> dict:
@@ -105,15 +158,40 @@ def lock_overrides(r: Recipe) -> tuple[list[str], list[str]]:
     return ours, theirs
 
 
-def run_ours(r: Recipe, shards: str, n: int, work: str, env: dict) -> dict:
+def _timeout(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.time()
+    if left <= 0:
+        raise TimeoutError("the check's deadline passed before this launch")
+    return left
+
+
+def _launch(arm: str, r: Recipe, args: list[str], env: dict, deadline: float | None, parse) -> dict:
+    """Run one arm; its window is parsed first, so a launch that fails after its timed steps still
+    counts (with a note); one that gave no window raises ChildFailed."""
+    proc = train_bench.torchrun(r.nproc, args, env, timeout=_timeout(deadline), check=False)
+    out = proc.stdout + proc.stderr
+    try:
+        w = parse(out)
+    except (OSError, ValueError, KeyError) as e:
+        raise ChildFailed(arm, f"exit {proc.returncode}, no timed window ({e})", out) from None
+    if proc.returncode:
+        w["note"] = f"exited {proc.returncode} after its timed window"
+    return w
+
+
+def run_ours(r: Recipe, shards: str, n: int, work: str, env: dict, deadline: float | None = None) -> dict:
     a = argparse.Namespace(model=r.model, nproc=r.nproc, workers=r.workers, batch=r.global_batch, steps=r.steps,
                            precision=r.precision, warmup=r.warmup, device=r.device)
     run_dir = tempfile.mkdtemp(dir=work, prefix="ours-")
-    train_bench.run_ours(a, shards, n, work, env, extra=tuple(lock_overrides(r)[0]), run_dir=run_dir)
-    return ours_window(run_dir, r.warmup, r.global_batch)
+    args = ["-m", "mcl_dist.bench.throughput", "--as-ours",
+            *train_bench.ours_args(a, shards, n, run_dir, tuple(lock_overrides(r)[0]))]
+    return _launch("ours", r, args, env, deadline,
+                   lambda out: ours_window(run_dir, r.warmup, r.global_batch, r.timed_steps))
 
 
-def run_open_clip(r: Recipe, shards: str, work: str, env: dict) -> dict:
+def run_open_clip(r: Recipe, shards: str, work: str, env: dict, deadline: float | None = None) -> dict:
     name, cfg_file = train_bench.model_args(r.model)
     auto = "amp_bf16" if r.device == "cuda" else "fp32"
     precision = {"auto": auto, "bf16": auto}.get(r.precision, r.precision)  # amp, amp_bf16, fp32: the same name
@@ -123,16 +201,15 @@ def run_open_clip(r: Recipe, shards: str, work: str, env: dict) -> dict:
             "--wd", "0.2", "--warmup", "10", "--precision", precision, "--local-loss", "--gather-with-grad",
             "--log-every-n-steps", "1", "--logs", tempfile.mkdtemp(dir=work, prefix="oc-"), "--save-frequency", "0",
             "--report-to", "", "--seed", "0", "--device", r.device, *lock_overrides(r)[1]]
-    proc = train_bench.torchrun(r.nproc, args, env)
-    return open_clip_window(proc.stdout + proc.stderr, r.warmup, r.global_batch)
+    return _launch("open_clip_train", r, args, env, deadline,
+                   lambda out: open_clip_window(out, r.warmup, r.global_batch, r.timed_steps))
 
 
-def rounds(r: Recipe, shards: str, n: int, work: str, env: dict, n_rounds: int = 3, peak=None) -> dict:
-    """Alternating rounds; `peak` (a context manager factory) measures each arm's memory."""
+def _rounds_at(r: Recipe, shards: str, n: int, work: str, env: dict, n_rounds: int, peak, deadline) -> dict:
     arms = {"ours": [], "open_clip_train": []}
     for _ in range(n_rounds):
-        for arm, fn in (("ours", lambda: run_ours(r, shards, n, work, env)),
-                        ("open_clip_train", lambda: run_open_clip(r, shards, work, env))):
+        for arm, fn in (("ours", lambda: run_ours(r, shards, n, work, env, deadline)),
+                        ("open_clip_train", lambda: run_open_clip(r, shards, work, env, deadline))):
             if peak is None:
                 arms[arm].append(fn())
                 continue
@@ -143,9 +220,31 @@ def rounds(r: Recipe, shards: str, n: int, work: str, env: dict, n_rounds: int =
     for arm, runs in arms.items():
         out[arm] = {"samples_per_s": [x["samples_per_s"] for x in runs],
                     "data_wait_share": [x["data_wait_share"] for x in runs],
-                    "peak_mem_gb": max((x.get("peak_mem_gb") or 0.0) for x in runs) or None}
+                    "timed_steps": [x["timed_steps"] for x in runs],
+                    "peak_mem_gb": max((x.get("peak_mem_gb") or 0.0) for x in runs) or None,
+                    "notes": [x["note"] for x in runs if x.get("note")]}
     out["ratio"] = ratio_stats(out["ours"]["samples_per_s"], out["open_clip_train"]["samples_per_s"])
     return out
+
+
+def rounds(r: Recipe, shards: str, n: int, work: str, env: dict, n_rounds: int = 3, peak=None,
+           deadline: float | None = None) -> dict:
+    """Alternating rounds; `peak` (a context manager factory) measures each arm's memory;
+    `deadline` (time.time()) kills a launch that would run past it. A launch that fails to
+    allocate halves the per-GPU batch of both arms and starts the rounds again."""
+    r.check()
+    halved = []
+    while True:
+        try:
+            out = _rounds_at(r, shards, n, work, env, n_rounds, peak, deadline)
+            return {**out, "halved_from": halved}
+        except ChildFailed as e:
+            if not e.alloc or r.batch_per_gpu // 2 < MIN_BATCH:
+                raise
+            halved.append(r.batch_per_gpu)
+            r = replace(r, batch_per_gpu=r.batch_per_gpu // 2)
+            print(f"throughput: a trainer failed to allocate at {halved[-1]} per GPU; both arms again at "
+                  f"{r.batch_per_gpu}", file=sys.stderr, flush=True)
 
 
 class ModelOnly:
@@ -205,6 +304,71 @@ def _fused_adamw() -> None:
     torch.optim.AdamW = FusedAdamW
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["--as-open-clip-train"]:
+class _TimedLoader:
+    """open_clip_train's training loader with each `next()` timed and printed (rank 0), so its
+    data wait is the time blocked on the loader, as ours is. Everything else is delegated."""
+
+    def __init__(self, loader, printing: bool):
+        self._loader, self._printing = loader, printing
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def __len__(self):
+        return len(self._loader)
+
+    def __iter__(self):
+        it = iter(self._loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            if self._printing:
+                print(f"mcl_bench data_wait_s {time.perf_counter() - t:.6f}", file=sys.stderr, flush=True)
+            yield batch
+
+
+def _open_clip_shims() -> None:
+    """The open_clip_train child: fused AdamW, a timed loader, and no checkpoint (its final
+    `epoch_1.pt` is written after the timed window and is never read)."""
+    import open_clip_train.main as ocm
+
     _fused_adamw()
+    get_data = ocm.get_data
+
+    def timed_get_data(*args, **kw):
+        data = get_data(*args, **kw)
+        if "train" in data:
+            data["train"].dataloader = _TimedLoader(data["train"].dataloader, int(os.environ.get("RANK", "0")) == 0)
+        return data
+
+    ocm.get_data = timed_get_data
+    torch.save = lambda *args, **kw: None
+
+
+def _ours_without_checkpoints(argv: list[str]) -> int:
+    """Our launcher with no training checkpoints, stopping each rank after stage 0's last step
+    (the stage checkpoint, integration and report come after the timed window)."""
+    from mcl_dist import launcher
+    from mcl_dist.train import StageTrainer
+
+    trained = StageTrainer.run
+
+    def run_then_stop(self):
+        trained(self)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    StageTrainer._save = lambda self, step: None
+    StageTrainer.run = run_then_stop
+    return launcher.main(argv)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--as-open-clip-train"]:
+    _open_clip_shims()
     train_bench.as_open_clip_train(sys.argv[2:])
+elif __name__ == "__main__" and sys.argv[1:2] == ["--as-ours"]:
+    sys.exit(_ours_without_checkpoints(sys.argv[2:]))

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,12 +29,25 @@ from mcl_dist.synthetic import ensure_demo_data
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def torchrun(nproc: int, args: list[str], env: dict) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, args: list[str], env: dict, timeout: float | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+    """torchrun `args`; `check`: exit with the output on a non-zero status. A launch past
+    `timeout` seconds is killed with its whole process group (torchrun's workers hold the GPU,
+    and killing torchrun alone would leave them running) and raises TimeoutError."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
-    proc = subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        sys.exit(f"run failed: {' '.join(args[:3])}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+    proc = subprocess.Popen(cmd + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise TimeoutError(f"{' '.join(args[:3])}: killed after {timeout:.0f} s (the check's deadline)\n"
+                           f"{(out + err)[-3000:]}") from None
+    done = subprocess.CompletedProcess(cmd + args, proc.returncode, out, err)
+    if check and done.returncode:
+        sys.exit(f"run failed: {' '.join(args[:3])}\n{out[-3000:]}\n{err[-5000:]}")
+    return done
 
 
 def model_args(model: str) -> tuple[str, str]:
@@ -42,20 +56,25 @@ def model_args(model: str) -> tuple[str, str]:
     return (model, path) if os.path.exists(path) else (model, "")
 
 
+def ours_args(a, shards: str, n: int, run_dir: str, extra: tuple = ()) -> list[str]:
+    """launch/pretrain.py's arguments for a stage-0 run of `a.steps` steps (after the script)."""
+    name, cfg_file = model_args(a.model)
+    # demo.yaml names a config file, which would win over model.name: clear it for a named model
+    model = [f"model.config_file={cfg_file}"] if cfg_file else [f"model.name={name}", "model.config_file="]
+    return ["--config", os.path.join(ROOT, "configs/demo.yaml"), "--run-dir", run_dir,
+            "data.synthetic=false", f"data.train_shards={shards}", f"data.num_samples={n}",
+            f"data.workers={a.workers}", *model, f"train.global_batch_size={a.batch}",
+            f"train.max_steps={a.steps}", "train.log_every=1", "train.checkpoint_every=100000",
+            f"train.precision={a.precision}", "stages=[{}]", "eval.enabled=false",
+            # the same optimisation as the open_clip_train command below (no clipping)
+            "train.lr=1e-3", "train.wd=0.2", "train.warmup_steps=10", "train.grad_clip_norm=0", *extra]
+
+
 def run_ours(a, shards: str, n: int, work: str, env: dict, extra: tuple = (), run_dir: str = "") -> list[float]:
     """Stage-0 samples/s after the warm-up; `extra` overrides are appended (mcl_dist/bench/gpu_check.py
     adds an MCL stage to the same run and reads it from `run_dir`)."""
-    name, cfg_file = model_args(a.model)
     run_dir = run_dir or tempfile.mkdtemp(dir=work, prefix="ours-")
-    # demo.yaml names a config file, which would win over model.name: clear it for a named model
-    model = [f"model.config_file={cfg_file}"] if cfg_file else [f"model.name={name}", "model.config_file="]
-    torchrun(a.nproc, ["launch/pretrain.py", "--config", os.path.join(ROOT, "configs/demo.yaml"), "--run-dir", run_dir,
-                       "data.synthetic=false", f"data.train_shards={shards}", f"data.num_samples={n}",
-                       f"data.workers={a.workers}", *model, f"train.global_batch_size={a.batch}",
-                       f"train.max_steps={a.steps}", "train.log_every=1", "train.checkpoint_every=100000",
-                       f"train.precision={a.precision}", "stages=[{}]", "eval.enabled=false",
-                       # the same optimisation as the open_clip_train command below (no clipping)
-                       "train.lr=1e-3", "train.wd=0.2", "train.warmup_steps=10", "train.grad_clip_norm=0", *extra], env)
+    torchrun(a.nproc, ["launch/pretrain.py", *ours_args(a, shards, n, run_dir, extra)], env)
     return stage_rates(run_dir, 0, a.warmup)
 
 
