@@ -46,8 +46,8 @@ def test_paper_config_cli_prints_the_hand_computed_plan_and_writes_nothing(tmp_p
     # 10,000,000 // 8,000 = 1,250 steps an epoch x 20 epochs = 25,000 steps per stage
     assert "global batch 8000 = 8 ranks x micro-batch 1000 x accumulation 1" in out
     assert re.search(r"^0\s+pretrained 'openai' taken as stage 0", out, re.M)
-    for s in (1, 2, 3):  # K = 10, the group is the whole global micro-batch: features gathered
-        assert re.search(rf"^{s}\s+<=25,000\s+200,000,000\s+0.0005\s+10\s+8000\s+base\s+yes\s", out, re.M), out
+    for s in (1, 2, 3):  # K = 10, label groups of <= one GPU's micro-batch: nothing gathered
+        assert re.search(rf"^{s}\s+<=25,000\s+200,000,000\s+0.0005\s+10\s+1000\s+base\s+no\s", out, re.M), out
     assert "ViT-L-14, 427,616,513 parameters, feature dim 768" in out
     # 10,000,000 / 8 ranks x 768 dims x 2 bytes (fp16)
     assert f"embeddings 1,250,000 x 768 fp16 = {1_250_000 * 768 * 2 / 2**30:.1f} GiB" in out
