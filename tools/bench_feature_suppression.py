@@ -292,6 +292,22 @@ def other_summaries(args, family: str, suffix: str) -> dict:
     return out
 
 
+def protocol_records(args) -> dict:
+    """{family: {(arm, seed): record}} for the v2 tables: this invocation's store; the other
+    families' committed stores when this one is committed too (docs/bench/records), else only what --other-out's records hold
+    (bucketed by the family each record names): a benchmark outside the committed stores never
+    mixes with them."""
+    out = {fam: {} for fam in FAMILIES}
+    out[args.family] = protocol.load_family(args.family, args.store)
+    if os.path.abspath(args.store).startswith(os.path.join(ROOT, "docs", "bench", "records") + os.sep):
+        out.update({fam: protocol.load_family(fam) for fam in FAMILIES if fam != args.family})
+    elif args.other_out and os.path.isdir(os.path.join(args.other_out, "records")):
+        for key, rec in protocol.load_family("", os.path.join(args.other_out, "records")).items():
+            if rec["settings"].get("family") != args.family:
+                out.setdefault(rec["settings"].get("family"), {})[key] = rec
+    return out
+
+
 def baseline_pairs(res: dict, simclr: bool = False) -> str:
     """What the baseline reached on each suppressed attribute here (pairs; SimCLR: linear probe): an
     attribute near 1.00 is not suppressed on this data, and then only counts against an MCL arm that
@@ -313,7 +329,7 @@ def write_report(res: dict, args, sc: dict, times: dict, out: str, simclr: bool)
     md = [f"# Feature-suppression benchmark ({'SimCLR, ' if simclr else ''}family {args.family} "
           f"({FAMILIES[args.family]['name']}), {args.scale} scale, split `{args.split}`)", ""]
     if not simclr:  # the v2 protocol's tables: chosen on the other families' validation pairs, test reported
-        recs = {fam: protocol.load_family(fam, args.store if fam == args.family else None) for fam in FAMILIES}
+        recs = protocol_records(args)
         report.use_family(args.family)
         md += ["## Protocol v2 (validation chooses, test reports; 95% intervals over pairs)", ""]
         md += protocol.report_lines(recs) + [""]
