@@ -30,6 +30,8 @@ arms = tool_module("bench_suppression_arms")  # first: the report imports base_a
 records = tool_module("bench_suppression_records")
 report = tool_module("bench_suppression_report")
 stop = tool_module("bench_suppression_stop")
+pairs = tool_module("bench_suppression_pairs")
+protocol = tool_module("bench_suppression_protocol")
 runner = tool_module("bench_feature_suppression")
 arm_overrides, parse_arm = arms.arm_overrides, arms.parse_arm
 
@@ -240,3 +242,68 @@ def test_stop_rules_are_scored_at_the_recipes_k_on_the_seeds_each_count_ran():
                         "0.10 0.20, mean 0.15, no worse than the best fixed count")
     res["stages"]["mcl4_prev_k64"][3]["survived_samples"][0] = 0.1  # seed 0 would stop at 3 stages too: not run
     assert stop.stage_count_lines(res)[2].endswith("stages per seed 3 3; not scored: run mcl3_prev_k64:0")
+
+
+
+def test_random_labels_keep_every_group_size_and_lose_the_grouping():
+    import numpy as np
+
+    from mcl_dist.steps.labels import shuffled
+
+    labels = np.repeat(np.arange(20), np.arange(1, 21))  # groups of 1..20 samples
+    labels[[3, 50]] = -1  # unlabelled samples stay unlabelled
+    out = shuffled(labels, seed=0, stage=2)
+    assert (out[[3, 50]] == -1).all() and sorted(np.bincount(out[out >= 0])) == sorted(np.bincount(labels[labels >= 0]))
+    assert (out != labels).mean() > 0.5 and (shuffled(labels, 0, 2) == out).all() and (shuffled(labels, 1, 2) != out).any()
+    assert "cluster.shuffle_labels=true" in arm_overrides("mcl4_randlab_k64", 2000, 8192, 32, 32)
+    assert parse_arm("mcl4_randlab_k64", 32) == (4, "randlab", 64, "equal")
+
+
+def test_pair_ratio_interval_is_a_paired_bootstrap_over_pairs():
+    import numpy as np
+
+    base = [np.array([1] * 50 + [0] * 150, np.uint8), np.array([1] * 100 + [0] * 100, np.uint8)]  # errors 0.75, 0.5
+    mcl = [np.array([1] * 150 + [0] * 50, np.uint8), np.array([1] * 150 + [0] * 50, np.uint8)]  # errors 0.25, 0.25
+    r, lo, hi = pairs.pair_ratio(mcl, base)
+    assert abs(r - 0.25 / 0.625) < 1e-9 and lo < r < hi and hi - lo < 0.25
+    assert pairs.pair_ratio(base, base)[1:] == (1.0, 1.0)  # the same pairs: no interval
+    d, lo, hi = pairs.accuracy_diff(mcl, base)
+    assert abs(d - 0.375) < 1e-9 and lo < d < hi
+
+
+def test_hard_negatives_share_the_most_words_and_retrieval_counts_the_own_caption():
+    import numpy as np
+
+    caps = ["a red circle on black", "a red circle on gray", "a blue square on white", "a red square on black"]
+    sets = pairs.hard_negative_sets(caps, k=2)
+    assert sets[0].tolist() == [0, 1, 3] and sets[2][0] == 2
+    img = np.eye(4)
+    assert pairs.retrieval(img, np.eye(4), sets) == 1.0
+    assert pairs.retrieval(img, np.eye(4)[[1, 0, 2, 3]], sets) == 0.5  # captions 0 and 1 swapped
+
+
+def fake_record(arm, seed, fam, sup_ok, easy_ok=1.0, n=200):
+    """A record whose every model gets `sup_ok` of the suppressed pairs and `easy_ok` of the easy ones."""
+    fa = report.FAMILY_ATTRS[fam]
+    per = lambda share: "1" * int(share * n) + "0" * (n - int(share * n))  # noqa: E731
+    models = {f"integ:{r}": {**{a: per(sup_ok.get(r, sup_ok["equal"])) for a in fa["suppressed"]},
+                             **{a: per(easy_ok) for a in fa["easy"]}} for r in pairs.RULES}
+    return {"arm": arm, "seed": seed, "pairs": {split: dict(models) for split in ("val", "test")}}
+
+
+def test_the_recipe_is_chosen_on_the_other_families_validation_pairs():
+    recs = {"A": {("baseline", 0): fake_record("baseline", 0, "A", {"equal": 0.5}),
+                  ("mcl4_prev_k64", 0): fake_record("mcl4_prev_k64", 0, "A", {"equal": 0.8, "whiten": 0.9})},
+            "B": {("baseline", 0): fake_record("baseline", 0, "B", {"equal": 0.5}),
+                  ("mcl4_prev_k64", 0): fake_record("mcl4_prev_k64", 0, "B", {"equal": 0.9, "whiten": 0.7},
+                                                    easy_ok=1.0)}}
+    table = protocol.candidates_table(recs)
+    assert protocol.choose(table, ("B",))[0] == ("mcl4_prev_k64", "equal")  # B's validation picks equal
+    assert protocol.choose(table, ("A",))[0] == ("mcl4_prev_k64", "whiten")
+    md = "\n".join(protocol.report_lines(recs))
+    assert "Family A: recipe `mcl4_prev_k64` integrated by `equal`, chosen on the validation pairs of B" in md
+    assert "| 0 | 0.40 [" in md  # A's test: error 0.2 over the baseline's 0.5
+    assert "family C: no recipe chosen yet" not in md and "Family C: recipe `mcl4_prev_k64` integrated by" in md
+    recs["A"][("mcl4_prev_k64", 0)] = fake_record("mcl4_prev_k64", 0, "A", {"equal": 0.8, "whiten": 0.9}, easy_ok=0.9)
+    assert protocol.choose(protocol.candidates_table(recs), ("A",))[0] is None  # loses the easy attributes
+    assert protocol.missing_runs(recs)["A"][:2] == ["mcl4_randlab_k64:0", "mcl4_noclust:0"]
