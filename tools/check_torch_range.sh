@@ -54,8 +54,9 @@ check() {  # check NAME PACKAGES...: exit status 0 when every step passed; the s
   PATH=$venv/bin:$PATH torchrun --standalone --nproc_per_node 2 launch/pretrain.py --config configs/demo.yaml \
     --run-dir "$DIR/$name-run" >>"$log" 2>&1 || { echo "demo" >&2; return 1; }
   [ -s "$DIR/$name-run/report.md" ] || { echo "demo wrote no report.md" >&2; return 1; }
-  PATH=$venv/bin:$PATH "$py" -m pytest -q -n 0 -p no:cacheprovider "${TESTS[@]}" >>"$log" 2>&1 \
-    || { echo "tests (${TESTS[*]})" >&2; return 1; }
+  # a time limit: a rank that hangs in a collective must end as a FAIL line, not a stuck script
+  PATH=$venv/bin:$PATH timeout 900 "$py" -m pytest -q -n 0 -p no:cacheprovider "${TESTS[@]}" >>"$log" 2>&1 \
+    || { echo "tests (${TESTS[*]}; exit status $?)" >&2; return 1; }
   return 0
 }
 
