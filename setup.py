@@ -3,10 +3,11 @@ from setuptools import find_packages, setup
 # Ranges, not pins: `pip install -e .` keeps a torch the user already has when it is in range.
 # The floors are the oldest versions the code is shown to run on (tools/check_torch_range.sh runs the
 # demo and a core test subset on exactly these floors and on the newest torch; README "Install").
-# Floors the code needs besides the test: torch 2.4 for the fused AdamW on CPU (optim.py) and
-# torch.amp.GradScaler(device); open_clip 3.0 for the factory/PreprocessCfg internals objectives/clip.py reads.
+# What the code needs: torch >= 2.4 for the fused AdamW on CPU (optim.py) and torch.amp.GradScaler(device),
+# open_clip 3.0 for the factory/PreprocessCfg internals objectives/clip.py reads. torch 2.4.0 ran the demo,
+# but a two-rank mp.spawn test hung in destroy_process_group (2 runs of 3); 2.5.1 passed everything.
 # The exact tested versions of everything are in constraints.txt.
-REQUIRES = ["torch>=2.4.0", "torchvision>=0.19.0", "open_clip_torch>=3.0.0", "webdataset>=1.0.2",
+REQUIRES = ["torch>=2.5.1", "torchvision>=0.20.1", "open_clip_torch>=3.0.0", "webdataset>=1.0.2",
             "pyyaml", "numpy", "pillow", "tqdm", "braceexpand", "matplotlib"]
 CLIP_BENCHMARK = ["clip_benchmark", "requests"]  # clip_benchmark imports requests but its metadata lacks it
 
