@@ -370,8 +370,8 @@ def main(argv=None) -> int:
                    help="which arms: the CLIP ones (default) or the unimodal SimCLR ones only (family A)")
     p.add_argument("--config", default=None, help="default: the family's (configs/bench_suppression[_b].yaml)")
     p.add_argument("--simclr-config", default="configs/bench_simclr.yaml")
-    p.add_argument("--out", default=None, help="default: the family's runs/bench_suppression[_b]_<scale>_<split> "
-                                               "(SimCLR: runs/bench_simclr_<scale>_<split>_T<steps>)")
+    p.add_argument("--out", default=None, help="default: the family's runs/bench_v2_<family>_<scale> "
+                                               "(SimCLR: runs/bench_v2_simclr_<scale>_<split>_T<steps>)")
     p.add_argument("--other-out", default=None, help="the other family's --out, for the transfer lines")
     p.add_argument("--data-dir", default=None, help="default: the family's data/bench_suppression[_b]_<scale>")
     p.add_argument("--split", choices=("test", "val"), default="test",
@@ -418,7 +418,7 @@ def main(argv=None) -> int:
     for arm in args.arms:
         parse_arm(arm, args.k)  # unknown names stop here, before any run
     if simclr:  # T in the name: runs of another T (issue 19's T = 240) are never taken for these
-        out = args.out or os.path.join("runs", f"bench_simclr_{args.scale}_{args.split}_T{sc['simclr_steps']}")
+        out = args.out or os.path.join("runs", f"bench_v2_simclr_{args.scale}_{args.split}_T{sc['simclr_steps']}")
     else:
         out = args.out or (fam["out"].format(scale=args.scale, split=args.split)
                            + ("" if sc["steps"] == default_steps else f"_T{sc['steps']}"))

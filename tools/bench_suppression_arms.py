@@ -41,9 +41,10 @@ HEADLINE = "mcl4_prev"  # chosen before the test run (issue 13's separate data s
 # the transfer lines choose the recipe among these arms only: 4 stages (no stop rule passed) with
 # K 16 / 32 / 64 / auto and each integration choice; issue 19's other stage counts are not candidates
 RECIPE_PREFIX = "mcl4_prev"
-SIMCLR_ARMS = ["simclr_reference", "simclr_baseline", "simclr_mcl2", "simclr_mcl3", "simclr_mcl3_noclust"]
+SIMCLR_ARMS = ["simclr_reference", "simclr_baseline", "simclr_mcl2", "simclr_mcl3", "simclr_mcl3_noclust",
+               "simclr_mcl3_randlab"]
 SIMCLR_AS = {"simclr_reference": "reference", "simclr_baseline": "baseline", "simclr_mcl2": "mcl2_prev",
-             "simclr_mcl3": "mcl3_prev", "simclr_mcl3_noclust": "mcl3_noclust"}  # same stage lists as these CLIP arms
+             "simclr_mcl3": "mcl3_prev", "simclr_mcl3_noclust": "mcl3_noclust", "simclr_mcl3_randlab": "mcl3_randlab"}  # same stage lists as these CLIP arms
 ARM_RE = re.compile(r"^mcl(\d)_(prev|base|noclust|randlab)(?:_k(\d+|auto))?(?:_i(cka_drop|cka_weight))?$")
 
 SCALES = {  # data size, total steps T, batch, K / group size per stage, concurrent runs, threads each

@@ -321,7 +321,8 @@ def simclr_chart(res: dict, out: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     S = res["summary"]
-    bars = [(a, "integrated") for a in ("simclr_baseline", "simclr_mcl2", "simclr_mcl3", "simclr_mcl3_noclust") if a in S]
+    bars = [(a, "integrated") for a in ("simclr_baseline", "simclr_mcl2", "simclr_mcl3", "simclr_mcl3_noclust",
+                                        "simclr_mcl3_randlab") if a in S]
     bars += [("simclr_mcl3", m) for m in stage_models(S.get("simclr_mcl3", {}))]
     bars += [("simclr_reference", "integrated")] if "simclr_reference" in S else []
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -365,4 +366,5 @@ def simclr_final_line(res: dict) -> list[str]:
 
     mcl = S["simclr_mcl3"]["integrated"]
     out = [line("simclr_mcl3", "integrated MCL") + f"; easy attribute: {100 * mean(mcl['color']['probe']):.1f}%"]
-    return out + ([line("simclr_mcl3_noclust", "no-cluster control")] if "simclr_mcl3_noclust" in S else [])
+    out += [line("simclr_mcl3_noclust", "no-cluster control")] if "simclr_mcl3_noclust" in S else []
+    return out + ([line("simclr_mcl3_randlab", "random-label control")] if "simclr_mcl3_randlab" in S else [])
