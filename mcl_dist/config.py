@@ -69,8 +69,9 @@ class ModelConfig:
     # stage weights of the integrated model (mcl_dist/integrate.py WEIGHTINGS), applied after the
     # per-stage scaling that model.integration chose: equal (the paper's concatenation), cka_drop
     # (weight 0 for a stage whose linear CKA with the earlier stages' features is >=
-    # integration_redundant_cka), cka_weight (weight 1 - that CKA); the CKA is measured on the first
-    # integration_samples training samples. No labels are read.
+    # integration_redundant_cka), cka_weight (weight 1 - that CKA), first_last (weight 1 for stage 0
+    # and the last stage, 0 for the others); the CKA is measured on the first integration_samples
+    # training samples. No labels are read.
     integration_weights: str = "equal"
     integration_redundant_cka: float = 0.9
     integration_samples: int = 2048

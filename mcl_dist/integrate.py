@@ -43,13 +43,26 @@ def _check_cka(cfg: Config, where: str) -> None:
                           f"{m.integration_redundant_cka} and {m.integration_samples}")
 
 
+def _first_last(cka: list, threshold: float) -> list[float]:
+    """Stage 0 and the last stage only. A middle stage barely separates two images that differ in what
+    only the last stage learned, yet takes a share of the mean similarity, so it dilutes the last
+    stage; stage 0 keeps the easy features that later stages give up. On the benchmark's validation
+    pairs it diluted least of the label-free rules, though not by nothing (docs/results.md)."""
+    return [1.0 if s in (0, len(cka) - 1) else 0.0 for s in range(len(cka))]
+
+
 # model.integration_weights: how much each stage weighs in the integrated model, from its linear CKA
-# with the earlier stages' features (mcl_dist/stage_similarity.py; None for stage 0). Label-free.
+# with the earlier stages' features (mcl_dist/stage_similarity.py; None for stage 0), or from the
+# stage's position alone (first_last). Label-free.
 WEIGHTINGS = {"equal": Choice(build=lambda cka, threshold: [1.0] * len(cka)),
+              "first_last": Choice(build=_first_last),
               "cka_drop": Choice(build=lambda cka, threshold: [1.0 if c is None or c < threshold else 0.0 for c in cka],
                                  check=_check_cka),
               "cka_weight": Choice(build=lambda cka, threshold: [1.0 if c is None else max(0.0, 1.0 - c) for c in cka],
                                    check=_check_cka)}
+
+
+NEEDS_CKA = ("cka_drop", "cka_weight")  # the weightings that read the stages' CKA (the others: its length)
 
 
 def stage_weights(choice: str, cka: Sequence[Optional[float]], threshold: float = 0.9) -> list[float]:

@@ -266,3 +266,36 @@ def test_both_integration_choices_are_settings_of_the_integrate_step_only():
     for s in (0, 1):
         assert TrainStep(both, stage=s).result_settings() == TrainStep(default, stage=s).result_settings()
     assert "raw features" in IntegrateStep(both).describe(1) and "cka_drop weights" in IntegrateStep(both).describe(1)
+
+
+def test_first_last_keeps_stage_0_and_the_last_stage_whatever_the_cka():
+    assert stage_weights("first_last", [None, 0.2, 0.99, 0.5]) == [1.0, 0.0, 0.0, 1.0]
+    assert stage_weights("first_last", [None, 0.99]) == [1.0, 1.0]
+    assert stage_weights("first_last", [None]) == [1.0]
+
+
+def test_first_last_step_integrates_stage_0_and_the_last_without_reading_any_data(stages, inputs, tmp_path):
+    """model.integration_weights=first_last on three stages: the integrate step writes a model whose
+    similarity is the mean of stage 0's and stage 2's, with no shards to read (the CKA rules would
+    need them), and its fingerprint names the rule without the CKA settings."""
+    from mcl_dist.config_load import load_config
+    from mcl_dist.run_context import RunContext, integrated_path
+    from mcl_dist.steps import IntegrateStep
+
+    x, t = inputs
+    cfg = load_config(None, ["data.synthetic=true", "stages=[{}, {k: 4}, {k: 4}]", "model.integration_weights=first_last"])
+    models = [stages[0], stages[1], stages[1]]
+    ctx = RunContext(cfg=cfg, run_dir=str(tmp_path / "run"))  # no urls: reading a sample would fail
+    for s, m in enumerate(models):
+        os.makedirs(ctx.stage_dir(s))
+        save_torch({"state_dict": m.state_dict(), "model_name": NAME, "model_config": CFG},
+                   os.path.join(ctx.stage_dir(s), "checkpoint.pt"))
+    step = IntegrateStep(cfg)
+    assert step.run(ctx)["weights"] == [1.0, 0.0, 1.0]
+    assert step.result_settings() == {"weights": "first_last"} and "first_last weights" in step.describe(1)
+    model, _, _ = load_model(integrated_path(ctx.run_dir))
+    sims = stage_sims(models, x, t)
+    with torch.no_grad():
+        fi, ft = model.encode_image(x), model.encode_text(t)
+    torch.testing.assert_close(fi @ ft.T, (sims[0] + sims[2]) / 2, atol=1e-5, rtol=0)
+    assert not torch.allclose(fi @ ft.T, (sims[0] + sims[1] + sims[2]) / 3, atol=1e-3)

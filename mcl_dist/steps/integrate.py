@@ -1,8 +1,9 @@
 """integrate (rank 0): the stages' checkpoints concatenated into one model (mcl_dist/integrate.py);
 writes `integrated/model.pt`. model.integration chooses how each stage's features are scaled
-(normalized or raw); with model.integration_weights other than equal, each stage's weight
+(normalized or raw); with model.integration_weights cka_drop / cka_weight, each stage's weight
 comes from its linear CKA with the earlier stages' features on the first training samples
-(mcl_dist/stage_similarity.py), recorded with the weights in the manifest."""
+(mcl_dist/stage_similarity.py), recorded with the weights in the manifest; first_last keeps stage 0
+and the last stage (no features read)."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from mcl_dist.files import load_torch
-from mcl_dist.integrate import save_integrated, stage_weights
+from mcl_dist.integrate import NEEDS_CKA, save_integrated, stage_weights
 from mcl_dist.run_context import RunContext, integrated_path
 from mcl_dist.stage_similarity import cka_to_earlier, sample_features
 from mcl_dist.steps.base import Step
@@ -29,9 +30,11 @@ class IntegrateStep(Step):
         m, out = self.cfg.model, {}
         if m.integration != "normalized":
             out["integration"] = m.integration
-        if m.integration_weights != "equal":
+        if m.integration_weights in NEEDS_CKA:
             out.update(weights=m.integration_weights, redundant_cka=m.integration_redundant_cka,
                        samples=m.integration_samples)
+        elif m.integration_weights != "equal":
+            out["weights"] = m.integration_weights
         return out
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
@@ -41,8 +44,9 @@ class IntegrateStep(Step):
         m, n = self.cfg.model, len(self.cfg.stages)
         how = "raw features concatenated, then L2-normalised" if m.integration == "raw" else \
             "features concatenated (each L2-normalised)"
-        w = "equal weights" if m.integration_weights == "equal" else \
-            f"{m.integration_weights} weights from CKA on {m.integration_samples} samples"
+        w = ("equal weights" if m.integration_weights == "equal" else
+             f"{m.integration_weights} weights from CKA on {m.integration_samples} samples"
+             if m.integration_weights in NEEDS_CKA else f"{m.integration_weights} weights")
         return f"the {n} stages' {how}, {w}"
 
     def run(self, ctx: RunContext) -> dict:
@@ -54,7 +58,11 @@ class IntegrateStep(Step):
             config = ck.get("model_config", config)
         m, out = ctx.cfg.model, {"model": integrated_path(ctx.run_dir)}
         weights = None
-        if m.integration_weights != "equal":
+        if m.integration_weights not in ("equal", *NEEDS_CKA):
+            weights = stage_weights(m.integration_weights, [None] * len(ctx.cfg.stages))
+            out["weights"] = weights
+            log.info("integration weights (%s): %s", m.integration_weights, weights)
+        elif m.integration_weights != "equal":
             bundles = [load_stage_model(ctx, s) for s in range(len(ctx.cfg.stages))]
             feats = sample_features(bundles, ctx.urls, m.integration_samples, batch_size=ctx.cfg.cluster.embed_batch_size,
                                     image_ext=ctx.cfg.data.image_ext, device=ctx.info.device)
