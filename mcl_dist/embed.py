@@ -20,7 +20,6 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from mcl_dist import distributed as dist_utils
 from mcl_dist.data.decode import ClipDecoder
@@ -29,6 +28,7 @@ from mcl_dist.data.streaming import BadSampleMonitor, ShardStream, make_loader
 from mcl_dist import data_report
 from mcl_dist.files import atomic_path, read_json, write_json
 from mcl_dist.optim import autocast_dtype
+from mcl_dist.progress import progress
 
 log = logging.getLogger("mcl_dist")
 
@@ -98,7 +98,7 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
     n_workers, dtype = min(workers, len(mine)), autocast_dtype(precision, info.device)
     model.eval()
     chunks, keys, t0 = [], [], time.perf_counter()
-    bar = tqdm(desc=f"embed ({mode})", unit="sample", disable=not info.is_main, dynamic_ncols=True)
+    bar = progress(desc=f"embed ({mode})", unit="sample", enabled=info.is_main)
     if mine:
         for batch in make_loader(stream, n_workers):
             monitor.update(batch["meta"], len(batch["key"]))

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
-from tqdm import tqdm
 
 from mcl_dist import distributed as mdist
 from mcl_dist.config import Config, ConfigError
+from mcl_dist.progress import progress
 from mcl_dist.registry import Choice
 
 
@@ -265,7 +265,7 @@ def _farthest(x, aux, sq, m, offset, spherical, device) -> torch.Tensor:
 def _progress(iters, enabled):
     if not (enabled and mdist.rank() == 0):
         return None
-    return tqdm(total=iters, desc="k-means", unit="it")
+    return progress(iters, desc="k-means", unit="it")
 
 
 @torch.no_grad()

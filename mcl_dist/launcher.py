@@ -19,14 +19,13 @@ import time
 import traceback
 from typing import Callable, Optional
 
-from tqdm import tqdm
-
 from mcl_dist import oc_flags
 from mcl_dist.config import ConfigError
 from mcl_dist.config_load import load_config
 from mcl_dist.dry_run import dry_run as plan
 from mcl_dist.memory_estimate import GPUS
 from mcl_dist.pipeline import run_pipeline
+from mcl_dist.progress import close_bars
 from mcl_dist.train import TrainingError
 
 
@@ -66,8 +65,7 @@ def guarded(fn: Callable[[], Optional[int]], debug: bool = False) -> int:
 
 def _say(line: str) -> None:
     if os.environ.get("RANK", "0") == "0":
-        for bar in list(getattr(tqdm, "_instances", ())):  # a progress bar left open would prefix the line
-            bar.close()
+        close_bars()  # a progress bar left open would prefix the line
         print(line, file=sys.stderr, flush=True)
         return
     # kept in the rank's log, not as a second error line. Checks run on every rank, so rank 0 most

@@ -37,9 +37,9 @@ from typing import Optional
 import numpy as np
 import webdataset as wds
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from mcl_dist.files import atomic_path, read_json, write_json, write_text
+from mcl_dist.progress import progress as progress_bar
 
 PALETTE = {  # one table, so that colour, background and frame words can never collide (checked)
     "red": (220, 30, 30), "orange": (245, 130, 20), "yellow": (240, 225, 30), "green": (40, 170, 60),
@@ -297,7 +297,7 @@ def write_synthetic_shards(out_dir: str, *, n_samples: int, samples_per_shard: i
             os.remove(os.path.join(out_dir, stale))
     # the manifest comes first: a shard present under it later is complete (atomic) and ours
     write_json({"params": params, "shards": names, "complete": False}, man_path)
-    bar = tqdm(total=n_samples, desc=f"synthetic {prefix}", unit="img", disable=not progress)
+    bar = progress_bar(n_samples, desc=f"synthetic {prefix}", unit="img", enabled=progress)
     for s, path in enumerate(paths):
         n = min(samples_per_shard, n_samples - s * samples_per_shard)
         if same and os.path.exists(path):

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-from tqdm import tqdm
 
 from mcl_dist import checkpoint, data_report
 from mcl_dist import distributed as dist_utils
@@ -26,6 +25,7 @@ from mcl_dist.engine import build_engine
 from mcl_dist.metrics import MetricsLogger, truncate_after
 from mcl_dist.models import stage_checkpoint, unwrap
 from mcl_dist.objectives import get_objective
+from mcl_dist.progress import progress
 from mcl_dist.reporting import open_reporters
 
 log = logging.getLogger("mcl_dist")
@@ -153,8 +153,9 @@ class StageTrainer:
         start, data_state = self._resume()
         total = self.spec.total_steps
         it = iter(self.spec.source.batches(data_state))
-        bar = tqdm(total=total, initial=start, disable=not self.info.is_main, desc=f"stage {self.spec.stage}",
-                   unit="step", dynamic_ncols=True)
+        # in a log file: a line at each train.log_every step (with the loss just logged) or each minute
+        bar = progress(total, initial=start, enabled=self.info.is_main, desc=f"stage {self.spec.stage}",
+                       unit="step", every_n=self.cfg.train.log_every)
         t_last, samples_since, last = time.perf_counter(), 0, {}
         for step in range(start, total):
             stats = self._step(it, step)

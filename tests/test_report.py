@@ -109,7 +109,8 @@ def test_recipe_and_wall_times_from_a_real_config_and_manifest(tmp_path):
     cka = recipe(load_config(None, ["data.synthetic=true", "model.integration_weights=cka_drop"]), 1, {})
     assert cka["lines"][3].endswith("integration normalized, stage weights cka_drop")
     assert rec["rows"][0] == ["0", "pretrained openai", "–", "–", "–", "–", "–"]
-    assert rec["rows"][1] == ["1", "base", "100", "800,000", "0.0005", "10", "8000"]
+    group = cfg.stages[1].group_size  # the column shows the config's label group size
+    assert rec["rows"][1] == ["1", "base", "100", "800,000", "0.0005", "10", f"{group}"]
     assert rec["rows"][3][2] == "–"  # not trained yet
     write_json({"steps": {"stage_1/train": {"status": "done", "started_at": 100.0, "finished_at": 110.0},
                           "stage_1/embed": {"status": "done", "started_at": 90.0, "finished_at": 94.0},
@@ -119,5 +120,5 @@ def test_recipe_and_wall_times_from_a_real_config_and_manifest(tmp_path):
     rows = step_times(str(tmp_path), metrics, 64)
     assert rows == [["stage_1/embed", "4.0 s", "500"], ["stage_1/train", "10.0 s", "64 (logged steps 400)"]]
     text = open(write_report(str(tmp_path), {}, {}, {}, {}, rec, rows)).read()
-    assert "## Recipe" in text and "| 1 | base | 100 | 800,000 | 0.0005 | 10 | 8000 |" in text
+    assert "## Recipe" in text and f"| 1 | base | 100 | 800,000 | 0.0005 | 10 | {group} |" in text
     assert "| stage_1/train | 10.0 s | 64 (logged steps 400) |" in text

@@ -28,10 +28,10 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Iterable, Optional
 
 import numpy as np
-from tqdm import tqdm
 
 from mcl_dist.data.shards import is_local, local_path
 from mcl_dist.files import load_npz, save_npz
+from mcl_dist.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def build_or_load_index(shards: list[str], cache_dir: str, *, rebuild: bool = Fa
             it = pool.map(_shard_entry, paths, [cache_dir] * n, [rebuild] * n)
         else:
             it = (_shard_entry(p, cache_dir, rebuild) for p in paths)
-        results = list(tqdm(it, total=n, desc="indexing shards", unit="shard", disable=not progress))
+        results = list(track(it, n, desc="indexing shards", unit="shard", enabled=progress))
     index = ShardIndex(list(shards), paths, [e for e, _ in results])
     built = sum(why != "cached" for _, why in results)
     for shard, (msg, _) in index.damaged.items():

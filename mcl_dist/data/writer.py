@@ -11,9 +11,9 @@ import os
 from typing import Iterable, Iterator, Optional
 
 import webdataset as wds
-from tqdm import tqdm
 
 from mcl_dist.files import atomic_path
+from mcl_dist.progress import track
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -61,7 +61,7 @@ def write_pair_shards(pairs: Iterable[tuple[str, str]], out_dir: str, *, samples
         shards.append(path)
         shard, buf = shard + 1, []
 
-    for i, (image, caption) in enumerate(tqdm(pairs, total=total, desc="writing shards", unit="sample")):
+    for i, (image, caption) in enumerate(track(pairs, total, desc="writing shards", unit="sample")):
         ext = os.path.splitext(image)[1].lower().lstrip(".")
         if not os.path.exists(image) or f".{ext}" not in IMAGE_EXTS:
             skipped += 1
