@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from mcl_dist import launcher
 from mcl_dist.bench import train_bench
 from mcl_dist.bench.devtime import sync
 from mcl_dist.bench.flops import step_flops
@@ -52,6 +53,7 @@ from mcl_dist.config import ModelConfig, TrainConfig
 from mcl_dist.engine import DDPEngine
 from mcl_dist.loss import ClipLoss
 from mcl_dist.models import create
+from mcl_dist.train import StageTrainer
 
 OC_LINE = re.compile(r"Data \(t\): [\d.]+ Batch \(t\): [\d.]+, ([\d.eE+]+)/s,")
 SHIM_WAIT = re.compile(r"^mcl_bench data_wait_s ([\d.eE+-]+)$", re.M)  # _TimedLoader's line per batch
@@ -351,9 +353,6 @@ def _open_clip_shims() -> None:
 def _ours_without_checkpoints(argv: list[str]) -> int:
     """Our launcher with no training checkpoints, stopping each rank after stage 0's last step
     (the stage checkpoint, integration and report come after the timed window)."""
-    from mcl_dist import launcher
-    from mcl_dist.train import StageTrainer
-
     trained = StageTrainer.run
 
     def run_then_stop(self):
