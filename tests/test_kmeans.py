@@ -66,6 +66,9 @@ def _worker(rank: int, world: int, tmp: str, splits: list[int]) -> None:
     out["all_empty"] = _run(x[:0], dict(k=K))
     out["nan_other_rank"] = _run(x[lo:hi].clone().fill_(float("nan")) if rank == 1 else x[lo:hi], dict(k=K))
     torch.save(out, os.path.join(tmp, f"out{rank}.pt"))
+    # both ranks past their last collective before either tears gloo down: on torch 2.4-2.5 a rank
+    # that destroyed its group while the other was still finishing could leave that one hung
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -143,6 +143,9 @@ def _worker(rank, world, port, out_dir):
     no_grad = step(x[sl], y[sl], labels[sl], gather=True, with_grad=False)[0]
     dist.all_reduce(no_grad)
     results["no_grad_gather"] = no_grad / world
+    # both ranks past their last collective before either tears gloo down: on torch 2.4-2.5 a rank
+    # that destroyed its group while the other was still finishing could leave that one hung
+    dist.barrier()
     dist.destroy_process_group()
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
