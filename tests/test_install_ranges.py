@@ -2,6 +2,8 @@
 import ast
 import os
 import re
+import shutil
+import subprocess
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -76,3 +78,25 @@ def test_venv_script_installs_with_the_constraints():
     assert re.search(r"cat setup\.py constraints\.txt tools/venv\.sh \| sha256sum", text)
     # no version typed into the script itself: constraints.txt is the one place
     assert not re.search(r"[A-Za-z]==[0-9]", text)
+
+
+def test_device_wheels_downloads_the_constraints_versions(tmp_path):
+    """tools/device_wheels.sh takes every version from constraints.txt (--print lists what it would
+    download, nothing is fetched); a package constraints.txt does not pin is refused by name."""
+    script = os.path.join(ROOT, "tools", "device_wheels.sh")
+    with open(script) as f:
+        assert not re.search(r"[A-Za-z]==[0-9]", f.read())  # no version typed into the script
+    out = subprocess.run(["bash", script, "--print"], capture_output=True, text=True, timeout=60, check=True).stdout
+    pins = constraints()
+    listed = [line.split("==") for line in out.split()]
+    assert {canonicalize_name(n) for n, _ in listed} >= {"open-clip-torch", "webdataset", "faiss-cpu"}
+    for name, version in listed:
+        assert pins.get(canonicalize_name(name)) == version, (name, version)
+    # the same script beside a constraints.txt without ftfy
+    (tmp_path / "tools").mkdir()
+    shutil.copy(script, tmp_path / "tools")
+    with open(os.path.join(ROOT, "constraints.txt")) as f:
+        (tmp_path / "constraints.txt").write_text("".join(l for l in f if not l.startswith("ftfy")))
+    bad = subprocess.run(["bash", str(tmp_path / "tools" / "device_wheels.sh"), "--print"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: constraints.txt has no name==version line for ftfy"
