@@ -143,8 +143,8 @@ def _worker(rank, world, port, out_dir):
     no_grad = step(x[sl], y[sl], labels[sl], gather=True, with_grad=False)[0]
     dist.all_reduce(no_grad)
     results["no_grad_gather"] = no_grad / world
-    # both ranks past their last collective before either tears gloo down: on torch 2.4-2.5 a rank
-    # that destroyed its group while the other was still finishing could leave that one hung
+    # both ranks past their last collective before either tears gloo down (on torch 2.5.1 this made
+    # the teardown hang rarer, 2 of 16 runs against 5 of 16, not gone: docs/cluster.md)
     dist.barrier()
     dist.destroy_process_group()
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
