@@ -62,9 +62,15 @@ def _fused_adamw(groups: list[dict], tcfg: TrainConfig, base_lr: float) -> torch
     return adamw(groups, tcfg, base_lr, fused=fused or None)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """train.precision as run: "auto" is amp_bf16 on a GPU, fp32 on a CPU."""
     if precision == "auto":
-        precision = "amp_bf16" if device.type == "cuda" else "fp32"
+        return "amp_bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    precision = resolve_precision(precision, device)
     if precision == "amp":  # open_clip_train's --precision amp: fp16 autocast, with a GradScaler (engine.py)
         return torch.float16
     return torch.bfloat16 if precision in ("amp_bf16", "bf16") else None

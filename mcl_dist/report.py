@@ -84,40 +84,46 @@ def _with_interval(v: Optional[float], n: Optional[int]) -> str:
     return _fmt(v) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+def versus(a: float, na: Optional[int], b: float, nb: Optional[int]) -> str:
+    """"above" / "below" only where the 95% Wilson intervals separate, else "within noise"."""
+    ia, ib = (wilson(a, na) if na else None), (wilson(b, nb) if nb else None)
+    if ia is None or ib is None:
+        return "no n"
+    return "above" if ia[0] > ib[1] else "below" if ia[1] < ib[0] else "within noise"
+
+
 def _summary(results: dict, models: list[str]) -> list[str]:
-    """Five lines: MMVP mean and the per-attribute linear probe, best stage and integrated vs stage 0."""
-    stages = [m for m in models if re.fullmatch(r"stage_\d+", m)]
-    stages = [m for m in stages if m != "stage_0"] or stages  # "best" = best of the MCL stages
-    mm = {m: (results[m].get("mmvp") or {}).get("mean") for m in models}
-    mm = {m: v for m, v in mm.items() if isinstance(v, (int, float))}
+    """MMVP mean and linear probe of stage 0, each later model against it. No stage is picked as
+    "best": the evaluation has a test split only, and a pick on it would over-read it."""
+    later = [m for m in models if m != "stage_0"]
+    mm = {m: results[m].get("mmvp") or {} for m in models}
+    mm = {m: (r["mean"], r.get("pairs")) for m, r in mm.items() if isinstance(r.get("mean"), (int, float))}
     lines = []
     if "stage_0" in mm:
-        best = max((m for m in stages if m in mm), key=lambda m: mm[m], default="stage_0")
-        integ = f"; integrated {mm['integrated']:.3f} ({mm['integrated'] - mm['stage_0']:+.3f})" if "integrated" in mm else ""
-        lines.append(f"- MMVP mean: stage_0 {mm['stage_0']:.3f}; best later stage {best} {mm[best]:.3f} "
-                     f"({mm[best] - mm['stage_0']:+.3f}){integ}")
+        b, nb = mm["stage_0"]
+        parts = [f"{m} {_with_interval(v, n)} ({v - b:+.3f}, {versus(v, n, b, nb)})"
+                 for m, (v, n) in mm.items() if m != "stage_0"]
+        lines.append(f"- MMVP mean: stage_0 {_with_interval(b, nb)}" + "".join(f"; {p}" for p in parts))
     else:
         lines.append("- MMVP mean: no MMVP results for stage_0")
     attrs = sorted({a for m in models for a, v in (results[m].get("linear_probe") or {}).items() if isinstance(v, dict)})
     base = {a: _score(results.get("stage_0", {}), "linear_probe", a, "top1") for a in attrs}
     attrs = [a for a in attrs if base[a] is not None]
-    if attrs:
-        best = {}
-        for a in attrs:
-            scored = [(m, _score(results[m], "linear_probe", a, "top1")) for m in stages]
-            best[a] = max(((m, v) for m, v in scored if v is not None), key=lambda mv: mv[1])
-        lines.append("- linear probe top-1 of stage_0: " + ", ".join(f"{a} {base[a]:.3f}" for a in attrs))
-        lines.append("- best later stage per attribute: " + ", ".join(
-            f"{a} {best[a][0]} {best[a][1]:.3f} ({best[a][1] - base[a]:+.3f})" for a in attrs))
-        integ = {a: _score(results.get("integrated", {}), "linear_probe", a, "top1") for a in attrs}
-        if all(v is not None for v in integ.values()):
-            wins = sum(integ[a] > base[a] for a in attrs)
-            lines.append("- integrated vs stage_0: " + ", ".join(f"{a} {integ[a] - base[a]:+.3f}" for a in attrs))
-            lines.append(f"- integrated beats stage_0 on {wins} of {len(attrs)} probed attributes")
-        else:
-            lines.append("- integrated: no linear-probe results")
-    else:
-        lines.append("- linear probe: no per-attribute results for stage_0")
+    if not attrs:
+        return lines + ["- linear probe: no per-attribute results for stage_0"]
+    n = {a: _attr_info(results, models, a, ("n_test", "n"), "linear_probe") for a in attrs}
+    lines.append("- linear probe top-1 of stage_0: " + ", ".join(f"{a} {_with_interval(base[a], n[a])}" for a in attrs))
+    for m in later:
+        got = {a: _score(results[m], "linear_probe", a, "top1") for a in attrs}
+        got = {a: v for a, v in got.items() if v is not None}
+        if not got:
+            lines.append(f"- {m}: no linear-probe results")
+            continue
+        verdict = {a: versus(v, n[a], base[a], n[a]) for a, v in got.items()}
+        lines.append(f"- {m} vs stage_0: " + ", ".join(f"{a} {v - base[a]:+.3f} ({verdict[a]})" for a, v in got.items()))
+        count = {k: sum(v == k for v in verdict.values()) for k in ("above", "below", "within noise")}
+        lines.append(f"- {m} beats stage_0 on {count['above']} of {len(got)} probed attributes where the 95% "
+                     f"intervals separate (below on {count['below']}, within noise on {count['within noise']})")
     return lines
 
 
@@ -198,12 +204,24 @@ def _plot_mmvp(path: str, mmvp: dict[str, dict]) -> bool:
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels)), 4))
     for i, m in enumerate(models):
         vals = [mmvp[m].get("per_category", {}).get(c, float("nan")) for c in cats] + [mmvp[m].get("mean", float("nan"))]
-        ax.bar(np.arange(len(labels)) + i * width - 0.4 + width / 2, vals, width, label=m)
+        ns = [mmvp[m].get("pairs_per_category", {}).get(c) for c in cats] + [mmvp[m].get("pairs")]
+        ax.bar(np.arange(len(labels)) + i * width - 0.4 + width / 2, vals, width, label=m,
+               yerr=_error_bars(vals, ns), capsize=2)
     ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right")
     ax.set(ylabel="pair accuracy", ylim=(0, 1), title="MMVP-VLM pairs by stage")
     ax.legend()
     _save(fig, path)
     return True
+
+
+def _error_bars(vals: list, ns: list) -> np.ndarray:
+    """2 x len(vals): the distances from each value to its 95% Wilson bounds (0 where n is unknown)."""
+    out = np.zeros((2, len(vals)))
+    for j, (v, n) in enumerate(zip(vals, ns)):
+        ci = wilson(v, n) if n and not math.isnan(v) else None
+        if ci:
+            out[:, j] = (v - ci[0], ci[1] - v)
+    return out
 
 
 def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: dict, label_stats: dict,
@@ -227,8 +245,8 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
     if tables:
         md += tables
         md.append("Accuracies are fractions (1.0 = all correct) with their 95% Wilson interval over n test "
-                  "samples; chance is 1/classes (top-5: 5/classes, shown only where there are more than 5 "
-                  "classes). MMVP counts a pair only if both statements pick their own image.\n")
+                  "samples (the summary says \"above\" or \"beats\" only where two such intervals separate); "
+                  "chance is 1/classes (top-5: 5/classes, shown only where there are more than 5 classes). MMVP counts a pair only if both statements pick their own image.\n")
     else:
         md.append("No evaluation results (evaluation disabled or not run).\n")
 
@@ -242,7 +260,7 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
         rows = [["chance"] + [_fmt(MMVP_CHANCE)] * (len(cats) + 1),
                 ["n (pairs)"] + [str(n[c]) if n[c] else "–" for c in cats] + [str(total) if total else "–"]]
         rows += [[m] + [_with_interval(mmvp[m].get("per_category", {}).get(c), n[c]) for c in cats] +
-                 [_fmt(mmvp[m].get("mean"))] for m in mmvp]
+                 [_with_interval(mmvp[m].get("mean"), total)] for m in mmvp]
         md.append(_table(["model"] + cats + ["**mean**"], rows) + "\n")
         if n and min(v for v in n.values() if v) < 100:
             md.append(f"With {min(v for v in n.values() if v)} pairs in a category one pair moves its accuracy by "

@@ -9,16 +9,22 @@ from mcl_dist.config import Config, stage_peak_lr
 from mcl_dist.files import read_json
 
 
-def recipe(cfg: Config, world: int, steps_done: dict[int, int]) -> dict[str, Any]:
-    """{"lines": [...], "header": [...], "rows": [...]}: the run's settings, one row per stage."""
+def recipe(cfg: Config, world: int, steps_done: dict[int, int], used: Optional[set] = None) -> dict[str, Any]:
+    """{"lines": [...], "header": [...], "rows": [...]}: the run's settings, one row per stage.
+    `used`: the precisions the trained stages recorded (train.precision resolved on their device)."""
     m, t, c = cfg.model, cfg.train, cfg.cluster
+    precision = t.precision
+    if used:
+        precision = "/".join(sorted(used)) + (f" (train.precision {t.precision})" if {t.precision} != used else "")
+    elif t.precision == "auto":
+        precision = "auto (no trained stage recorded what it resolved to: amp_bf16 on GPU, fp32 on CPU)"
     name = os.path.splitext(os.path.basename(m.config_file))[0] if m.config_file else m.name
     lines = [
         f"- model: {name}" + (f", weights {m.pretrained}" if m.pretrained else "") +
         (", QuickGELU" if m.force_quick_gelu else "") + (", text tower locked" if m.lock_text else "") +
         (f", image tower locked but {m.lock_image_unlocked_groups} groups" if m.lock_image else ""),
         f"- {world} rank(s), global batch {t.global_batch_size} (accumulation {t.accum_freq}), {t.engine}, "
-        f"precision {t.precision}, objective {cfg.objective}",
+        f"precision {precision}, objective {cfg.objective}",
         f"- optimizer {t.optimizer}: wd {t.wd:g}, betas {t.beta1:g}/{t.beta2:g}, eps {t.eps:g}; schedule "
         f"{t.lr_scheduler}, warm-up " + (f"{t.warmup_share:g} of each stage" if t.warmup_share > 0
                                           else f"{t.warmup_steps} steps per stage"),

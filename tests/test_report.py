@@ -32,13 +32,15 @@ def test_summary_and_one_table_per_metric(tmp_path):
                "stage_2": scores((0.7, 0.4, 0.6), 0.35), "integrated": scores((0.95, 0.55, 0.5), 0.40)}
     text = open(write_report(str(tmp_path), results, {}, {}, {})).read()
     summary = text.split("## Summary\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    assert summary == [
-        "- MMVP mean: stage_0 0.300; best later stage stage_2 0.350 (+0.050); integrated 0.400 (+0.100)",
-        "- linear probe top-1 of stage_0: color 0.900, shape 0.200, texture 0.400",
-        "- best later stage per attribute: color stage_1 0.800 (-0.100), shape stage_1 0.500 (+0.300), "
-        "texture stage_2 0.600 (+0.200)",
-        "- integrated vs stage_0: color +0.050, shape +0.350, texture +0.100",
-        "- integrated beats stage_0 on 3 of 3 probed attributes"]
+    assert summary[0] == (f"- MMVP mean: stage_0 {ci(0.3, 64)}; stage_1 {ci(0.2, 64)} (-0.100, within noise); "
+                          f"stage_2 {ci(0.35, 64)} (+0.050, within noise); integrated {ci(0.4, 64)} (+0.100, within noise)")
+    assert summary[1] == f"- linear probe top-1 of stage_0: color {ci(0.9, 40)}, shape {ci(0.2, 40)}, texture {ci(0.4, 40)}"
+    # no "best later stage": the only split is the test split, and nothing is picked on it
+    assert not any("best" in line for line in summary)
+    assert summary[6:] == [  # shape 0.20 [0.10, 0.35] vs 0.55 [0.40, 0.69]: separate; +0.10 at n = 40: noise
+        "- integrated vs stage_0: color +0.050 (within noise), shape +0.350 (above), texture +0.100 (within noise)",
+        "- integrated beats stage_0 on 1 of 3 probed attributes where the 95% intervals separate "
+        "(below on 0, within noise on 2)"]
     titles = re.findall(r"^### (.+)$", text, re.M)
     assert titles == ["Zero-shot top-1", "Zero-shot top-5", "Linear probe top-1", "k-NN top-1"]
     widths = {line.count("|") - 1 for line in text.splitlines() if line.startswith("| ")}
@@ -53,8 +55,20 @@ def test_summary_and_one_table_per_metric(tmp_path):
     assert top5[2] == "| chance | 0.500 |"
     mmvp = text.split("## MMVP-VLM pairs\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert mmvp[2:4] == ["| chance | 0.250 | 0.250 | 0.250 |", "| n (pairs) | 32 | 32 | 64 |"]
-    assert f"| integrated | {ci(0.4, 32)} | {ci(0.4, 32)} | 0.400 |" in mmvp
+    assert f"| integrated | {ci(0.4, 32)} | {ci(0.4, 32)} | {ci(0.4, 64)} |" in mmvp  # the mean over all 64 pairs
     assert "With 32 pairs in a category one pair moves its accuracy by 0.031" in text
+
+
+@pytest.mark.parametrize("n, beats", [(20, 0), (400, 1)])
+def test_beats_only_where_the_intervals_separate(tmp_path, n, beats):
+    """0.50 vs 0.70: within noise over 20 test samples, apart over 400."""
+    def probe(p):
+        return {"linear_probe": {"color": {"top1": p, "n_test": n, "classes": 4}},
+                "mmvp": {"mean": p, "pairs": n, "per_category": {"c": p}, "pairs_per_category": {"c": n}}}
+    text = open(write_report(str(tmp_path), {"stage_0": probe(0.5), "integrated": probe(0.7)}, {}, {}, {})).read()
+    verdict = "above" if beats else "within noise"
+    assert f"- integrated beats stage_0 on {beats} of 1 probed attributes" in text
+    assert f"color +0.200 ({verdict})" in text and f"integrated {ci(0.7, n)} (+0.200, {verdict})" in text
 
 
 def test_summary_without_mmvp_or_probe_says_so(tmp_path):
@@ -122,3 +136,18 @@ def test_recipe_and_wall_times_from_a_real_config_and_manifest(tmp_path):
     text = open(write_report(str(tmp_path), {}, {}, {}, {}, rec, rows)).read()
     assert "## Recipe" in text and f"| 1 | base | 100 | 800,000 | 0.0005 | 10 | {group} |" in text
     assert "| stage_1/train | 10.0 s | 64 (logged steps 400) |" in text
+
+
+def test_the_recipe_shows_the_precision_the_run_used():
+    """train.precision auto is shown as what the trained stages recorded (amp_bf16 on GPUs), and as
+    unresolved, saying so, only when no stage recorded one."""
+    from mcl_dist.config_load import load_config
+    from mcl_dist.optim import resolve_precision
+    import torch
+
+    cfg = load_config(None, ["data.synthetic=true", "train.precision=auto"])
+    assert resolve_precision("auto", torch.device("cuda")) == "amp_bf16"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert "precision amp_bf16 (train.precision auto)," in recipe(cfg, 8, {}, {"amp_bf16"})["lines"][1]
+    assert "precision fp32 (train.precision auto)," in recipe(cfg, 1, {}, {"fp32"})["lines"][1]
+    assert "precision auto (no trained stage recorded" in recipe(cfg, 1, {})["lines"][1]

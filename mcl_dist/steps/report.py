@@ -29,6 +29,12 @@ def label_stats(ctx: RunContext, s: int) -> dict:
     return stats
 
 
+def used_precisions(ctx: RunContext) -> set:
+    """What the trained stages ran at (their train records), e.g. {"amp_bf16"} for train.precision auto on GPUs."""
+    recs = [(ctx.record(f"stage_{s}/train") or {}).get("outputs", {}) for s in range(len(ctx.cfg.stages))]
+    return {r["precision"] for r in recs if isinstance(r.get("precision"), str)}
+
+
 @dataclass
 class ReportStep(Step):
     kind = "report"
@@ -54,6 +60,6 @@ class ReportStep(Step):
         results = read_json(res_path) if os.path.exists(res_path) else {}
         done = {s: metrics[s][-1]["step"] for s in stages if metrics[s]}
         return {"report": write_report(ctx.run_dir, results, curves, sizes, labelled,
-                                       recipe(ctx.cfg, ctx.info.world_size, done),
+                                       recipe(ctx.cfg, ctx.info.world_size, done, used_precisions(ctx)),
                                        step_times(ctx.run_dir, metrics, ctx.cfg.train.global_batch_size),
                                        data_report.load(ctx.run_dir))}

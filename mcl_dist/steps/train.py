@@ -28,6 +28,7 @@ from mcl_dist.files import save_torch
 from mcl_dist.labels import load_labels
 from mcl_dist.models import stage_checkpoint
 from mcl_dist.objectives import get_objective
+from mcl_dist.optim import resolve_precision
 from mcl_dist.reporting import parse_report_to
 from mcl_dist.run_context import RunContext, stage_dir
 from mcl_dist.steps.base import StageStep
@@ -155,7 +156,8 @@ class TrainStep(StageStep):
         index, labels = stage_labels(ctx, s) if s > 0 else (None, None)
         bundle = init_weights(ctx, s)
         out_path = os.path.join(ctx.stage_dir(s), "checkpoint.pt")
-        result: dict[str, Any] = {"checkpoint": out_path}
+        # the report shows what ran, not "auto"
+        result: dict[str, Any] = {"checkpoint": out_path, "precision": resolve_precision(c.train.precision, info.device)}
         if self.pretrained:
             log.info("stage 0: using pretrained weights '%s' as stage 0 (no training)", c.stages[0].pretrained)
             result["final"] = {"pretrained": c.stages[0].pretrained}
