@@ -5,8 +5,8 @@
 Each flag becomes a dotted config override (README "open_clip_train flags" has the table); dotted
 overrides given as well come after them and win. `--batch-size` is per GPU, as in open_clip:
 train.global_batch_size = batch size x world size x train.accum_freq. `--name` / `--logs` pick the
-run directory (<logs>/<name>; logs default runs). A flag with no mapping is refused, naming the
-flag or config key closest to it.
+run directory (<logs>/<name>; logs default runs). Flags with no mapping are refused all at once,
+each with what to use instead (a flag, a config key, or why to drop it).
 """
 from __future__ import annotations
 
@@ -45,6 +45,25 @@ FLAGS: dict[str, tuple[str, Any]] = {
     "--lock-image-unlocked-groups": ("model.lock_image_unlocked_groups", int),
     "--force-quick-gelu": ("model.force_quick_gelu", None),
     "--grad-checkpointing": ("model.grad_checkpointing", None),
+    "--train-data": ("data.train_shards", str),  # webdataset shards (img2dataset --output_format webdataset)
+    "--train-num-samples": ("data.num_samples", int),
+    "--model": ("model.name", str),
+    "--pretrained": ("model.pretrained", str),
+    "--log-every-n-steps": ("train.log_every", int),
+}
+# open_clip_train (and the public MCL code) flags with no config key here, and what to do instead
+INSTEAD: dict[str, str] = {
+    "--MCL-label-path": "drop it: every stage's labels come from the run's own k-means (stages.N.k)",
+    "--zeroshot-frequency": "drop it: every stage is evaluated when it ends (eval.enabled, eval.test_shards, "
+                            "eval.zero_shot_classes)",
+    "--dataset-type": "drop it: --train-data (data.train_shards) reads webdataset shards "
+                      "(img2dataset --output_format webdataset)",
+    "--ddp-static-graph": "drop it: DDP's static-graph speed-up is not exposed (it does not change results)",
+    "--val-data": "drop it: eval.test_shards takes labelled shards for zero-shot and linear probe",
+    "--imagenet-val": "drop it: eval.test_shards with eval.zero_shot_classes scores zero-shot",
+    "--resume": "drop it: rerunning the same command resumes from the run directory",
+    "--dist-url": "drop it: torchrun's rendezvous (launch/slurm/*.sbatch) sets it",
+    "--save-frequency": "use train.checkpoint_every=STEPS (optimizer steps, not epochs)",
 }
 RUN_DIR_FLAGS = ("--name", "--logs")  # -> the run directory <logs>/<name>
 PRECISIONS = {"amp_bfloat16": "amp_bf16"}  # open_clip's second spelling
@@ -111,11 +130,23 @@ def run_dir(ns: argparse.Namespace, config_path: str) -> Optional[str]:
 
 
 def refuse_unknown(extra: list[str]) -> None:
-    """A `--flag` argparse did not know: name the mapped flag or config key closest to it."""
-    flags = [a for a in extra if a.startswith("--")]
+    """Every `--flag` argparse did not know, in one error: each with what to use instead (a mapped
+    flag, a config key, or why to drop it), so a pasted open_clip_train command is fixed in one go."""
+    flags = list(dict.fromkeys(a.split("=", 1)[0] for a in extra if a.startswith("--")))
     if not flags:
         return
-    flag = flags[0].split("=", 1)[0]
+    hints = [_hint(f) for f in flags]
+    known = ", ".join(list(FLAGS) + list(RUN_DIR_FLAGS))
+    if len(hints) == 1:
+        tail = f"; the open_clip_train flags taken are {known}" if "has no mapping to a config key" in hints[0] else ""
+        raise ConfigError(f"command line: {hints[0]}{tail}")
+    raise ConfigError(f"command line: {len(hints)} flags have no mapping here: " + " | ".join(hints))
+
+
+def _hint(flag: str) -> str:
+    """What to use instead of one unknown flag."""
+    if flag in INSTEAD:
+        return f"{flag} has no mapping here; {INSTEAD[flag]}"
     known = list(FLAGS) + list(RUN_DIR_FLAGS)
     name = _dest(flag)
     leaf = SYNONYMS.get(name, name)
@@ -123,11 +154,10 @@ def refuse_unknown(extra: list[str]) -> None:
     close = by_leaf or difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
     if close:
         key = FLAGS[close[0]][0] if close[0] in FLAGS else "the run directory"
-        raise ConfigError(f"command line: unknown flag {flag}; did you mean {close[0]} ({key})?")
+        return f"unknown flag {flag}; did you mean {close[0]} ({key})?"
     key = _leaf_match(leaf)
     where = f"; the closest config key is {key} (set it as {key}=VALUE)" if key else ""
-    raise ConfigError(f"command line: {flag} has no mapping to a config key{where}; the open_clip_train flags "
-                      f"taken are {', '.join(known)}")
+    return f"{flag} has no mapping to a config key{where}"
 
 
 def config_keys() -> list[str]:

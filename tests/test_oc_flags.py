@@ -96,11 +96,55 @@ def test_a_bad_override_value_names_the_command_line_not_the_yaml():
 
 
 def test_readme_flag_table_lists_every_mapped_flag():
-    from mcl_dist.oc_flags import FLAGS, RUN_DIR_FLAGS
+    from mcl_dist.oc_flags import FLAGS, INSTEAD, RUN_DIR_FLAGS
 
     text = open(os.path.join(ROOT, "README.md")).read()
-    section = text[text.index("### open_clip_train flags"):text.index("| `data.train_shards`")]
-    listed = set(re.findall(r"`(--[a-z0-9-]+)[ `]", section)) - {"--learning-rate"}  # the example of a refusal
+    start = text.index("### open_clip_train flags")
+    section = text[start:text.index("| key | default | meaning |", start)]
+    refused = section[section.index("| refused flag |"):section.index("```bash")]
+    mapped = section[section.index("| flag | config key |"):]
+    listed = set(re.findall(r"`(--[a-zA-Z0-9-]+)[ `]", mapped))
     assert listed == set(FLAGS) | set(RUN_DIR_FLAGS)
     for flag, (key, _) in FLAGS.items():
-        assert key.rsplit(".", 1)[-1] in section, key
+        assert key.rsplit(".", 1)[-1] in mapped, key
+    rows = {m for line in refused.splitlines()[2:] if line.startswith("|") for m in re.findall(r"`(--[a-zA-Z-]+)`", line.split("|")[1])}
+    assert rows == set(INSTEAD)  # every refused flag has a row saying what to use instead
+
+
+# the public MCL command (MajorDavidZhang/MCL readme: torchrun --nproc_per_node 8 main.py ...)
+PUBLIC = ["--train-data", "SHARDS", "--batch-size", "1000", "--precision", "amp", "--workers", "16",
+          "--MCL-label-path", "./save/ViT-L-14_0_pseudo_labels.pt", "--epochs", "20", "--pretrained", "openai",
+          "--model", "ViT-L-14", "--force-quick-gelu", "--report-to", "tensorboard", "--zeroshot-frequency", "1",
+          "--dataset-type", "files", "--ddp-static-graph", "--gather-with-grad", "--lock-text", "--lr-scheduler",
+          "const", "--warmup", "600", "--lock-image", "--lock-image-unlocked-groups", "6"]
+DROP = ("--MCL-label-path", "--zeroshot-frequency", "--dataset-type", "--ddp-static-graph")
+
+
+def test_the_public_command_names_every_unmapped_flag_at_once_then_runs(tmp_path):
+    from conftest import write_test_shards
+
+    shards = "::".join(write_test_shards(str(tmp_path), n_shards=8, per_shard=2))
+    argv = [shards if a == "SHARDS" else a for a in PUBLIC]
+    paper = os.path.join(ROOT, "configs/cc12m_vit_l14_paper.yaml")
+    base = ["--config", paper, "--dry-run", "--world-size", "8", "data.num_samples=100000"]
+    with pytest.raises(ConfigError) as e:
+        resolve(parse(base + argv))
+    msg = str(e.value)
+    assert msg.startswith("command line: 4 flags have no mapping here: ") and "\n" not in msg
+    for flag in DROP:  # each named once, with what to do instead
+        assert msg.count(flag + " ") == 1 and f"{flag} has no mapping here; drop it: " in msg
+    mapped = [a for a in argv if a.startswith("--") and a not in DROP]  # named only as replacements, never refused
+    assert not any(f"{flag} has no mapping" in msg or f"unknown flag {flag}" in msg for flag in mapped)
+    keep, skip = [], False  # the command without the four (and their values)
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in DROP:
+            skip = a != "--ddp-static-graph"
+        else:
+            keep.append(a)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch/pretrain.py"), *base, *keep],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "--model ViT-L-14 -> model.name=ViT-L-14" in proc.stdout
+    assert f"--train-data {shards} -> data.train_shards={shards}" in proc.stdout
