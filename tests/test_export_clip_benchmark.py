@@ -43,9 +43,11 @@ def demo(tmp_path_factory):
     return cwd
 
 
-def test_export_writes_clip_benchmarks_layout(demo, tmp_path):
+def test_export_writes_clip_benchmarks_layout(demo, tmp_path, capsys):
     out = tmp_path / "cb"
     assert export_main([str(demo / "runs/demo"), "--out", str(out), "--label-field", "position", "--nshards", "3"]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]  # names the real run and scores in fp32 like the report
+    assert f"--model {demo / 'runs/demo/integrated/model.pt'} " in hint and hint.endswith(" --no_amp")
     zs = json.load(open(demo / "data/demo/zero_shot.json"))["position"]
     assert open(out / "position/classnames.txt").read().splitlines() == zs["classnames"]
     assert open(out / "position/zeroshot_classification_templates.txt").read().splitlines() == \

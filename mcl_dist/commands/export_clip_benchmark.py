@@ -138,9 +138,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     for f, n in counts.items():
         print(f"{os.path.join(args.out, f)}: {n} samples in {args.nshards} shards, {len(classes[f][0])} classes")
-    print(f"score with: python -m mcl_dist.eval.clip_benchmark eval --model RUN/integrated/model.pt "
+    # the run's own scores are fp32, so --no_amp (clip_benchmark's AMP default is bf16 autocast on CPU)
+    model = os.path.join(args.run_dir, "integrated", "model.pt") if args.run_dir else "RUN/integrated/model.pt"
+    print(f"score with: python -m mcl_dist.eval.clip_benchmark eval --model {model} "
           f"--dataset {' '.join('wds/' + f for f in counts)} --dataset_root '{args.out}/{{dataset}}' "
-          f"--task zeroshot_classification")
+          f"--task zeroshot_classification --no_amp")
     return 0
 
 
