@@ -56,6 +56,15 @@ def wandb_ids(run_dir: str, stage: int) -> dict[str, str]:
     return {"group": path[-128:], "name": f"{base}-stage_{stage}", "id": f"{base[:40]}-{digest}-stage_{stage}"}
 
 
+def logged_config(cfg: Config) -> dict:
+    """The config as logged: with model.config_file the model built is named by that file, not by
+    model.name's default, so the logged name is the model that trained."""
+    out = to_dict(cfg)
+    if cfg.model.config_file:
+        out["model"] = {**out["model"], "name": os.path.splitext(os.path.basename(cfg.model.config_file))[0]}
+    return out
+
+
 class Wandb:
     def __init__(self, cfg: Config, run_dir: str, stage: int):
         import wandb  # optional dependency (extra "wandb")
@@ -63,7 +72,7 @@ class Wandb:
         ids = wandb_ids(run_dir, stage)
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mcl_dist"),
                               dir=os.environ.get("WANDB_DIR", run_dir),  # wandb writes <dir>/wandb/
-                              config={**to_dict(cfg), "stage": stage}, job_type=f"stage_{stage}",
+                              config={**logged_config(cfg), "stage": stage}, job_type=f"stage_{stage}",
                               reinit="finish_previous", resume="allow", **ids)
 
     def log(self, step: int, values: dict[str, Any]) -> None:

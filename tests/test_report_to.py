@@ -60,3 +60,11 @@ def test_open_clip_flags_run_with_wandb_offline_one_run_per_stage(tmp_path, shar
         assert os.path.isdir(run / f"stage_{s}" / "tb")
     metrics = [json.loads(line) for line in open(run / "stage_1" / "metrics.jsonl")]
     assert [m["step"] for m in metrics] == [1, 2]
+
+
+def test_logged_config_names_the_model_built_from_a_config_file():
+    from mcl_dist.config_load import load_config
+    from mcl_dist.reporting import logged_config
+
+    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/demo.yaml"))
+    assert cfg.model.config_file and logged_config(cfg)["model"]["name"] == "tiny-vit"
