@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import sys
 
 GPUS_PER_NODE = 8  # launch/slurm/*.sbatch ask for 8 GPUs a node
 
@@ -23,6 +24,9 @@ def layout(world: int) -> tuple[int, int]:
 
 def launch_lines(config: str, run_dir: str, overrides: list[str], world: int) -> list[str]:
     args = pretrain_args(config, run_dir, overrides)
+    # the job runs the python that planned it (launch/slurm/*.sbatch read MCL_PYTHON; sbatch passes the
+    # environment on), so the line works from a login node without the venv on PATH
+    env = f"MCL_PYTHON={shlex.quote(sys.executable)} "
     try:
         nodes, per_node = layout(world)
     except ValueError as e:
@@ -30,7 +34,7 @@ def launch_lines(config: str, run_dir: str, overrides: list[str], world: int) ->
     if nodes == 1:
         gpus = "" if per_node == GPUS_PER_NODE else f"--gpus-per-node={per_node} "
         return [f"  torchrun --standalone --nproc_per_node {per_node} {args}",
-                f"  sbatch {gpus}launch/slurm/single_node.sbatch {args.split(' ', 1)[1]}"]
+                f"  {env}sbatch {gpus}launch/slurm/single_node.sbatch {args.split(' ', 1)[1]}"]
     return [f"  torchrun --nnodes {nodes} --nproc_per_node {per_node} --rdzv_backend c10d "
             f"--rdzv_endpoint HEAD_NODE:29500 --rdzv_id mcl {args}   (on each of the {nodes} nodes)",
-            f"  sbatch --nodes={nodes} launch/slurm/multi_node.sbatch {args.split(' ', 1)[1]}"]
+            f"  {env}sbatch --nodes={nodes} launch/slurm/multi_node.sbatch {args.split(' ', 1)[1]}"]

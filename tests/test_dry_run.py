@@ -85,7 +85,8 @@ def test_every_real_config_plans_without_pretrained_weights(config, shards):
                      r"[\d.]+ GiB$", text, re.M), text
     args = f"launch/pretrain.py --config {path} --run-dir runs/x"
     assert f"  torchrun --standalone --nproc_per_node 8 {args}" in text
-    assert f"  sbatch launch/slurm/single_node.sbatch --config {path} --run-dir runs/x" in text
+    # the job's python is the one that planned it (it has torch), not whatever python3 is on PATH
+    assert f"  MCL_PYTHON={sys.executable} sbatch launch/slurm/single_node.sbatch --config {path} --run-dir runs/x" in text
     assert "warning:" not in text  # every shipped config fits an 80 GB GPU at 8 ranks
 
 
