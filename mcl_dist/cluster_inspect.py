@@ -1,8 +1,9 @@
 """Cluster inspector: what did a stage's k-means clusters (or pseudo-labels) capture?
 
 For stage S of a run it reads the groups (`stage_S/kmeans/assign*.npz`, or the pseudo-labels
-in `stage_S/labels.npz`), the shards' `{key}.json` attribute records through the cached tar index
-(`RUN_DIR/index`, built by `mcl_dist.data.tar_index.build_or_load_index` if missing), and writes
+in `stage_S/labels.npz`), the samples' `{key}.json` attribute records through the training data's
+random access (for shards the cached tar index `RUN_DIR/index`, built if missing; for a CSV its
+extra columns), and writes
 
     cluster_grid.png   one row per group: its id and size, then `per_group` sample images
     purity.md / .json  per group and attribute: the majority value and its share of the group
@@ -24,11 +25,11 @@ from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw
 
-from mcl_dist.data.shards import expand_urls, local_path
-from mcl_dist.data.tar_index import build_or_load_index
+from mcl_dist.config_load import load_config
+from mcl_dist.data.dataset import TrainData
+from mcl_dist.data.dataset_types import open_data
 from mcl_dist.files import atomic_path, load_npz, write_json, write_text
 from mcl_dist.labels import load_labels
 
@@ -62,17 +63,16 @@ def load_groups(run_dir: str, stage: int, source: str = "clusters") -> tuple[lis
     raise ValueError(f"source {source!r}: use one of {SOURCES}")
 
 
-def run_shards(run_dir: str) -> list[str]:
-    """The run's training shard list, from its resolved config.yaml."""
-    with open(os.path.join(run_dir, "config.yaml")) as f:
-        cfg = yaml.safe_load(f)
-    return [local_path(u) for u in expand_urls(cfg["data"]["train_shards"])]
+def run_data(run_dir: str) -> TrainData:
+    """The run's training data (shards or a CSV), from its resolved config.yaml."""
+    return open_data(load_config(os.path.join(run_dir, "config.yaml")))
 
 
-def read_records(shards: Sequence[str], index_dir: str, keys: Sequence[str],
+def read_records(data: TrainData, index_dir: str, keys: Sequence[str],
                  image_keys: Sequence[str] = ()) -> tuple[dict, dict]:
-    """({key: parsed .json} for `keys`, {key: (ext, image bytes)} for `image_keys`) via the tar index."""
-    index = build_or_load_index(list(shards), index_dir, progress=False)
+    """({key: parsed .json} for `keys`, {key: (ext, image bytes)} for `image_keys`) via the data's
+    random access (the tar index is cached under index_dir)."""
+    index = data.index(index_dir)
     want_img = set(image_keys)
     where = index.key_to_index(list(keys))
     meta, images = {}, {}
@@ -161,7 +161,7 @@ def stage_purity(run_dir: str, stage: int, source: str = "clusters",
                  attributes: Optional[Sequence[str]] = None) -> dict:
     """Purity of stage `stage`'s groups (no images read): see `purity`."""
     keys, groups = load_groups(run_dir, stage, source)
-    meta, _ = read_records(run_shards(run_dir), os.path.join(run_dir, "index"), keys)
+    meta, _ = read_records(run_data(run_dir), os.path.join(run_dir, "index"), keys)
     records = [meta.get(k) for k in keys]
     return purity(groups, records, list(attributes or attributes_of(records)))
 
@@ -178,7 +178,7 @@ def inspect_stage(run_dir: str, stage: int, out_dir: Optional[str] = None, sourc
     ids, sizes = np.unique(groups[groups >= 0], return_counts=True)
     shown = ids[np.argsort(-sizes, kind="stable")][:max_groups]
     picks = {int(g): [keys[i] for i in rng.permutation(np.flatnonzero(groups == g))[:per_group]] for g in shown}
-    meta, images = read_records(run_shards(run_dir), os.path.join(run_dir, "index"), keys,
+    meta, images = read_records(run_data(run_dir), os.path.join(run_dir, "index"), keys,
                                 [k for ks in picks.values() for k in ks])
     records = [meta.get(k) for k in keys]
     attributes = list(attributes or attributes_of(records))

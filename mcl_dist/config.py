@@ -22,7 +22,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    train_shards: str = ""  # brace-expanded URL list, e.g. /data/cc12m/{00000..01242}.tar
+    train_shards: str = ""  # brace-expanded URL list, e.g. /data/cc12m/{00000..01242}.tar, or a CSV file
+    # how train_shards is read (mcl_dist/data/dataset_types.py): webdataset | csv | auto (a .csv or
+    # .tsv file is a CSV, anything else webdataset shards); open_clip_train's --dataset-type
+    dataset_type: str = "auto"
+    # a CSV's header names the image-path column and the caption column; image paths are relative
+    # to the CSV's folder or absolute (open_clip_train's --csv-img-key, --csv-caption-key, --csv-separator)
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str = "\t"
     synthetic: bool = False  # make synthetic shards under synthetic_dir on first use (demo)
     synthetic_dir: str = "data/demo"
     synthetic_train: int = 2048

@@ -8,6 +8,7 @@ settings it cannot run, so `--dry-run` catches every impossible combination befo
     train.lr_scheduler  mcl_dist/lr_schedule.py           SCHEDULERS
     cluster.backend     mcl_dist/kmeans.py                BACKENDS
     cluster.k_rule      mcl_dist/auto_k.py                K_RULES       (stages.N.k: auto)
+    data.dataset_type   mcl_dist/data/dataset_types.py    CHOICES       (classes: TrainData.check)
     model.integration_weights  mcl_dist/integrate.py   WEIGHTINGS
     eval.metrics        mcl_dist/eval/registry.py         METRICS       (a list: eval.registry.validate)
     train.report_to     mcl_dist/reporting.py             REPORTERS     (a list: reporting.parse_report_to)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from mcl_dist.auto_k import K_RULES
 from mcl_dist.config import Config
+from mcl_dist.data.dataset_types import CHOICES as DATASET_TYPES
 from mcl_dist.engine import ENGINES
 from mcl_dist.eval import registry as eval_registry
 from mcl_dist.integrate import WEIGHTINGS
@@ -28,7 +30,7 @@ from mcl_dist.reporting import parse_report_to
 
 REGISTRIES = {"objective": OBJECTIVES, "train.engine": ENGINES, "train.optimizer": OPTIMIZERS,
               "train.lr_scheduler": SCHEDULERS, "cluster.backend": BACKENDS, "cluster.k_rule": K_RULES,
-              "model.integration_weights": WEIGHTINGS}
+              "model.integration_weights": WEIGHTINGS, "data.dataset_type": DATASET_TYPES}
 
 
 def chosen(cfg: Config, key: str):

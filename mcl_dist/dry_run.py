@@ -6,15 +6,15 @@ samples, the per-rank micro-batch and accumulation, warm-up, schedule, precision
 train step's `describe`), an estimate of GPU memory per rank (mcl_dist/memory_estimate.py), the
 embedding matrix and k-means memory per rank, the checkpoint sizes, every path the run will write
 and the `torchrun` / `sbatch` lines that launch it. It makes the checks the run makes before its
-first step through the same functions (load_config, check_world, check_shard_count), so it refuses
+first step through the same functions (load_config, check_world, the data's check_world), so it refuses
 what the run would refuse with the same `error:` line; the data check that reads every tar header
-(data/preflight.py check_index) is the run's alone. Stages >= 1 draw their batches from
+(data/preflight.py check_index) is the run's alone; a CSV is read and its image files stat'ed here
+as in the run (data/csv_data.py). Stages >= 1 draw their batches from
 the cluster plan, which drops each label's remainder smaller than a group, so their step counts
 are upper bounds unless `max_steps` fixes them.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -25,7 +25,7 @@ from mcl_dist.config import Config, ConfigError, default_run_dir, micro_batch_si
 from mcl_dist.config_load import check_world, load_config
 from mcl_dist.data import group_cut
 from mcl_dist.data.preflight import check_shard_count
-from mcl_dist.data.shards import count_samples, expand_urls, is_local, local_path
+from mcl_dist.data.dataset_types import open_data
 from mcl_dist.launch_lines import launch_lines
 from mcl_dist.lr_schedule import warmup_steps
 from mcl_dist.memory_estimate import DEFAULT_GPU, memory_lines
@@ -45,35 +45,24 @@ def _bytes(n: float) -> str:
     return ""
 
 
-def count_from_stats(urls: list[str]) -> int | None:
-    """img2dataset writes `<shard>_stats.json` beside each tar; its `successes` is the shard's
-    sample count, so a dry run over millions of samples need not read the tars."""
-    total = 0
-    for url in urls:
-        path = os.path.splitext(local_path(url))[0] + "_stats.json"
-        if not is_local(url) or not os.path.exists(path):
-            return None
-        try:
-            with open(path) as f:
-                total += int(json.load(f)["successes"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-    return total
-
-
-def data_plan(cfg: Config) -> dict[str, Any]:
-    d = cfg.data
+def data_plan(cfg: Config, world: int = 1) -> dict[str, Any]:
+    """{"shards" (or "rows" for a CSV), "samples", "source"}; refused, with the run's error, where
+    stage 0 would leave one of `world` ranks without data (the run's check, data/dataset.py)."""
+    d, stage0_trains = cfg.data, not cfg.stages[0].pretrained
     if d.synthetic and not d.train_shards:
         n_shards = math.ceil(d.synthetic_train / d.synthetic_samples_per_shard)
+        check_shard_count(n_shards, world, stage0_trains)
         return {"shards": n_shards, "samples": d.num_samples or d.synthetic_train,
                 "source": f"synthetic data, made under {d.synthetic_dir}/ on first use (kept if present)"}
-    urls = expand_urls(d.train_shards)
-    if d.num_samples:
-        return {"shards": len(urls), "samples": d.num_samples, "source": "data.num_samples"}
-    stats = count_from_stats(urls)
-    if stats is not None:
-        return {"shards": len(urls), "samples": stats, "source": "img2dataset *_stats.json"}
-    return {"shards": len(urls), "samples": count_samples(urls), "source": "tar headers"}
+    data = open_data(cfg)
+    data.check_world(world, stage0_trains)
+    plan = {"samples": d.num_samples, "source": "data.num_samples"} if d.num_samples else data.plan()
+    return {f"{data.unit}s": len(data.units), "samples": plan["samples"], "source": plan["source"]}
+
+
+def _units(plan: dict) -> str:
+    unit = "rows" if "rows" in plan else "shards"
+    return f"{plan[unit]} {unit if plan[unit] != 1 else unit[:-1]}"
 
 
 def _model_sizes(cfg: Config) -> dict[str, Any]:
@@ -111,8 +100,7 @@ def _share(model: torch.nn.Module, tower) -> float:
 def build_plan(cfg: Config, config_path: str, run_dir: str, world: int, overrides: list[str] = (),
                gpu: str | None = None) -> dict[str, Any]:
     check_world(cfg, world, config_path)  # the run's checks, in the run's order (pipeline.run_pipeline)
-    data = data_plan(cfg)
-    check_shard_count(data["shards"], world, stage0_trains=not cfg.stages[0].pretrained)
+    data = data_plan(cfg, world)
     n, t = data["samples"], cfg.train
     model = _model_sizes(cfg)
     micro = micro_batch_size(cfg, world)
@@ -209,7 +197,7 @@ def format_plan(p: dict[str, Any]) -> str:
     m, d = p["model"], p["data"]
     lines = [f"dry run of {p['config']} (nothing trained, nothing written)",
              f"run directory: {p['run_dir']}",
-             f"data: {d['shards']} shards, {d['samples']:,} samples per epoch ({d['source']})",
+             f"data: {_units(d)}, {d['samples']:,} samples per epoch ({d['source']})",
              f"model: {m['name']}, {m['params']:,} parameters, feature dim {m['dim']}",
              f"world size {p['world']}: global batch {p['global_batch']} = {p['world']} ranks x "
              f"micro-batch {p['micro']} x accumulation {p['accum']}",

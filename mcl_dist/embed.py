@@ -1,7 +1,7 @@
 """Distributed embedding of the whole training set with a stage checkpoint.
 
 Rank r embeds shards r, r+W, r+2W, ... (every shard by exactly one rank, whatever the shard
-count) and writes `part{r}-of{W}.feats.npy` (fp16, L2-normalised) and `.keys.npy` atomically.
+count; any data's units alike, data/dataset.py `embed_share`: a CSV's rows) and writes `part{r}-of{W}.feats.npy` (fp16, L2-normalised) and `.keys.npy` atomically.
 A part that exists is complete (it was renamed into place at the end), so a re-run skips it; a
 rank killed half-way leaves nothing and redoes its share. Bad samples are skipped and counted,
 exactly as in training; they get no pseudo-label downstream. Above `data.max_bad_fraction` of
@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -80,8 +80,11 @@ def _save_npy(path: str, arr: np.ndarray) -> None:
 def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir: str, *, mode: str = "image",
                  batch_size: int = 256, workers: int = 2, image_ext: str = "jpg;png;webp;jpeg",
                  caption_ext: str = "txt", max_bad_fraction: float = 1.0, max_pixels: int = 40_000_000,
-                 max_bytes: int = 64 << 20, precision: str = "auto", need_caption: bool = False) -> dict[str, Any]:
-    """`precision` as train.precision: "auto" runs the towers in bf16 autocast on a GPU, fp32 on a CPU."""
+                 max_bytes: int = 64 << 20, precision: str = "auto", need_caption: bool = False,
+                 mine: Optional[Sequence] = None, read: Optional[Callable] = None) -> dict[str, Any]:
+    """`precision` as train.precision: "auto" runs the towers in bf16 autocast on a GPU, fp32 on a CPU.
+    `mine` (this rank's units, default urls[rank::world]) and `read` (their reader, default tar
+    shards): a data set's `embed_share` and `read` (data/dataset.py)."""
     info = dist_utils.info()
     feats_path, keys_path = part_paths(out_dir, info.rank, info.world_size)
     monitor = BadSampleMonitor(max_bad_fraction)
@@ -91,15 +94,15 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
         _check_bad_samples(monitor, out_dir)  # nothing to add, but the other ranks gather
         kept = read_json(_stats_path(feats_path)) if os.path.exists(_stats_path(feats_path)) else {}
         return _summarise({"bad": 0, "reasons": {}, "seen": n, **kept, "samples": n, "seconds": 0.0}, out_dir)
-    mine = urls[info.rank::info.world_size]
+    mine = urls[info.rank::info.world_size] if mine is None else mine
     decoder = ClipDecoder(bundle["preprocess_val"], bundle["tokenizer"], image_ext, caption_ext,
                           need_text=mode != "image" or need_caption, max_pixels=max_pixels, max_bytes=max_bytes)
-    stream = ShardStream(mine, decoder, batch_size=batch_size, rank=0, world=1, seed=None, infinite=False)
+    stream = ShardStream(mine, decoder, batch_size=batch_size, rank=0, world=1, seed=None, infinite=False, read=read)
     n_workers, dtype = min(workers, len(mine)), autocast_dtype(precision, info.device)
     model.eval()
     chunks, keys, t0 = [], [], time.perf_counter()
     bar = progress(desc=f"embed ({mode})", unit="sample", enabled=info.is_main)
-    if mine:
+    if len(mine):
         for batch in make_loader(stream, n_workers):
             monitor.update(batch["meta"], len(batch["key"]))
             if not batch["key"]:

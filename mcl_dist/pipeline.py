@@ -17,8 +17,9 @@ from mcl_dist import distributed as dist_utils
 from mcl_dist import data_report, files, rundir, verify
 from mcl_dist.config import Config, ConfigError, default_run_dir, save_config
 from mcl_dist.config_load import check_world, load_config
-from mcl_dist.data.preflight import DataError, check_index, check_shard_count
-from mcl_dist.data.shards import expand_urls, is_local, local_path
+from mcl_dist.data.dataset import TrainData
+from mcl_dist.data.dataset_types import open_data
+from mcl_dist.data.preflight import DataError
 from mcl_dist.manifest import Manifest, fingerprint
 from mcl_dist.objectives import get_objective
 from mcl_dist.run_context import RunContext
@@ -29,20 +30,9 @@ from mcl_dist.synthetic import ensure_demo_data
 log = logging.getLogger("mcl_dist")
 
 
-def data_identity(urls: list[str]) -> list:
-    """Shard names plus size and mtime where local: a rewritten shard changes the fingerprint."""
-    out = []
-    for u in urls:
-        if is_local(u):
-            st = os.stat(local_path(u))
-            out.append([os.path.abspath(local_path(u)), st.st_size, st.st_mtime_ns])
-        else:
-            out.append([u])
-    return out
-
-
-def resolve_data(cfg: Config) -> list[str]:
-    """Make the synthetic demo data on first use (rank 0 only), then expand the shard list."""
+def resolve_data(cfg: Config) -> TrainData:
+    """Make the synthetic demo data on first use (rank 0 only), then open the training data
+    (data.dataset_type: the shard list expanded, or the CSV read and checked)."""
     if cfg.data.synthetic:
         def make() -> dict:
             return ensure_demo_data(cfg.data.synthetic_dir, n_train=cfg.data.synthetic_train,
@@ -55,17 +45,17 @@ def resolve_data(cfg: Config) -> list[str]:
         cfg.eval.mmvp_dir = cfg.eval.mmvp_dir or paths["mmvp"]
         cfg.eval.zero_shot_classes = cfg.eval.zero_shot_classes or paths.get("zero_shot", "")
         cfg.eval.label_fields = cfg.eval.label_fields or list(paths.get("label_fields", []))
-    return expand_urls(cfg.data.train_shards)
+    return open_data(cfg)
 
 
 class Pipeline:
     def __init__(self, cfg: Config, run_dir: str, redo: str = ""):
         self.cfg, self.run_dir = cfg, run_dir
         self.info = dist_utils.info()
-        self.urls = resolve_data(cfg)
+        self.data = resolve_data(cfg)
         self.manifest = Manifest(run_dir)
-        self.data_fp = fingerprint({"shards": data_identity(self.urls)})
-        self.ctx = RunContext(cfg, run_dir, self.info, self.urls, self.data_fp)
+        self.data_fp = fingerprint(self.data.identity())
+        self.ctx = RunContext(cfg, run_dir, self.info, self.data, self.data_fp)
         self.steps = self.plan()
         self.redo, self.redoing = redo, False
         names = [st.name for st in self.steps]
@@ -147,8 +137,8 @@ class Pipeline:
 
     def preflight(self) -> None:
         """Refuse data that would hang, idle a rank or fail at a late step (mcl_dist/data/preflight.py)."""
-        check_shard_count(len(self.urls), self.info.world_size, stage0_trains=not self.cfg.stages[0].pretrained)
-        if not all(is_local(u) for u in self.urls):
+        self.data.check_world(self.info.world_size, stage0_trains=not self.cfg.stages[0].pretrained)
+        if not self.data.can_index():
             return  # remote shards cannot be indexed: streaming counts their bad samples
         result = dist_utils.run_on_main("preflight", self._check_data)
         if "error" in result:
@@ -158,9 +148,7 @@ class Pipeline:
         c = self.cfg
         try:
             index = self.ctx.load_index(progress=True)
-            stats = check_index(index, image_exts=c.data.image_ext, caption_ext=c.data.caption_ext,
-                                need_caption=get_objective(c).captions, max_member_bytes=c.data.max_member_bytes,
-                                max_bad_fraction=c.data.max_bad_fraction)
+            stats = self.data.check_samples(index, c.data, need_caption=get_objective(c).captions)
         except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
             return {"error": str(e)}
         files.write_json(stats, os.path.join(self.run_dir, "data_check.json"))
@@ -219,7 +207,7 @@ def run_pipeline(config_path: str, run_dir: str | None, overrides: list[str], re
         pipe = Pipeline(cfg, run_dir, redo=redo)
         if info.is_main:
             save_config(cfg, os.path.join(run_dir, "config.yaml"))
-            log.info("run directory: %s (%d shards, world size %d, device %s)", run_dir, len(pipe.urls),
+            log.info("run directory: %s (%s, world size %d, device %s)", run_dir, pipe.data.describe(),
                      info.world_size, info.device)
         return pipe.run()
     finally:

@@ -1,5 +1,6 @@
 """What a step body may know about its run (mcl_dist/steps/): the config, the run directory, this
-rank, the shard list with its fingerprint, the tar index, and the manifest's records, read-only.
+rank, the training data (data/dataset.py `TrainData`) with its fingerprint and random access (the
+tar index, the CSV's rows), and the manifest's records, read-only.
 
 Step bodies take a `RunContext`, never the orchestrator (mcl_dist/pipeline.py), so a step cannot
 reach back into the step list or the manifest's bookkeeping.
@@ -12,8 +13,7 @@ from typing import Any, Optional
 
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import Config
-from mcl_dist.data.shards import local_path
-from mcl_dist.data.tar_index import build_or_load_index
+from mcl_dist.data.dataset import TrainData
 from mcl_dist.distributed import DistInfo
 from mcl_dist.manifest import Manifest
 
@@ -36,8 +36,8 @@ class RunContext:
     cfg: Config
     run_dir: str
     info: DistInfo = field(default_factory=DistInfo)
-    urls: list = field(default_factory=list)  # the expanded shard list
-    data_fp: str = ""  # fingerprint of the shards (names, sizes, mtimes)
+    data: Optional[TrainData] = None  # the training data (data.dataset_type)
+    data_fp: str = ""  # fingerprint of the data (shards: names, sizes, mtimes; a CSV: its bytes, image sizes)
 
     def stage_dir(self, s: int) -> str:
         return stage_dir(self.run_dir, s)
@@ -46,13 +46,10 @@ class RunContext:
     def index_dir(self) -> str:
         return index_dir(self.cfg, self.run_dir)
 
-    def shard_paths(self) -> list[str]:
-        """The run's shards as local paths (the tar index reads files, not URLs)."""
-        return [local_path(u) for u in self.urls]
-
     def load_index(self, progress: bool = False):
-        """The cached tar index (built on first use); rank 0 alone, or after shard_index."""
-        return build_or_load_index(self.shard_paths(), self.index_dir, progress=progress)
+        """The data's random access (a tar index is cached, built on first use); rank 0 alone, or
+        after shard_index."""
+        return self.data.index(self.index_dir, progress=progress)
 
     def shard_index(self, step: str):
         """Rank 0 builds (or validates) the cached tar index first, the others wait outside any
@@ -60,7 +57,7 @@ class RunContext:
         built: dict = {}
 
         def build() -> bool:
-            built["index"] = build_or_load_index(self.shard_paths(), self.index_dir)
+            built["index"] = self.data.index(self.index_dir)
             return True
 
         dist_utils.run_on_main(f"index-{step}", build)

@@ -14,7 +14,7 @@ integrated model (mcl_dist/integrate.py, model.integration_weights). Where the f
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -63,12 +63,14 @@ def embedded_features(embed_dirs: list[str], max_rows: int = 4096, seed: int = 0
 
 
 @torch.no_grad()
-def sample_features(bundles: list[dict], urls: list[str], max_samples: int, *, batch_size: int = 256,
-                    image_ext: str = "jpg;png;webp;jpeg", device="cpu") -> list[np.ndarray]:
+def sample_features(bundles: list[dict], urls: Sequence, max_samples: int, *, batch_size: int = 256,
+                    image_ext: str = "jpg;png;webp;jpeg", device="cpu", read: Optional[Callable] = None) -> list[np.ndarray]:
     """Each stage model's normalised image features of the first max_samples training samples
-    (every stage sees the same images; the first bundle's eval preprocessing feeds them all)."""
+    (every stage sees the same images; the first bundle's eval preprocessing feeds them all).
+    `urls`: tar shards, or any data's units with its `read` (data/dataset.py)."""
     decoder = ClipDecoder(bundles[0]["preprocess_val"], None, image_ext, need_text=False)
-    stream = ShardStream(urls, decoder, batch_size=batch_size, rank=0, world=1, seed=None, infinite=False)
+    stream = ShardStream(urls, decoder, batch_size=batch_size, rank=0, world=1, seed=None, infinite=False,
+                         read=read)
     out: list[list[np.ndarray]] = [[] for _ in bundles]
     seen = 0
     for b in bundles:

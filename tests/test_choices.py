@@ -24,7 +24,7 @@ def refused(*overrides):
 
 def test_every_registry_is_checked():
     assert set(REGISTRIES) == {"objective", "train.engine", "train.optimizer", "train.lr_scheduler", "cluster.backend",
-                               "cluster.k_rule", "model.integration_weights"}
+                               "cluster.k_rule", "model.integration_weights", "data.dataset_type"}
     assert all(callable(entry.check) for registry in REGISTRIES.values() for entry in registry.values())
     load_config(None, BASE)  # the defaults pass every check
 
@@ -44,6 +44,14 @@ def test_engine_deepspeed_refuses_lars():
     assert refused("train.engine=deepspeed", "train.zero_stage=0", "train.precision=bf16").startswith(
         "defaults: train.engine=deepspeed with train.zero_stage=0 and bf16 is not supported")
     load_config(None, BASE + ["train.engine=ddp", "train.optimizer=lars"])  # LARS runs under DDP
+
+
+def test_dataset_type_csv_is_one_local_file():
+    assert refused("data.dataset_type=csv", "data.train_shards=a.csv::b.csv") == \
+        "defaults: 'data.train_shards' 'a.csv::b.csv': a CSV data set (data.dataset_type csv) is one local file"
+    assert refused("data.train_shards=pipe:curl -s http://x/a.csv") == \
+        "defaults: 'data.train_shards' 'pipe:curl -s http://x/a.csv': a CSV data set (data.dataset_type csv) is one local file"
+    assert refused("data.dataset_type=tar").startswith("defaults: 'data.dataset_type' must be one of webdataset, csv, auto")
 
 
 def test_optimizer_adamw_needs_betas_below_one():

@@ -43,19 +43,21 @@ def test_embed_step_runs_at_train_precision(monkeypatch, tmp_path):
     """The step hands train.precision to embed_shards and records it in its settings (a resumed run
     at another precision must re-embed). embed_shards itself is replaced here only to read the
     argument: the real one runs in every pipeline test."""
+    from conftest import write_test_shards
     from mcl_dist.config import Config
+    from mcl_dist.data.webdataset_data import WebDatasetData
     from mcl_dist.run_context import RunContext
     from mcl_dist.steps import embed as embed_step
 
     seen = {}
     monkeypatch.setattr(embed_step, "load_stage_model", lambda ctx, s: {"model": None})
     monkeypatch.setattr(embed_step, "embed_shards", lambda *a, **kw: seen.update(kw) or {})
-    settings = {}
+    settings, data = {}, WebDatasetData(write_test_shards(str(tmp_path / "d"), n_shards=1, per_shard=2)[0])
     for precision in ("fp32", "amp"):
         cfg = Config()
         cfg.train.precision = precision
         step = embed_step.EmbedStep(cfg, stage=1)
-        step.run(RunContext(cfg=cfg, run_dir=str(tmp_path / precision)))
+        step.run(RunContext(cfg=cfg, run_dir=str(tmp_path / precision), data=data))
         assert seen["precision"] == precision
         settings[precision] = step.result_settings()
     assert settings["fp32"] != settings["amp"]

@@ -185,6 +185,7 @@ def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
 
 def test_labels_of_other_shards_name_the_step_to_redo(tmp_path):
     from mcl_dist.config_load import load_config
+    from mcl_dist.data.webdataset_data import WebDatasetData
     from mcl_dist.labels import save_labels
     from mcl_dist.run_context import RunContext
     from mcl_dist.steps import TrainStep
@@ -194,7 +195,7 @@ def test_labels_of_other_shards_name_the_step_to_redo(tmp_path):
     keys = np.array([f"s{i:06d}" for i in range(16)])
     save_labels(str(tmp_path / "stage_1" / "labels.npz"), keys, np.zeros(16), np.zeros((1, 16)), "f" * 64)
     with pytest.raises(DataError) as e:
-        TrainStep(cfg, stage=1).run(RunContext(cfg, str(tmp_path), urls=urls))
+        TrainStep(cfg, stage=1).run(RunContext(cfg, str(tmp_path), data=WebDatasetData("::".join(urls))))
     assert str(e.value).startswith(f"{tmp_path}/stage_1/labels.npz: these labels belong to different shards")
     assert str(e.value).endswith("; recover with --redo stage_1/labels (it recomputes that step and every later one)")
 

@@ -1,8 +1,8 @@
 """Data sources the trainer draws micro-batches from, with the state a checkpoint keeps.
 
-- `StreamSource`: stage 0, sequential webdataset streaming (infinite, seeded, resumable).
-- `PlannedSource`: stages >= 1, the cluster-bucketed plan read through the tar index
-  (`IndexedDataset`, a map-style dataset over a `ShardIndex`).
+- `StreamSource`: stage 0, sequential streaming of the data's units (infinite, seeded, resumable).
+- `PlannedSource`: stages >= 1, the cluster-bucketed plan read through the data's random access
+  (`IndexedDataset`, a map-style dataset over a `ShardIndex` or a CSV's rows).
 
 Every batch carries `meta`, the skip counts `BadSampleMonitor` sums. A stream also reports its
 worker's raw position and the shards the bad samples came from; a planned batch knows only how
@@ -11,7 +11,7 @@ many of its samples failed to decode, so its `meta` holds just that.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class StreamSource:
-    def __init__(self, urls: list[str], decode, *, micro_batch: int, rank: int, world: int, seed: int,
-                 shuffle_buffer: int, workers: int):
-        self.urls, self.decode = urls, decode
+    def __init__(self, urls: Sequence, decode, *, micro_batch: int, rank: int, world: int, seed: int,
+                 shuffle_buffer: int, workers: int, read: Optional[Callable] = None):
+        self.urls, self.decode, self.read = urls, decode, read  # read: the data's reader (ShardStream)
         self.micro_batch, self.rank, self.world, self.seed = micro_batch, rank, world, seed
         self.shuffle_buffer, self.workers = shuffle_buffer, workers
         self.micro = 0  # micro-batches handed out (the DataLoader's round-robin counter)
@@ -42,7 +42,7 @@ class StreamSource:
         n = max(1, self.workers)
         stream = ShardStream(self.urls, self.decode, batch_size=self.micro_batch, rank=self.rank,
                              world=self.world, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
-                             infinite=True, start_positions=self.positions, rotate=self.micro % n)
+                             infinite=True, start_positions=self.positions, rotate=self.micro % n, read=self.read)
         for batch in make_loader(stream, self.workers):
             meta = batch["meta"]
             self.positions[meta["worker"]] = meta["raw_pos"]

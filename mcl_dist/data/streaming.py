@@ -1,7 +1,8 @@
-"""Sequential webdataset streaming for stage 0 training and for embedding (`raw_samples`, the
-tar reader underneath, also reads the evaluation's labelled shards).
+"""Sequential streaming for stage 0 training and for embedding (`raw_samples`, the tar reader
+underneath, also reads the evaluation's labelled shards).
 
-Each (rank, DataLoader worker) pair reads its own slice of the shard list. Bad samples
+Each (rank, DataLoader worker) pair reads its own slice of the shard list (or of any data's
+units: a CSV's rows, read by the `read` the data gives, data/dataset.py). Bad samples
 (corrupt images, missing captions, truncated tars) are skipped; every batch carries the number
 skipped since the previous batch of the same worker, so the trainer can count them without any
 shared state between worker processes.
@@ -17,7 +18,7 @@ import random
 import re
 import zlib
 from collections import Counter
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ def worker_shards(urls: list[str], rank: int, world: int, worker: int, workers: 
     if seed is not None:
         order = np.random.default_rng([seed, epoch]).permutation(len(urls))
     mine = order[rank::world][worker::workers]
-    return [urls[i] for i in mine]
+    return urls[mine] if isinstance(urls, np.ndarray) else [urls[i] for i in mine]
 
 
 def stable_seed(*parts: object) -> int:
@@ -82,10 +83,14 @@ def stable_seed(*parts: object) -> int:
 class ShardStream(IterableDataset):
     """Batches of decoded samples for one rank; see the module docstring for the contract."""
 
-    def __init__(self, urls: list[str], decode: Callable[[dict], dict], *, batch_size: int, rank: int,
+    def __init__(self, urls: Sequence, decode: Callable[[dict], dict], *, batch_size: int, rank: int,
                  world: int, seed: Optional[int], shuffle_buffer: int = 1000, infinite: bool = True,
-                 start_positions: Optional[dict[int, int]] = None, rotate: int = 0):
+                 start_positions: Optional[dict[int, int]] = None, rotate: int = 0,
+                 read: Optional[Callable[[Sequence, ErrorLog], Iterator[dict]]] = None):
+        """`urls`: the units dealt to ranks and workers, tar shards unless `read` (the data's
+        reader, data/dataset.py TrainData.read) says how to read them."""
         self.urls, self.decode, self.batch_size = urls, decode, batch_size
+        self.read = read or raw_samples
         self.rank, self.world, self.seed = rank, world, seed
         self.shuffle_buffer, self.infinite = shuffle_buffer, infinite
         self.start_positions = dict(start_positions or {})
@@ -104,14 +109,14 @@ class ShardStream(IterableDataset):
         epoch = 0
         while True:
             shards = worker_shards(self.urls, self.rank, self.world, logical, workers, self.seed, epoch)
-            stream = raw_samples(shards, errors)
+            stream = self.read(shards, errors)
             if self.seed is not None:
                 rng = random.Random(f"{self.seed}-{self.rank}-{logical}-{epoch}")
                 stream = shuffled(stream, self.shuffle_buffer, rng)
             yield from stream
             yield None
             epoch += 1
-            if not self.infinite or not shards:
+            if not self.infinite or not len(shards):
                 return
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -226,6 +226,17 @@ def keys_fingerprint(shard_list: list[str], keys) -> str:
     return h.hexdigest()
 
 
+def key_lookup(known: np.ndarray, order: np.ndarray, keys: Iterable) -> np.ndarray:
+    """Position in `known` (bytes keys; `order` sorts them) of each key (str or bytes), -1 if absent."""
+    q = np.asarray(keys if isinstance(keys, np.ndarray) else list(keys))
+    if q.dtype.kind == "U":
+        q = np.char.encode(q, "utf-8")
+    if len(known) == 0 or q.size == 0:
+        return np.full(q.shape, -1, np.int64)
+    cand = order[np.minimum(np.searchsorted(known, q, sorter=order), len(known) - 1)]
+    return np.where(known[cand] == q, cand, -1).astype(np.int64)
+
+
 class ShardIndex:
     """All samples of a shard list, in webdataset order, with random access to their bytes."""
 
@@ -278,13 +289,7 @@ class ShardIndex:
 
     def key_to_index(self, keys: Iterable) -> np.ndarray:
         """Sample index of each key (str or bytes), -1 for keys not in the index."""
-        q = np.asarray(keys if isinstance(keys, np.ndarray) else list(keys))
-        if q.dtype.kind == "U":
-            q = np.char.encode(q, "utf-8")
-        if len(self) == 0 or q.size == 0:
-            return np.full(q.shape, -1, np.int64)
-        cand = self._order[np.minimum(np.searchsorted(self.keys, q, sorter=self._order), len(self) - 1)]
-        return np.where(self.keys[cand] == q, cand, -1).astype(np.int64)
+        return key_lookup(self.keys, self._order, keys)
 
     def _fd(self, shard: int) -> int:
         if self._pid != os.getpid():  # forked (DataLoader worker): never share the parent's handles

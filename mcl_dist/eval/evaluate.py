@@ -18,6 +18,7 @@ import logging
 import os
 from typing import Any, Optional, Sequence
 
+from mcl_dist.data.dataset import TrainData
 from mcl_dist.eval.inputs import EvalInputs, has_text
 from mcl_dist.eval.linear_probe import extract_features, knn_accuracy, linear_probe
 from mcl_dist.eval.mmvp import evaluate_mmvp, read_pairs
@@ -79,14 +80,16 @@ def _zero_shot_classes(spec: str) -> dict:
         raise ValueError(f"'eval.zero_shot_classes': neither a file nor valid JSON ({e})") from e
 
 
-def evaluate_model(path: str, cfg: Any, urls: Sequence[str], device: Any = "cpu") -> dict[str, Any]:
+def evaluate_model(path: str, cfg: Any, train: Any, device: Any = "cpu") -> dict[str, Any]:
     """The pipeline's evaluation of one checkpoint (stage or integrated) from the run config:
     zero-shot and probe on `cfg.eval.test_shards` for every `cfg.eval.label_fields`, the probe
-    fitted on the first `probe_max_samples` training samples (`urls`), MMVP on `cfg.eval.mmvp_dir`."""
+    fitted on the first `probe_max_samples` training samples (`train`: shard URLs, or the run's
+    data/dataset.py TrainData, e.g. a CSV whose extra columns hold the label fields), MMVP on
+    `cfg.eval.mmvp_dir`."""
     ev = cfg.eval
     model, preprocess, tokenizer = load_model(path, device=device)
     res = evaluate_loaded(model, preprocess, tokenizer, device=device, batch_size=ev.batch_size,
-                          test_urls=ev.test_shards or None, train_urls=list(urls) or None,
+                          test_urls=ev.test_shards or None, train_urls=train if isinstance(train, TrainData) else (list(train) or None),
                           label_fields=list(ev.label_fields), zero_shot_classes=_zero_shot_classes(ev.zero_shot_classes),
                           probe_max_samples=ev.probe_max_samples, mmvp_dir=ev.mmvp_dir or None,
                           metrics=list(ev.metrics))

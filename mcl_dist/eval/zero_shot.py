@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.decode import BadSample, decode_image
 from mcl_dist.data.shards import expand_urls
 from mcl_dist.data.streaming import ErrorLog, raw_samples
@@ -101,10 +102,15 @@ def iter_image_folder(root: str, classnames: Optional[Sequence[str]] = None) -> 
                     raise ValueError(f"{path}: cannot read image ({e})") from e
 
 
-def _expand(urls: Union[str, Sequence[str]]) -> list[str]:
+def _expand(urls: Union[str, Sequence[str], TrainData]) -> Union[list[str], TrainData]:
     if isinstance(urls, str):
         return expand_urls(urls, key="eval shards")
-    return list(urls)
+    return urls if isinstance(urls, TrainData) else list(urls)
+
+
+def _raw_samples(urls: Union[list[str], TrainData], errors: ErrorLog) -> Iterator[dict]:
+    """Shards' samples, or a training data set's (a CSV's rows) through its own reader."""
+    return urls.raw_samples(errors) if isinstance(urls, TrainData) else raw_samples(urls, errors)
 
 
 CLS = ".cls"  # label "field" meaning the `{key}.cls` member rather than a field of `{key}.json`
@@ -140,7 +146,7 @@ def scan_label_values(urls: Union[str, Sequence[str]], label_field: Optional[str
     return sorted(values, key=lambda v: (not isinstance(v, int), v))
 
 
-def iter_labelled_samples(urls: Union[str, Sequence[str]], fields: Sequence[Optional[str]],
+def iter_labelled_samples(urls: Union[str, Sequence[str], TrainData], fields: Sequence[Optional[str]],
                           image_exts: Sequence[str] = ("jpg", "png", "webp", "jpeg"),
                           max_samples: Optional[int] = None,
                           skipped: Optional[Counter] = None) -> Iterator[tuple[Image.Image, dict]]:
@@ -151,7 +157,7 @@ def iter_labelled_samples(urls: Union[str, Sequence[str]], fields: Sequence[Opti
     errors = ErrorLog()  # damaged tar members are skipped, like training streams do
     skipped = Counter() if skipped is None else skipped
     n = 0
-    for raw in raw_samples(urls, errors):
+    for raw in _raw_samples(urls, errors):
         if max_samples is not None and n >= max_samples:
             break
         try:
@@ -168,7 +174,8 @@ def iter_labelled_samples(urls: Union[str, Sequence[str]], fields: Sequence[Opti
     if errors.damaged:
         skipped["damaged_tar_member"] += sum(errors.damaged.values())
     if skipped:
-        log.warning("%s%s: skipped %s", urls[0], " …" if len(urls) > 1 else "", dict(skipped))
+        where = urls.describe() if isinstance(urls, TrainData) else urls[0] + (" …" if len(urls) > 1 else "")
+        log.warning("%s: skipped %s", where, dict(skipped))
 
 
 def label_indices(raw_labels: Sequence[Any], classnames: Optional[Sequence[str]], where: str,

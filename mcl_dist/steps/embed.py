@@ -1,4 +1,5 @@
-"""stage_s/embed: every rank embeds its own share of the shards with stage s-1's model, once.
+"""stage_s/embed: every rank embeds its own share of the data (shards, CSV rows) with stage s-1's
+model, once.
 
 Writes `stage_s/embed/part<rank>-of<world>.feats.npy` (fp16) and `.keys.npy` (mcl_dist/embed.py
 `part_paths`), each part's own bad-sample counts `.stats.json` (a resumed step adds them up
@@ -39,9 +40,11 @@ class EmbedStep(StageStep):
         remove_stale(out, "part*-of*.*", ctx.info.world_size)
         bundle = load_stage_model(ctx, self.stage - 1)
         c = ctx.cfg
-        return embed_shards(bundle["model"], bundle, ctx.urls, out, mode=c.cluster.embed,
+        data, info = ctx.data, ctx.info
+        return embed_shards(bundle["model"], bundle, data.units, out, mode=c.cluster.embed,
                             batch_size=c.cluster.embed_batch_size, workers=c.data.workers,
                             image_ext=c.data.image_ext, caption_ext=c.data.caption_ext,
                             max_pixels=c.data.max_image_pixels, max_bytes=c.data.max_member_bytes,
                             max_bad_fraction=c.data.max_bad_fraction, precision=c.train.precision,
-                            need_caption=get_objective(c).captions)
+                            need_caption=get_objective(c).captions,
+                            mine=data.embed_share(info.rank, info.world_size), read=data.read)

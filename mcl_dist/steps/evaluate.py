@@ -46,7 +46,7 @@ class EvalStep(Step):
         results: dict[str, Any] = {}
         for i, (name, path) in enumerate(models + [("integrated", integrated_path(ctx.run_dir))]):
             log.info("evaluating %s", name)
-            results[name] = evaluate_model(path, ctx.cfg, ctx.urls, device=ctx.info.device)
+            results[name] = evaluate_model(path, ctx.cfg, ctx.data, device=ctx.info.device)
             if ctx.cfg.debug.kill_at == f"eval:{i + 1}":  # tests: killed half-way through evaluation
                 dist_utils.kill_job_now()
         write_json(results, results_path(ctx.run_dir))

@@ -64,8 +64,8 @@ class IntegrateStep(Step):
             log.info("integration weights (%s): %s", m.integration_weights, weights)
         elif m.integration_weights != "equal":
             bundles = [load_stage_model(ctx, s) for s in range(len(ctx.cfg.stages))]
-            feats = sample_features(bundles, ctx.urls, m.integration_samples, batch_size=ctx.cfg.cluster.embed_batch_size,
-                                    image_ext=ctx.cfg.data.image_ext, device=ctx.info.device)
+            feats = sample_features(bundles, ctx.data.units, m.integration_samples, batch_size=ctx.cfg.cluster.embed_batch_size,
+                                    image_ext=ctx.cfg.data.image_ext, device=ctx.info.device, read=ctx.data.read)
             cka = cka_to_earlier(feats)
             weights = stage_weights(m.integration_weights, cka, m.integration_redundant_cka)
             out.update(cka=cka, weights=weights)

@@ -21,7 +21,6 @@ from mcl_dist import verify
 from mcl_dist.config import ConfigError, micro_batch_size, stage_peak_lr, stage_steps
 from mcl_dist.data import group_cut
 from mcl_dist.data.sampler import EpochPlan
-from mcl_dist.data.shards import count_samples
 from mcl_dist.data.sources import PlannedSource, StreamSource
 from mcl_dist.data.streaming import cap_workers
 from mcl_dist.files import save_torch
@@ -43,6 +42,9 @@ TENSORBOARD = importlib.util.find_spec("tensorboard") is not None  # the optiona
 # records them itself)
 NOT_RESULTS = {"log_every", "checkpoint_every", "keep_checkpoints", "workers", "index_dir", "embed_batch_size",
                "report_to", "max_dropped_share", "integration", "integration_weights", "integration_redundant_cka", "integration_samples"}
+# how the training data is read: the run's data fingerprint (the data's identity()) covers it, and
+# runs made before these settings existed keep their fingerprints
+DATA_SOURCE = {"dataset_type", "csv_img_key", "csv_caption_key", "csv_separator"}
 
 
 def results_only(section: Any) -> dict:
@@ -69,15 +71,15 @@ def init_weights(ctx: RunContext, s: int) -> dict[str, Any]:
 
 
 def stream_source(ctx: RunContext, decoder) -> tuple[StreamSource, int]:
-    """Stage 0's source: the shards streamed in a shuffled order, every rank its own share."""
-    c, info, world = ctx.cfg, ctx.info, ctx.info.world_size
-    workers = cap_workers(len(ctx.urls), world, c.data.workers)
+    """Stage 0's source: the data's units (shards, rows) streamed in a shuffled order, every rank its own share."""
+    c, info, world, data = ctx.cfg, ctx.info, ctx.info.world_size, ctx.data
+    workers = cap_workers(len(data.units), world, c.data.workers)
     if workers < c.data.workers and info.is_main:
-        log.warning("data.workers=%d lowered to %d: %d shards cannot feed %d ranks x %d workers",
-                    c.data.workers, workers, len(ctx.urls), world, c.data.workers)
-    source = StreamSource(ctx.urls, decoder, micro_batch=micro_batch_size(c, world), rank=info.rank, world=world,
-                          seed=c.train.seed, shuffle_buffer=c.data.shuffle_buffer, workers=workers)
-    num_samples = c.data.num_samples or count_samples(ctx.urls)
+        log.warning("data.workers=%d lowered to %d: %d %ss cannot feed %d ranks x %d workers",
+                    c.data.workers, workers, len(data.units), data.unit, world, c.data.workers)
+    source = StreamSource(data.units, decoder, micro_batch=micro_batch_size(c, world), rank=info.rank, world=world,
+                          seed=c.train.seed, shuffle_buffer=c.data.shuffle_buffer, workers=workers, read=data.read)
+    num_samples = c.data.num_samples or data.num_samples()
     total = stage_steps(c, 0, num_samples)
     if info.is_main:
         log.info("stage 0: %d steps of %d samples (%d samples per epoch, %d ranks, %d workers each)",
@@ -124,7 +126,8 @@ class TrainStep(StageStep):
 
     def result_settings(self) -> dict:
         c = self.cfg
-        return {"data_cfg": results_only(c.data), "model": results_only(c.model), "train": results_only(c.train),
+        data_cfg = {k: v for k, v in results_only(c.data).items() if k not in DATA_SOURCE}
+        return {"data_cfg": data_cfg, "model": results_only(c.model), "train": results_only(c.train),
                 "stage": results_only(c.stages[self.stage]), "files": verify.model_files(c)}  # named files by content
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
@@ -140,7 +143,7 @@ class TrainStep(StageStep):
         if self.pretrained:
             return f"pretrained '{self.cfg.stages[0].pretrained}' taken as stage 0 (no training)"
         t, st = self.cfg.train, self.cfg.stages[self.stage]
-        how = "streamed shards" if self.stage == 0 else "the cluster plan's batches"
+        how = "streamed data" if self.stage == 0 else "the cluster plan's batches"
         steps = st.max_steps if st.max_steps is not None else t.max_steps
         length = f"{steps} steps" if steps else f"{st.epochs if st.epochs is not None else t.epochs:g} epochs"
         warm = f"{t.warmup_share:g} of the stage" if t.warmup_share > 0 else f"{t.warmup_steps} steps"
