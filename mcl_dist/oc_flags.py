@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import os
 import typing
 from typing import Any, Callable, Optional
@@ -45,7 +46,11 @@ FLAGS: dict[str, tuple[str, Any]] = {
     "--lock-image-unlocked-groups": ("model.lock_image_unlocked_groups", int),
     "--force-quick-gelu": ("model.force_quick_gelu", None),
     "--grad-checkpointing": ("model.grad_checkpointing", None),
-    "--train-data": ("data.train_shards", str),  # webdataset shards (img2dataset --output_format webdataset)
+    "--train-data": ("data.train_shards", str),  # webdataset shards (img2dataset --output_format webdataset) or a CSV
+    "--dataset-type": ("data.dataset_type", str),  # webdataset | csv | auto (data/dataset_types.py)
+    "--csv-img-key": ("data.csv_img_key", str),
+    "--csv-caption-key": ("data.csv_caption_key", str),
+    "--csv-separator": ("data.csv_separator", str),  # quoted for YAML: a tab, "," or "|" stay themselves
     "--train-num-samples": ("data.num_samples", int),
     "--model": ("model.name", str),
     "--pretrained": ("model.pretrained", str),
@@ -56,8 +61,6 @@ INSTEAD: dict[str, str] = {
     "--MCL-label-path": "drop it: every stage's labels come from the run's own k-means (stages.N.k)",
     "--zeroshot-frequency": "drop it: every stage is evaluated when it ends (eval.enabled, eval.test_shards, "
                             "eval.zero_shot_classes)",
-    "--dataset-type": "drop it: --train-data (data.train_shards) reads webdataset shards "
-                      "(img2dataset --output_format webdataset)",
     "--ddp-static-graph": "drop it: DDP's static-graph speed-up is not exposed (it does not change results)",
     "--val-data": "drop it: eval.test_shards takes labelled shards for zero-shot and linear probe",
     "--imagenet-val": "drop it: eval.test_shards with eval.zero_shot_classes scores zero-shot",
@@ -102,6 +105,8 @@ def to_overrides(ns: argparse.Namespace, world_size: int, accum_freq: Callable[[
                         f"train.accum_freq {accum})")
             out.append(f"{key}={value}")
             continue
+        elif flag == "--csv-separator":
+            value = json.dumps(raw)  # a YAML double-quoted string: the override parser reads it back as is
         elif tp is str:
             value = PRECISIONS.get(raw, raw) if flag == "--precision" else raw
         else:

@@ -10,7 +10,9 @@ import pytest
 from conftest import ROOT
 from mcl_dist.config import ConfigError
 from mcl_dist.config_load import load_config
+from mcl_dist.data.csv_data import separator
 from mcl_dist.launcher import parse, resolve
+from mcl_dist.oc_flags import to_overrides
 
 DEMO = os.path.join(ROOT, "configs/demo.yaml")
 
@@ -117,7 +119,7 @@ PUBLIC = ["--train-data", "SHARDS", "--batch-size", "1000", "--precision", "amp"
           "--model", "ViT-L-14", "--force-quick-gelu", "--report-to", "tensorboard", "--zeroshot-frequency", "1",
           "--dataset-type", "files", "--ddp-static-graph", "--gather-with-grad", "--lock-text", "--lr-scheduler",
           "const", "--warmup", "600", "--lock-image", "--lock-image-unlocked-groups", "6"]
-DROP = ("--MCL-label-path", "--zeroshot-frequency", "--dataset-type", "--ddp-static-graph")
+DROP = ("--MCL-label-path", "--zeroshot-frequency", "--ddp-static-graph")
 
 
 def test_the_public_command_names_every_unmapped_flag_at_once_then_runs(tmp_path):
@@ -130,12 +132,12 @@ def test_the_public_command_names_every_unmapped_flag_at_once_then_runs(tmp_path
     with pytest.raises(ConfigError) as e:
         resolve(parse(base + argv))
     msg = str(e.value)
-    assert msg.startswith("command line: 4 flags have no mapping here: ") and "\n" not in msg
+    assert msg.startswith("command line: 3 flags have no mapping here: ") and "\n" not in msg
     for flag in DROP:  # each named once, with what to do instead
         assert msg.count(flag + " ") == 1 and f"{flag} has no mapping here; drop it: " in msg
     mapped = [a for a in argv if a.startswith("--") and a not in DROP]  # named only as replacements, never refused
     assert not any(f"{flag} has no mapping" in msg or f"unknown flag {flag}" in msg for flag in mapped)
-    keep, skip = [], False  # the command without the four (and their values)
+    keep, skip = [], False  # the command without the three (and their values)
     for a in argv:
         if skip:
             skip = False
@@ -143,8 +145,27 @@ def test_the_public_command_names_every_unmapped_flag_at_once_then_runs(tmp_path
             skip = a != "--ddp-static-graph"
         else:
             keep.append(a)
+    # --dataset-type is mapped; the public code's own type `files` is none of open_clip's
+    _, overrides = resolve(parse(base + keep))
+    with pytest.raises(ConfigError, match="'data.dataset_type' must be one of webdataset, csv, auto, got 'files'"):
+        load_config(paper, overrides)
+    keep[keep.index("files")] = "webdataset"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch/pretrain.py"), *base, *keep],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "--model ViT-L-14 -> model.name=ViT-L-14" in proc.stdout
     assert f"--train-data {shards} -> data.train_shards={shards}" in proc.stdout
+
+
+def test_csv_flags_set_the_csv_source(tmp_path):
+    """open_clip_train's CSV flags: --dataset-type csv, the two column names and the separator
+    (a tab typed as \\t, or any character, YAML-special ones included)."""
+    ns = parse(["--config", "c.yaml", "--dataset-type", "csv", "--csv-img-key", "path", "--csv-caption-key", "text",
+                "--csv-separator", "\\t"])
+    overrides, told = to_overrides(ns, 1, lambda: 1)
+    cfg = load_config(None, ["data.synthetic=true"] + overrides)
+    assert (cfg.data.dataset_type, cfg.data.csv_img_key, cfg.data.csv_caption_key) == ("csv", "path", "text")
+    assert separator(cfg.data.csv_separator) == "\t"
+    for sep in ("|", ",", "\t", ":"):
+        overrides, _ = to_overrides(parse(["--config", "c.yaml", "--csv-separator", sep]), 1, lambda: 1)
+        assert load_config(None, ["data.synthetic=true"] + overrides).data.csv_separator == sep
