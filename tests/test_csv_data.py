@@ -189,3 +189,14 @@ def test_csv_data_check_counts_oversized_images(tmp_path, data_dir):
     with pytest.raises(DataError, match=r"2 of 12 rows are unusable \({'too_large': 2}; the first is row 5\): "
                                         r"> data.max_bad_fraction=10.0%"):
         data.check_samples(data.index(""), cfg.data, need_caption=True)
+
+
+def test_unreadable_image_is_a_bad_sample(tmp_path, data_dir):
+    """An image removed after the CSV was checked: counted and skipped, the stream goes on."""
+    csv_path = shards_to_csv(data_dir[0][:1], str(tmp_path))  # 12 rows
+    data = CsvData(CsvTable(csv_path))
+    os.remove(os.path.join(tmp_path, "images", "s000002.png"))
+    keys, bad, reasons, _, _ = collect(ShardStream(data.units, decode, batch_size=4, rank=0, world=1, seed=None,
+                                                   infinite=False, read=data.read))
+    assert bad == 1 and reasons == {"unreadable_image": 1}
+    assert len(keys) == 11 and "00000002" not in keys
