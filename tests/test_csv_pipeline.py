@@ -3,6 +3,7 @@ torchrun: 2 gloo ranks, tiny ViT, the demo's synthetic images written as files p
 stages. The same invariants as on shards (tests/test_pipeline.py): every row embedded exactly
 once, same-label groups in the planned stage's batches, the evaluation and the report written,
 and a second launch skipping every step (the CSV's fingerprint is stable)."""
+import fnmatch
 import glob
 import json
 import os
@@ -90,6 +91,29 @@ def test_rerun_skips_every_step(finished):
     cfg, run_dir, _, _ = finished
     out = torchrun(["launch/pretrain.py", "--config", cfg, "--run-dir", str(run_dir)])
     assert out.stderr.count("done already, skipped") == 8
+
+
+def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
+    """As on shards (test_pipeline.py): every file under a planned path, every planned path there
+    (a CSV run plans no tar index), and --dry-run prints the same paths."""
+    from braceexpand import braceexpand
+
+    from mcl_dist.config_load import load_config
+    from mcl_dist.dry_run import dry_run
+    from mcl_dist.steps import plan_steps, run_files
+
+    cfg_path, run_dir, _, _ = finished
+    cfg = load_config(cfg_path)
+    planned = run_files(cfg, str(run_dir)) + [p for st in plan_steps(cfg, 2) for p in st.outputs(str(run_dir), 2)]
+    expanded = [p for pattern in planned for p in braceexpand(pattern)]
+    found = sorted(os.path.join(d, f) for d, _, fs in os.walk(run_dir) for f in fs)
+    covered = [f for f in found if any(f.startswith(p) if p.endswith("/") else fnmatch.fnmatch(f, p) for p in expanded)]
+    assert covered == found
+    assert [p for p in expanded if "*" not in p and not os.path.exists(p)] == []
+    assert dry_run(cfg_path, str(run_dir), [], world=2) == 0
+    out = capsys.readouterr().out
+    assert f"data: {N_TRAIN} rows, {N_TRAIN} samples per epoch (rows of " in out
+    assert [line.strip() for line in out.split("paths written:\n", 1)[1].splitlines()] == planned
 
 
 def test_cluster_inspector_reads_the_csv_rows(finished):

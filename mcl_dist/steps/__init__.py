@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from mcl_dist.config import Config
+from mcl_dist.data.dataset_types import resolve_type
 from mcl_dist.data_report import NAME as DATA_REPORT
 from mcl_dist.run_context import index_dir
 from mcl_dist.steps.base import Step
@@ -55,11 +56,12 @@ def run_files(cfg: Config, run_dir: str) -> list[str]:
     """What the run writes outside its steps: the resolved config, the manifest, the data check (local
     shards), the account of unusable samples (data_report.json: the data check's, training's,
     embedding's and evaluation's entries in one file, so no step's recorded outputs, whose checksums a
-    later step's entry would change) and the tar index cache (stages >= 1 only). The run's lock
+    later step's entry would change) and the tar index cache (stages >= 1 on tar shards; a CSV needs
+    none). The run's lock
     (run.lock) and the ranks' sync markers (.sync/) live only while a launch runs (rundir.release)."""
     j = os.path.join
     out = [j(run_dir, "config.yaml"), j(run_dir, "manifest.json"), j(run_dir, "data_check.json"),
            j(run_dir, DATA_REPORT)]
-    if len(cfg.stages) > 1:
+    if len(cfg.stages) > 1 and resolve_type(cfg) == "webdataset":
         out.append(j(index_dir(cfg, run_dir), ""))
     return out
