@@ -113,3 +113,17 @@ def test_the_package_never_imports_the_tools():
     bad = sorted((os.path.relpath(p, ROOT), m) for p in modules().values()
                  for m in tool_imports(p, tools))
     assert bad == []
+
+
+def test_no_tool_only_re_exports_a_package_entry_point():
+    """A command has one name (`mcl-X` / `python -m mcl_dist...`); a tools/ copy of it is a second."""
+    thin = []
+    for f in sorted(os.listdir(os.path.join(ROOT, "tools"))):
+        if f.endswith(".py"):
+            body = [n for n in ast.parse(open(os.path.join(ROOT, "tools", f)).read()).body
+                    if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]  # the docstring
+            froms = [n for n in body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("mcl_dist")]
+            defs = [n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Assign))]
+            if froms and not defs and len(body) <= 3:
+                thin.append(f)
+    assert thin == []
