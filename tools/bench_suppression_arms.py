@@ -128,7 +128,7 @@ def family_specs(family: str, simclr: bool = False) -> tuple:
     if family == "C":
         from mcl_dist.synthetic_dials import DialSpec
         return ("main", DialSpec()), ("no_easy_pos", DialSpec(no_easy=True))
-    from bench_suppression_report import FAMILY_ATTRS
+    from bench_suppression_families import FAMILY_ATTRS
     fa = FAMILY_ATTRS["A"]
     return (("main", SyntheticSpec()), ("no_easy", SyntheticSpec(no_easy=True)) if simclr else
             ("no_easy_pos", SyntheticSpec(easy=tuple(fa["easy"]), hard=tuple(fa["hard"]), no_easy=True)))
