@@ -16,7 +16,8 @@ from typing import Callable
 from mcl_dist import distributed as dist_utils
 from mcl_dist import data_report, files, rundir, verify
 from mcl_dist.config import Config, ConfigError, default_run_dir, save_config
-from mcl_dist.config_load import check_world, load_config
+from mcl_dist.config_load import check_k, check_world, load_config
+from mcl_dist.config_sources import sources_of
 from mcl_dist.data.preflight import DataError, check_index, check_shard_count
 from mcl_dist.data.shards import expand_urls, is_local, local_path
 from mcl_dist.manifest import Manifest, fingerprint
@@ -161,6 +162,7 @@ class Pipeline:
             stats = check_index(index, image_exts=c.data.image_ext, caption_ext=c.data.caption_ext,
                                 need_caption=get_objective(c).captions, max_member_bytes=c.data.max_member_bytes,
                                 max_bad_fraction=c.data.max_bad_fraction)
+            check_k(c, stats["usable"], "usable samples in the shards", sources_of(c, "config"))
         except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
             return {"error": str(e)}
         files.write_json(stats, os.path.join(self.run_dir, "data_check.json"))
