@@ -176,10 +176,13 @@ class StageTrainer:
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", sps=f"{last['samples_per_s']:.0f}")
                 t_last, samples_since = now, 0
             bar.update(1)
-            if done % self.cfg.train.checkpoint_every == 0 or done == total:
+            # tests: debug.kill_at=STAGE/train:N dies right after step N, with step N's checkpoint saved
+            # (not at the next checkpoint_every boundary, which stopped :25 after step 40)
+            kill = done == self.spec.kill_after_step
+            if done % self.cfg.train.checkpoint_every == 0 or done == total or kill:
                 self._save(done)
-                if self.spec.kill_after_step and done >= self.spec.kill_after_step:
-                    dist_utils.kill_launcher()
+            if kill:
+                dist_utils.kill_launcher()
         bar.close()
         total = self.monitor.merge(dist_utils.all_gather_object(self.monitor.summary()))
         if self.info.is_main:
