@@ -2,7 +2,9 @@
 later stages draw the batches the cluster-bucketed planner makes from the stage's labels.
 
 Writes `stage_s/checkpoints/step_*.pt` (the last few), `metrics.jsonl`, `tb/`, `batches/`
-(debug.log_batches) and the stage checkpoint `checkpoint.pt` (open_clip-loadable).
+(debug.log_batches), the stage checkpoint `checkpoint.pt` (open_clip's 'state_dict' layout, read by
+mcl_dist and by resume) and, for open_clip objectives, the same weights as the local-dir folder
+`open_clip/` that open_clip builds exactly as trained, QuickGELU included (mcl_dist/open_clip_dir.py).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist import verify
+from mcl_dist import open_clip_dir, verify
 from mcl_dist.config import ConfigError, micro_batch_size, stage_peak_lr, stage_steps
 from mcl_dist.data import group_cut
 from mcl_dist.data.sampler import EpochPlan
@@ -134,7 +136,10 @@ class TrainStep(StageStep):
             out.append(os.path.join(d, "tb", ""))
         if self.cfg.debug.log_batches and not self.pretrained:
             out.append(os.path.join(d, "batches", "rank*.jsonl"))
-        return out + [os.path.join(d, "checkpoint.pt")]
+        out.append(os.path.join(d, "checkpoint.pt"))
+        if get_objective(self.cfg).open_clip_folder:
+            out.append(os.path.join(open_clip_dir.stage_folder(d), ""))
+        return out
 
     def describe(self, world: int) -> str:
         if self.pretrained:
@@ -177,6 +182,9 @@ class TrainStep(StageStep):
             if s > 0:
                 result["plan"] = plan
         if info.is_main:
-            save_torch(stage_checkpoint(bundle["model"], bundle["name"], bundle["config"], stage=s), out_path)
+            ck = stage_checkpoint(bundle["model"], bundle["name"], bundle["config"], stage=s)
+            save_torch(ck, out_path)
+            if get_objective(c).open_clip_folder:  # loads with plain open_clip exactly as trained
+                open_clip_dir.write_stage(open_clip_dir.stage_folder(ctx.stage_dir(s)), ck, bundle["model"])
         dist_utils.barrier()
         return result
