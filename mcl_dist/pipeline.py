@@ -227,15 +227,20 @@ def run_pipeline(config_path: str, run_dir: str | None, overrides: list[str], re
     check_world(cfg, info.world_size, config_path)
     run_dir = run_dir or cfg.run_dir or default_run_dir(config_path)
     cfg.run_dir = run_dir
-    lock = ""
+    lock, finished = "", False
     try:
         lock = _lock_run_dir(run_dir)
         pipe = Pipeline(cfg, run_dir, redo=redo)
         if info.is_main:
             log.info("run directory: %s (%d shards, world size %d, device %s)", run_dir, len(pipe.urls),
                      info.world_size, info.device)
-        return pipe.run()
+        code = pipe.run()
+        finished = True
+        return code
     finally:
         if lock:
             rundir.release(lock)
-        dist_utils.destroy()
+        if finished or not dist_utils.is_distributed():
+            # after a failure the launcher prints the error and ends the process (launcher.report);
+            # destroying the group first could wait on a rank still inside a collective (NCCL)
+            dist_utils.destroy()

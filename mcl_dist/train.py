@@ -141,9 +141,10 @@ class StageTrainer:
     def _check_bad_samples(self) -> dict:
         """Sum the counts over ranks with one small all-reduce; gather the per-shard details
         (a pickled all_gather) only when the share is over the limit and a message is due."""
-        counts = torch.tensor([float(self.monitor.seen), float(self.monitor.bad)], device=dist_utils.comm_device())
-        seen, bad = dist_utils.all_reduce_sum(counts).tolist()
-        total = {"seen": int(seen), "bad": int(bad)}
+        m = self.monitor
+        counts = torch.tensor([float(m.seen), float(m.bad), float(m.lost)], device=dist_utils.comm_device())
+        seen, bad, lost = dist_utils.all_reduce_sum(counts).tolist()
+        total = {"seen": int(seen), "bad": int(bad), "lost": int(lost)}
         if self.monitor.check({**total, "shards": None, "damaged": None, "reasons": {}}, counts_only=True):
             total = self.monitor.merge(dist_utils.all_gather_object(self.monitor.summary()))
             raise TrainingError(f"stage {self.spec.stage}: {self.monitor.check(total)}")
