@@ -20,6 +20,7 @@ import torch
 
 from mcl_dist import distributed as mdist
 from mcl_dist.config import Config, ConfigError
+from mcl_dist.config_sources import blame
 from mcl_dist.kmeans import KMeansResult, kmeans
 from mcl_dist.registry import Choice
 
@@ -28,9 +29,11 @@ def _check_spread(cfg: Config, where: str) -> None:
     c = cfg.cluster
     ks = c.k_candidates
     if len(ks) < 2 or any(type(k) is not int or k < 2 for k in ks) or list(ks) != sorted(set(ks)):
-        raise ConfigError(f"{where}: 'cluster.k_candidates' must be two or more increasing ints >= 2, got {ks}")
+        raise ConfigError(f"{blame(where, 'cluster.k_candidates')}: 'cluster.k_candidates' must be two or more "
+                          f"increasing ints >= 2, got {ks}")
     if not 0.0 < c.k_min_gain < 1.0:
-        raise ConfigError(f"{where}: 'cluster.k_min_gain' must be in (0, 1), got {c.k_min_gain}")
+        raise ConfigError(f"{blame(where, 'cluster.k_min_gain')}: 'cluster.k_min_gain' must be in (0, 1), "
+                          f"got {c.k_min_gain}")
 
 
 K_RULES = {"spread": Choice(check=_check_spread)}

@@ -200,7 +200,7 @@ class DistConfig:
 class DebugConfig:
     log_batches: bool = False  # write <run_dir>/stage_<s>/batches/rank<r>.jsonl
     # tests: SIGKILL the launcher at a point, e.g. "stage_1/kmeans" (its work done, not yet
-    # recorded) or "stage_1/train:3" (right after step 3's checkpoint)
+    # recorded) or "stage_1/train:3" (right after step 3, its checkpoint saved)
     kill_at: str = ""
 
 

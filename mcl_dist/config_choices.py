@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from mcl_dist.auto_k import K_RULES
 from mcl_dist.config import Config
+from mcl_dist.config_sources import blame
 from mcl_dist.data.dataset_types import CHOICES as DATASET_TYPES
 from mcl_dist.engine import ENGINES
 from mcl_dist.eval import registry as eval_registry
@@ -42,8 +43,8 @@ def check_choices(cfg: Config, where: str) -> None:
     """Each named choice exists, then each chosen entry checks the settings it depends on."""
     for key, registry in REGISTRIES.items():
         if chosen(cfg, key) not in registry:
-            raise unknown_choice(key, chosen(cfg, key), registry, where)
+            raise unknown_choice(key, chosen(cfg, key), registry, blame(where, key))
     for key, registry in REGISTRIES.items():
         registry[chosen(cfg, key)].check(cfg, where)
     eval_registry.validate(cfg, where, captions=OBJECTIVES[cfg.objective].captions)
-    parse_report_to(cfg.train.report_to, where)
+    parse_report_to(cfg.train.report_to, blame(where, "train.report_to"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from typing import Any
@@ -16,6 +17,7 @@ import yaml
 
 from mcl_dist.config import Config, ConfigError, StageConfig, micro_batch_size
 from mcl_dist.config_choices import check_choices
+from mcl_dist.config_sources import Sources, attach, blame, sources_of
 from mcl_dist.data.sampler import group_layout
 from mcl_dist.key_synonyms import suggest
 from mcl_dist.registry import unknown_choice
@@ -63,39 +65,50 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is list and isinstance(value, (list, tuple)):
+        for item in value:
+            _check_finite(item, key, where)
         return list(value)
     if tp in (bool, int, float, str) and type(value) is tp:
+        _check_finite(value, key, where)
         return value
     name = getattr(tp, "__name__", str(tp))
     raise ConfigError(f"{where}: '{key}' must be {name}, got {type(value).__name__} {value!r}")
+
+
+def _check_finite(value: Any, key: str, where: str) -> None:
+    """YAML reads .nan and .inf (and an override nan or inf) as floats; no setting means either, and
+    a NaN learning rate would train NaN weights without a word."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: '{key}' must be a finite number, got {value}")
 
 
 def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {raw!r}")
+        raise ConfigError(f"{blame(where, prefix.rstrip('.'))}: '{prefix.rstrip('.') or 'top level'}' must be a "
+                          f"mapping, got {raw!r}")
     hints = _hints(cls)
     obj = cls()
     for name, value in raw.items():
         key = f"{prefix}{name}"
         if name not in hints:
             valid = [f"{prefix}{k}" for k in hints]
-            raise _unknown(key, valid, where)
+            raise _unknown(key, valid, blame(where, key))
         tp = hints[name]
         if _is_dataclass_type(tp):
             value = _build(tp, value, key + ".", where)
         elif name == "stages" and cls is Config:
             value = _build_stages(value, where)
         else:
-            value = _coerce(value, tp, key, where)
+            value = _coerce(value, tp, key, blame(where, key))
         setattr(obj, name, value)
     return obj
 
 
 def _build_stages(raw: Any, where: str) -> list:
     if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"{where}: 'stages' must be a non-empty list of stage settings")
+        raise ConfigError(f"{blame(where, 'stages')}: 'stages' must be a non-empty list of stage settings")
     return [_build(StageConfig, item, f"stages.{i}.", where) for i, item in enumerate(raw)]
 
 
@@ -180,7 +193,7 @@ def _looks_float(text: str) -> bool:
 
 def load_config(path: str | None, overrides: list[str] = ()) -> Config:
     raw: dict = {}
-    where = path or "defaults"
+    where = Sources(path or "defaults")  # what an error blames: the file, or the override or flag that set the key
     if path:
         if not os.path.exists(path):
             raise ConfigError(f"{path}: config file not found")
@@ -191,14 +204,16 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
                 raise ConfigError(f"{path}: not valid YAML ({e})") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
-    for key, value in parse_overrides(list(overrides)):
+    for item, (key, value) in zip(overrides, parse_overrides(list(overrides))):
         tp = _check_key(key)
-        if tp is not None:  # a bad value is the command line's fault, not the YAML file's
-            value = _coerce(value, tp, key, f"command-line override '{key}={value}'")
+        where.set(key, item)  # a bad value is the command line's fault (or its flag's), not the YAML file's
+        if tp is not None:
+            value = _coerce(value, tp, key, where.of(key))
         _set_dotted(raw, key, value, f"override '{key}'")
     _check_one_model(raw.get("model"), where)
     cfg = _build(Config, raw, "", where)
     validate(cfg, where)
+    attach(cfg, where)
     return cfg
 
 
@@ -209,8 +224,9 @@ def _check_one_model(model: Any, where: str) -> None:
         return
     stem = os.path.splitext(os.path.basename(str(model["config_file"])))[0]
     if str(model["name"]) != stem:
-        raise ConfigError(f"{where}: model.name '{model['name']}' and model.config_file {model['config_file']} "
-                          f"(model '{stem}') name two models; to train '{model['name']}' also set "
+        given = [blame(where, k) for k in ("model.name", "model.config_file") if blame(where, k) != str(where)]
+        raise ConfigError(f"{given[-1] if given else where}: model.name '{model['name']}' and model.config_file "
+                          f"{model['config_file']} (model '{stem}') name two models; to train '{model['name']}' also set "
                           f"model.config_file= (empty), or drop model.name")
 
 
@@ -230,7 +246,7 @@ def validate(cfg: Config, where: str = "config") -> None:
     }
     for key, value in positive.items():
         if value <= 0:
-            raise ConfigError(f"{where}: '{key}' must be positive, got {value}")
+            raise ConfigError(f"{blame(where, key)}: '{key}' must be positive, got {value}")
     nonneg = {"train.epochs": t.epochs, "train.max_steps": t.max_steps, "train.lr": t.lr,
               "train.wd": t.wd, "train.warmup_steps": t.warmup_steps,
               "train.grad_clip_norm": t.grad_clip_norm, "data.workers": cfg.data.workers,
@@ -238,45 +254,79 @@ def validate(cfg: Config, where: str = "config") -> None:
               "data.max_image_pixels": cfg.data.max_image_pixels, "data.max_member_bytes": cfg.data.max_member_bytes}
     for key, value in nonneg.items():
         if value < 0:
-            raise ConfigError(f"{where}: '{key}' must be >= 0, got {value}")
+            raise ConfigError(f"{blame(where, key)}: '{key}' must be >= 0, got {value}")
+    check_whole_epochs(cfg, where)
     if not 0.0 <= t.warmup_share < 1.0:
-        raise ConfigError(f"{where}: 'train.warmup_share' must be in [0, 1), got {t.warmup_share}")
+        raise ConfigError(f"{blame(where, 'train.warmup_share')}: 'train.warmup_share' must be in [0, 1), "
+                          f"got {t.warmup_share}")
     if cfg.data.cache_decoded and cfg.data.augment:
-        raise ConfigError(f"{where}: 'data.cache_decoded' needs 'data.augment' false (an augmented sample "
-                          f"differs every epoch, a cached one would not)")
+        raise ConfigError(f"{blame(where, 'data.cache_decoded', 'data.augment')}: 'data.cache_decoded' needs "
+                          f"'data.augment' false (an augmented sample differs every epoch, a cached one would not)")
     if not 0.0 <= t.max_dropped_share <= 1.0:
-        raise ConfigError(f"{where}: 'train.max_dropped_share' must be in [0, 1], got {t.max_dropped_share}")
+        raise ConfigError(f"{blame(where, 'train.max_dropped_share')}: 'train.max_dropped_share' must be in [0, 1], "
+                          f"got {t.max_dropped_share}")
     if not 0.0 <= cfg.data.max_bad_fraction <= 1.0:
-        raise ConfigError(f"{where}: 'data.max_bad_fraction' must be in [0, 1], got {cfg.data.max_bad_fraction}")
+        raise ConfigError(f"{blame(where, 'data.max_bad_fraction')}: 'data.max_bad_fraction' must be in [0, 1], "
+                          f"got {cfg.data.max_bad_fraction}")
     if t.global_batch_size % t.accum_freq:
-        raise ConfigError(f"{where}: 'train.global_batch_size' ({t.global_batch_size}) must be divisible by "
-                          f"'train.accum_freq' ({t.accum_freq})")
+        raise ConfigError(f"{blame(where, 'train.global_batch_size', 'train.accum_freq')}: 'train.global_batch_size' "
+                          f"({t.global_batch_size}) must be divisible by 'train.accum_freq' ({t.accum_freq})")
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         targets = cfg.stages if section == "stages" else [getattr(cfg, section)]
         for i, obj in enumerate(targets):
             if getattr(obj, name) not in choices:
                 label = f"stages.{i}.{name}" if section == "stages" else key
-                raise unknown_choice(label, getattr(obj, name), choices, where)
+                raise unknown_choice(label, getattr(obj, name), choices, blame(where, label))
     check_choices(cfg, where)
     for i, st in enumerate(cfg.stages):
         if i >= 1 and st.k != "auto" and (type(st.k) is not int or st.k < 2):
-            raise ConfigError(f"{where}: 'stages.{i}.k' must be an int >= 2 or 'auto', got {st.k!r}")
+            raise ConfigError(f"{blame(where, f'stages.{i}.k')}: 'stages.{i}.k' must be an int >= 2 or 'auto', "
+                              f"got {st.k!r}")
         if i >= 1 and st.group_size < 2:
-            raise ConfigError(f"{where}: 'stages.{i}.group_size' must be >= 2 (a sample needs a negative), got {st.group_size}")
+            raise ConfigError(f"{blame(where, f'stages.{i}.group_size')}: 'stages.{i}.group_size' must be >= 2 (a sample "
+                              f"needs a negative), got {st.group_size}")
         if i >= 1 and st.pretrained:
-            raise ConfigError(f"{where}: 'stages.{i}.pretrained' is only valid for stage 0")
+            raise ConfigError(f"{blame(where, f'stages.{i}.pretrained')}: 'stages.{i}.pretrained' is only valid for "
+                              f"stage 0")
     if not cfg.data.train_shards and not cfg.data.synthetic:
-        raise ConfigError(f"{where}: 'data.train_shards' is empty; give shard URLs (or a CSV file) or set "
-                          f"data.synthetic=true")
+        raise ConfigError(f"{blame(where, 'data.train_shards')}: 'data.train_shards' is empty; give shard URLs (or a "
+                          f"CSV file) or set data.synthetic=true")
+    if cfg.data.synthetic and not cfg.data.train_shards:  # the demo's data: its size is a setting
+        check_k(cfg, cfg.data.synthetic_train, "data.synthetic_train", where)
+
+
+def check_whole_epochs(cfg: Config, where: str) -> None:
+    """A stage trains whole epochs (or train.max_steps steps). Stages >= 1 plan their cluster-bucketed
+    batches afresh every epoch, so a fractional last epoch would train a random part of the label
+    groups and leave the others' samples seen once fewer; open_clip_train's --epochs is a whole
+    number too. Part of an epoch is said exactly in steps: train.max_steps / stages.N.max_steps."""
+    given = [("train.epochs", cfg.train.epochs)] + [(f"stages.{i}.epochs", st.epochs) for i, st in enumerate(cfg.stages)]
+    for key, epochs in given:
+        if epochs is not None and epochs != int(epochs):
+            raise ConfigError(f"{blame(where, key)}: '{key}' must be a whole number of epochs, got {epochs:g}; for part "
+                              f"of an epoch set the steps instead ({key.rsplit('.', 1)[0]}.max_steps; the dry run "
+                              f"prints the steps of one epoch)")
+
+
+def check_k(cfg: Config, samples: int, counted: str, where: str) -> None:
+    """k-means needs at least one sample per cluster. Refused where the count is first known: at load
+    for the synthetic data (data.synthetic_train), by the dry run from the counted shards, and by the
+    run's data check from the shards' index, before stage 0 trains."""
+    for i, st in enumerate(cfg.stages[1:], start=1):
+        if st.k != "auto" and st.k > samples:
+            key = f"stages.{i}.k"
+            raise ConfigError(f"{blame(where, key)}: '{key}' ({st.k:,}) is more than the {samples:,} training samples "
+                              f"({counted}); k-means needs at least one sample per cluster: lower it, or set it to auto")
 
 
 def check_world(cfg: Config, world_size: int, where: str = "config") -> None:
     """The global batch must split evenly into ranks and micro-steps."""
     t = cfg.train
+    where = sources_of(cfg, where)
     if t.global_batch_size % (world_size * t.accum_freq):
         raise ConfigError(
-            f"{where}: 'train.global_batch_size' ({t.global_batch_size}) must be divisible by world size x "
+            f"{blame(where, 'train.global_batch_size')}: 'train.global_batch_size' ({t.global_batch_size}) must be divisible by world size x "
             f"'train.accum_freq' ({world_size} x {t.accum_freq}); try {world_size * t.accum_freq * max(1, t.global_batch_size // (world_size * t.accum_freq))}")
     check_groups(cfg, world_size, where)
 
@@ -284,9 +334,10 @@ def check_world(cfg: Config, world_size: int, where: str = "config") -> None:
 def check_groups(cfg: Config, world_size: int, where: str = "config") -> None:
     """A group is either inside one rank's micro-batch or exactly the global micro-batch."""
     b = micro_batch_size(cfg, world_size)
+    where = sources_of(cfg, where)
     for i, st in enumerate(cfg.stages[1:], start=1):
         if group_layout(st.group_size, b, world_size) is None:
             raise ConfigError(
-                f"{where}: 'stages.{i}.group_size' ({st.group_size}) must be <= the per-rank micro-batch ({b}: "
+                f"{blame(where, f'stages.{i}.group_size')}: 'stages.{i}.group_size' ({st.group_size}) must be <= the per-rank micro-batch ({b}: "
                 f"several groups per micro-batch, no gather) or equal the global micro-batch ({b * world_size}: "
                 f"one label per step, features gathered)")

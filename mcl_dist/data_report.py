@@ -11,7 +11,10 @@ steps are kept (a step replaces only its own).
 
 A damaged tar loses its samples in every step that reads it; the loss is counted once, by the
 check before training (`preflight`, from the tar index: the typical shard size minus the samples
-kept). Streaming steps only name the damaged tars they met, so no step adds the loss again.
+kept). Streaming steps only name the damaged tars they met, and their reader drops the sample the
+damage cut short as the index does, so no step adds the loss again (as `missing_image` or
+otherwise). A streaming step's `seen` is the samples it read: the ones it used plus its `bad`.
+The evaluation's probe, which reads the training shards, counts no loss of theirs either.
 """
 from __future__ import annotations
 

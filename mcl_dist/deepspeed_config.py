@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from mcl_dist.config import Config, ConfigError, TrainConfig
+from mcl_dist.config_sources import blame
 from mcl_dist.optim import autocast_dtype
 
 INSTALL_HINT = ("install the optional extra with `pip install -e .[deepspeed]`, or after torch: "
@@ -105,13 +106,15 @@ def check_settings(cfg: Config, where: str) -> None:
     """What DeepSpeed cannot run with our settings, refused when the config loads."""
     t = cfg.train
     if t.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"{where}: 'train.zero_stage' must be 0, 1, 2 or 3, got {t.zero_stage}")
+        raise ConfigError(f"{blame(where, 'train.zero_stage')}: 'train.zero_stage' must be 0, 1, 2 or 3, "
+                          f"got {t.zero_stage}")
     if t.optimizer != "adamw":
-        raise ConfigError(f"{where}: train.engine=deepspeed runs AdamW only (its ZeRO partitions hold AdamW's "
-                          f"moments); got train.optimizer={t.optimizer}: use train.engine=ddp for it")
+        raise ConfigError(f"{blame(where, 'train.engine', 'train.optimizer')}: train.engine=deepspeed runs AdamW "
+                          f"only (its ZeRO partitions hold AdamW's moments); got train.optimizer={t.optimizer}: use train.engine=ddp for it")
     if t.precision == "amp":
-        raise ConfigError(f"{where}: {DEEPSPEED_AMP}")
+        raise ConfigError(f"{blame(where, 'train.engine', 'train.precision')}: {DEEPSPEED_AMP}")
     if t.zero_stage == 0 and t.precision in ("bf16", "amp_bf16"):
-        raise ConfigError(f"{where}: train.engine=deepspeed with train.zero_stage=0 and bf16 is not supported "
+        raise ConfigError(f"{blame(where, 'train.engine', 'train.zero_stage', 'train.precision')}: "
+                          f"train.engine=deepspeed with train.zero_stage=0 and bf16 is not supported "
                           f"(DeepSpeed would accumulate gradients in bf16); use train.zero_stage=1, 2 or 3, or "
                           f"train.engine=ddp (AMP bf16)")

@@ -196,6 +196,21 @@ def any_rank(flag: bool) -> bool:
     return bool(all_reduce_sum(t).item() > 0)
 
 
+# gloo's words when the other end of a pair went away (its process ended)
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether `exc` is a collective or store call that failed because another rank's process
+    ended: that rank reports its own error, so this one should not report a second."""
+    while exc is not None:  # also when a step re-raised it as an error of its own
+        if isinstance(exc, getattr(dist, "DistNetworkError", ())) or \
+                (isinstance(exc, RuntimeError) and any(s in str(exc) for s in _PEER_GONE)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from mcl_dist.config import Config, ConfigError, default_run_dir, micro_batch_size, stage_steps
-from mcl_dist.config_load import check_world, load_config
+from mcl_dist.config_load import check_k, check_world, load_config
+from mcl_dist.config_sources import sources_of
 from mcl_dist.data import group_cut
 from mcl_dist.data.preflight import check_shard_count
 from mcl_dist.data.dataset_types import open_data
@@ -101,6 +102,8 @@ def build_plan(cfg: Config, config_path: str, run_dir: str, world: int, override
                gpu: str | None = None) -> dict[str, Any]:
     check_world(cfg, world, config_path)  # the run's checks, in the run's order (pipeline.run_pipeline)
     data = data_plan(cfg, world)
+    if cfg.data.train_shards and not cfg.data.num_samples:  # counted data (the synthetic data's K: at load)
+        check_k(cfg, data["samples"], f"counted from the {data['source']}", sources_of(cfg, config_path))
     n, t = data["samples"], cfg.train
     model = _model_sizes(cfg)
     micro = micro_batch_size(cfg, world)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcl_dist.config import Config, ConfigError
+from mcl_dist.config_sources import blame
 from mcl_dist.files import load_torch, save_torch
 from mcl_dist.models import warn_quick_gelu
 from mcl_dist.objectives import checkpoint_objective
@@ -39,7 +40,8 @@ INTEGRATIONS = ("normalized", "raw")
 def _check_cka(cfg: Config, where: str) -> None:
     m = cfg.model
     if not 0.0 < m.integration_redundant_cka <= 1.0 or m.integration_samples < 2:
-        raise ConfigError(f"{where}: model.integration_weights={m.integration_weights} needs "
+        keys = ("model.integration_weights", "model.integration_redundant_cka", "model.integration_samples")
+        raise ConfigError(f"{blame(where, *keys)}: model.integration_weights={m.integration_weights} needs "
                           f"'model.integration_redundant_cka' in (0, 1] and 'model.integration_samples' >= 2, got "
                           f"{m.integration_redundant_cka} and {m.integration_samples}")
 

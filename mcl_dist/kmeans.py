@@ -20,6 +20,7 @@ import torch
 
 from mcl_dist import distributed as mdist
 from mcl_dist.config import Config, ConfigError
+from mcl_dist.config_sources import blame
 from mcl_dist.progress import progress
 from mcl_dist.registry import Choice
 
@@ -165,7 +166,7 @@ def _check_faiss(cfg: Config, where: str) -> None:
     try:
         import faiss  # noqa: F401  (optional: the faiss extra)
     except ImportError as e:
-        raise ConfigError(f"{where}: cluster.backend=faiss needs faiss, which is not importable ({e}); "
+        raise ConfigError(f"{blame(where, 'cluster.backend')}: cluster.backend=faiss needs faiss, which is not importable ({e}); "
                           f"pip install -e .[faiss] (faiss-gpu for CUDA), or use cluster.backend=torch") from None
 
 

@@ -5,9 +5,10 @@
     launch/pretrain.py --config FILE --batch-size 32 --lr 1e-3 ...   (open_clip_train's flags: oc_flags.py)
 
 Re-running the same command resumes where it stopped (see <run_dir>/manifest.json). Every
-failure ends in one `error:` line from rank 0 and exit code 2 (3 when training stopped on
-purpose), not a traceback (add --debug for it). On one node, `torchrun --standalone` picks a free
-rendezvous port, so two runs at once never collide on torchrun's default port 29500.
+failure ends in one `error:` line (from rank 0, or from the one rank that met it) and exit code 2
+(3 when training stopped on purpose), not a traceback (add --debug for it); every rank ends within
+seconds of that line. On one node, `torchrun --standalone` picks a free rendezvous port, so two
+runs at once never collide on torchrun's default port 29500.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import time
 import traceback
 from typing import Callable, Optional
 
+from mcl_dist import distributed as dist_utils
 from mcl_dist import oc_flags
 from mcl_dist.config import ConfigError
 from mcl_dist.config_load import load_config
@@ -39,42 +41,58 @@ def setup_logging() -> None:
     logging.getLogger().addFilter(lambda r: "No pretrained weights loaded" not in r.getMessage())
 
 
-RANK0_GRACE_S = 30  # seconds another rank waits after an error for rank 0 to report it
+# Seconds a rank other than 0 waits after its own error before it prints it. Most errors are met
+# by every rank (the checks run everywhere) and rank 0 prints them and ends at once; torchrun then
+# stops the others within a fraction of a second, so they never print a second line. A rank still
+# alive after the wait met an error of its own (rank 0 sits in a collective waiting for it).
+RANK0_GRACE_S = 10
 
 
 def guarded(fn: Callable[[], Optional[int]], debug: bool = False) -> int:
-    """Run `fn`; every failure becomes one 'error:' line from rank 0 and exit code 2 (3 when
-    training stopped on purpose), not a traceback (`--debug` shows it). The other ranks stay quiet:
-    their errors are the same ones (checks run on every rank) or follow from rank 0's."""
+    """Run `fn`; every failure becomes one 'error:' line and exit code 2 (3 when training stopped
+    on purpose), not a traceback (`--debug` shows it). Under torchrun the rank that reports ends its
+    process right after the line (`report`), so the launch ends within seconds of it."""
     try:
         return fn() or 0
     except TrainingError as e:
-        _say(f"error: {e}")
-        return 3
+        return report(f"error: {e}", 3, e)
     except ConfigError as e:  # bad input, with the fix in the message
-        _say(f"error: {e}")
-        if debug:
-            traceback.print_exc()
-        return 2
+        return report(f"error: {e}", 2, e, debug)
     except Exception as e:  # a damaged file, a full disk, ...: the message names it
-        _say(f"error: {type(e).__name__}: {e} (re-run with --debug for the traceback)")
-        if debug:
-            traceback.print_exc()
-        return 2
+        return report(f"error: {type(e).__name__}: {e} (re-run with --debug for the traceback)", 2, e, debug)
 
 
-def _say(line: str) -> None:
-    if os.environ.get("RANK", "0") == "0":
-        close_bars()  # a progress bar left open would prefix the line
-        print(line, file=sys.stderr, flush=True)
-        return
-    # kept in the rank's log, not as a second error line. Checks run on every rank, so rank 0 most
-    # likely meets the same error: wait for it, or torchrun would stop rank 0 (SIGTERM) as soon as
-    # this rank exits, before it prints. Wait first, then log: torchrun stops this rank when rank 0
-    # exits, so the common case prints one line, never two glued together on the shared stderr.
-    # A failure of this rank alone shows up after the wait.
-    time.sleep(RANK0_GRACE_S)
-    logging.getLogger("mcl_dist").warning("rank %s stopped: %s", os.environ.get("RANK"), line)
+def report(line: str, code: int, exc: BaseException, debug: bool = False) -> int:
+    """Print the error line once for the whole launch; under torchrun, end this rank right after.
+
+    World size 1 prints and returns `code`. Under torchrun rank 0 prints at once; another rank, or
+    rank 0 when its collective failed because a peer ended (that peer prints its own error), first
+    waits RANK0_GRACE_S for torchrun to stop it. The rank that prints then leaves with os._exit:
+    a normal interpreter exit with torch loaded takes seconds (longer with data loader workers),
+    all of which torchrun spends waiting before it stops the other ranks. Called from an except
+    block (`--debug` prints the exception being handled)."""
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if multi and (os.environ.get("RANK", "0") != "0" or dist_utils.lost_peer(exc)):
+        time.sleep(RANK0_GRACE_S)
+    close_bars()  # a progress bar left open would prefix the line
+    print(line, file=sys.stderr, flush=True)
+    if debug:
+        traceback.print_exc()
+    if multi:
+        end_process(code)
+    return code
+
+
+def end_process(code: int) -> None:
+    """Leave now: flush what was printed and logged, skip the interpreter's slow teardown. Files
+    are written atomically (mcl_dist/files.py) and the lock is released in run_pipeline's finally."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def launch(config: str, run_dir: Optional[str], overrides: list[str], dry_run: bool = False,

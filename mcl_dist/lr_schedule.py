@@ -19,13 +19,14 @@ from types import SimpleNamespace
 from open_clip_train import scheduler as oc_scheduler
 
 from mcl_dist.config import Config, ConfigError
+from mcl_dist.config_sources import blame
 from mcl_dist.registry import Choice
 
 
 def _check_cooldown(cfg: Config, where: str) -> None:
     t = cfg.train
     if t.lr_cooldown_steps <= 0:
-        raise ConfigError(f"{where}: 'train.lr_scheduler' const-cooldown needs 'train.lr_cooldown_steps' > 0, "
+        raise ConfigError(f"{blame(where, 'train.lr_scheduler', 'train.lr_cooldown_steps')}: 'train.lr_scheduler' const-cooldown needs 'train.lr_cooldown_steps' > 0, "
                           f"got {t.lr_cooldown_steps}")
 
 

@@ -19,6 +19,7 @@ import typing
 from typing import Any, Callable, Optional
 
 from mcl_dist.config import Config, ConfigError, StageConfig
+from mcl_dist.config_sources import Override
 from mcl_dist.key_synonyms import SYNONYMS
 
 # flag -> (config key, type); type None = a switch (open_clip's store_true) that sets the key true
@@ -89,7 +90,8 @@ def _dest(flag: str) -> str:
 
 def to_overrides(ns: argparse.Namespace, world_size: int, accum_freq: Callable[[], int]) -> tuple[list[str], list[str]]:
     """(dotted overrides, one line per flag saying what it set). `accum_freq` is asked only for
-    --batch-size without --accum-freq (it loads the config)."""
+    --batch-size without --accum-freq (it loads the config). Each override remembers its flag
+    (config_sources.Override), so that an error about its value names the flag as typed."""
     out, told = [], []
     for flag, (key, tp) in FLAGS.items():
         raw = getattr(ns, _dest(flag), None)
@@ -103,7 +105,7 @@ def to_overrides(ns: argparse.Namespace, world_size: int, accum_freq: Callable[[
             value = str(per_gpu * world_size * accum)
             told.append(f"{flag} {raw} -> {key}={value} ({per_gpu} per rank x {world_size} ranks x "
                         f"train.accum_freq {accum})")
-            out.append(f"{key}={value}")
+            out.append(Override(f"{key}={value}", f"{flag} {raw}"))
             continue
         elif flag == "--csv-separator":
             value = json.dumps(raw)  # a YAML double-quoted string: the override parser reads it back as is
@@ -111,8 +113,9 @@ def to_overrides(ns: argparse.Namespace, world_size: int, accum_freq: Callable[[
             value = PRECISIONS.get(raw, raw) if flag == "--precision" else raw
         else:
             value = str(_number(flag, raw, tp))
-        told.append(f"{flag}{'' if tp is None else ' ' + raw} -> {key}={value}")
-        out.append(f"{key}={value}")
+        typed = flag if tp is None else f"{flag} {raw}"
+        told.append(f"{typed} -> {key}={value}")
+        out.append(Override(f"{key}={value}", typed))
     return out, told
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from mcl_dist.config import Config, ConfigError, TrainConfig
+from mcl_dist.config_sources import blame
 from mcl_dist.registry import Choice
 
 
@@ -40,14 +41,14 @@ def _check_betas(cfg: Config, where: str, keys: tuple[str, ...]) -> None:
     for key in keys:
         value = getattr(cfg.train, key)
         if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{where}: 'train.{key}' must be in [0, 1) for train.optimizer={cfg.train.optimizer}, "
+            raise ConfigError(f"{blame(where, f'train.{key}', 'train.optimizer')}: 'train.{key}' must be in [0, 1) for train.optimizer={cfg.train.optimizer}, "
                               f"got {value}")
 
 
 def _check_adamw(cfg: Config, where: str) -> None:
     _check_betas(cfg, where, ("beta1", "beta2"))
     if cfg.train.eps <= 0:
-        raise ConfigError(f"{where}: 'train.eps' must be positive for train.optimizer=adamw, got {cfg.train.eps}")
+        raise ConfigError(f"{blame(where, 'train.eps', 'train.optimizer')}: 'train.eps' must be positive for train.optimizer=adamw, got {cfg.train.eps}")
 
 
 def _lars(groups: list[dict], tcfg: TrainConfig, base_lr: float) -> torch.optim.Optimizer:

@@ -16,7 +16,8 @@ from typing import Callable
 from mcl_dist import distributed as dist_utils
 from mcl_dist import data_report, files, rundir, verify
 from mcl_dist.config import Config, ConfigError, default_run_dir, save_config
-from mcl_dist.config_load import check_world, load_config
+from mcl_dist.config_load import check_k, check_world, load_config
+from mcl_dist.config_sources import sources_of
 from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.dataset_types import open_data
 from mcl_dist.data.preflight import DataError
@@ -131,6 +132,15 @@ class Pipeline:
         self.manifest.save()
         log.info("step %s: recomputing it and every later step (--redo %s)", name, self.redo)
 
+    def check_settings(self) -> None:
+        """The manifest's refusals (a finished or interrupted step whose settings changed), made for
+        every step before the launch writes anything: a refused launch leaves the run directory as
+        it was, config.yaml included (it must keep saying what the results were trained with)."""
+        names = [st.name for st in self.steps]
+        for step in self.steps[:names.index(self.redo) if self.redo else len(names)]:  # --redo clears the rest
+            if not self.manifest.is_done(step.name, step.settings):
+                self.manifest.check_running(step.name, step.settings)
+
     def plan(self) -> list[Step]:
         """The step list (mcl_dist/steps/): what the run executes, --redo removes and --dry-run prints."""
         return plan_steps(self.cfg, self.info.world_size, self.data_fp)
@@ -149,6 +159,7 @@ class Pipeline:
         try:
             index = self.ctx.load_index(progress=True)
             stats = self.data.check_samples(index, c.data, need_caption=get_objective(c).captions)
+            check_k(c, stats["usable"], f"usable samples in the {self.data.unit}s", sources_of(c, "config"))
         except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
             return {"error": str(e)}
         files.write_json(stats, os.path.join(self.run_dir, "data_check.json"))
@@ -159,21 +170,24 @@ class Pipeline:
         return {"stats": stats}
 
     def run(self) -> int:
+        self.check_settings()
         self.preflight()
-        outputs: dict[str, dict] = {}
+        if self.info.is_main:  # the launch is accepted: the resolved config it runs with
+            save_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
         for step in self.steps:
-            outputs[step.name] = self.run_step(step)
+            self.run_step(step)
         if self.info.is_main:
-            print(self.summary(outputs), flush=True)
+            print(self.summary(), flush=True)
         dist_utils.barrier()
         return 0
 
-
-    def summary(self, outputs: dict[str, dict]) -> str:
-        """The end-of-run lines, from the plan's steps and what they returned."""
+    def summary(self) -> str:
+        """The end-of-run lines, from the plan's steps."""
         by_kind = {st.kind: st for st in self.steps}
         model = by_kind["integrate"].outputs(self.run_dir, self.info.world_size)[0]
-        report = os.path.join(self.run_dir, outputs["report"].get("report"))  # the manifest keeps it relative
+        # from the plan, as the model: the path the step returned already starts with run_dir, and
+        # joining run_dir to it again printed runs/demo/runs/demo/report.md
+        report = by_kind["report"].outputs(self.run_dir, self.info.world_size)[0]
         return (f"\nMCL run finished. Report: {report}\nIntegrated model: "
                 f"{model} (load with mcl_dist.integrate.load_model)")
 
@@ -201,16 +215,20 @@ def run_pipeline(config_path: str, run_dir: str | None, overrides: list[str], re
     check_world(cfg, info.world_size, config_path)
     run_dir = run_dir or cfg.run_dir or default_run_dir(config_path)
     cfg.run_dir = run_dir
-    lock = ""
+    lock, finished = "", False
     try:
         lock = _lock_run_dir(run_dir)
         pipe = Pipeline(cfg, run_dir, redo=redo)
         if info.is_main:
-            save_config(cfg, os.path.join(run_dir, "config.yaml"))
             log.info("run directory: %s (%s, world size %d, device %s)", run_dir, pipe.data.describe(),
                      info.world_size, info.device)
-        return pipe.run()
+        code = pipe.run()
+        finished = True
+        return code
     finally:
         if lock:
             rundir.release(lock)
-        dist_utils.destroy()
+        if finished or not dist_utils.is_distributed():
+            # after a failure the launcher prints the error and ends the process (launcher.report);
+            # destroying the group first could wait on a rank still inside a collective (NCCL)
+            dist_utils.destroy()

@@ -141,9 +141,10 @@ class StageTrainer:
     def _check_bad_samples(self) -> dict:
         """Sum the counts over ranks with one small all-reduce; gather the per-shard details
         (a pickled all_gather) only when the share is over the limit and a message is due."""
-        counts = torch.tensor([float(self.monitor.seen), float(self.monitor.bad)], device=dist_utils.comm_device())
-        seen, bad = dist_utils.all_reduce_sum(counts).tolist()
-        total = {"seen": int(seen), "bad": int(bad)}
+        m = self.monitor
+        counts = torch.tensor([float(m.seen), float(m.bad), float(m.lost)], device=dist_utils.comm_device())
+        seen, bad, lost = dist_utils.all_reduce_sum(counts).tolist()
+        total = {"seen": int(seen), "bad": int(bad), "lost": int(lost)}
         if self.monitor.check({**total, "shards": None, "damaged": None, "reasons": {}}, counts_only=True):
             total = self.monitor.merge(dist_utils.all_gather_object(self.monitor.summary()))
             raise TrainingError(f"stage {self.spec.stage}: {self.monitor.check(total)}")
@@ -176,10 +177,13 @@ class StageTrainer:
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", sps=f"{last['samples_per_s']:.0f}")
                 t_last, samples_since = now, 0
             bar.update(1)
-            if done % self.cfg.train.checkpoint_every == 0 or done == total:
+            # tests: debug.kill_at=STAGE/train:N dies right after step N, with step N's checkpoint saved
+            # (not at the next checkpoint_every boundary, which stopped :25 after step 40)
+            kill = done == self.spec.kill_after_step
+            if done % self.cfg.train.checkpoint_every == 0 or done == total or kill:
                 self._save(done)
-                if self.spec.kill_after_step and done >= self.spec.kill_after_step:
-                    dist_utils.kill_launcher()
+            if kill:
+                dist_utils.kill_launcher()
         bar.close()
         total = self.monitor.merge(dist_utils.all_gather_object(self.monitor.summary()))
         if self.info.is_main:

@@ -30,19 +30,24 @@ def test_every_registry_is_checked():
 
 
 def test_objective_image_only_cannot_embed_text():
-    assert refused("objective=simclr", "cluster.embed=text") == \
-        "defaults: 'cluster.embed' must be image for objective simclr (there is no text)"
-    assert refused("objective=simclr", "simclr.arch=resnet9") == \
-        "defaults: 'simclr.arch' must be one of resnet18, resnet34, resnet50, tiny, got 'resnet9'"
-    assert refused("objective=clipp") == "defaults: 'objective' must be one of clip, simclr, got 'clipp'; did you mean 'clip'?"
+    # every value here is a command-line override: the message names them (tests/test_error_source.py)
+    assert refused("objective=simclr", "cluster.embed=text") == (
+        "cluster.embed=text, objective=simclr (command line): 'cluster.embed' must be image for objective simclr "
+        "(there is no text)")
+    assert refused("objective=simclr", "simclr.arch=resnet9") == (
+        "simclr.arch=resnet9 (command line): 'simclr.arch' must be one of resnet18, resnet34, resnet50, tiny, "
+        "got 'resnet9'")
+    assert refused("objective=clipp") == \
+        "objective=clipp (command line): 'objective' must be one of clip, simclr, got 'clipp'; did you mean 'clip'?"
 
 
 def test_engine_deepspeed_refuses_lars():
     assert refused("train.engine=deepspeed", "train.optimizer=lars") == (
-        "defaults: train.engine=deepspeed runs AdamW only (its ZeRO partitions hold AdamW's moments); "
-        "got train.optimizer=lars: use train.engine=ddp for it")
+        "train.engine=deepspeed, train.optimizer=lars (command line): train.engine=deepspeed runs AdamW only "
+        "(its ZeRO partitions hold AdamW's moments); got train.optimizer=lars: use train.engine=ddp for it")
     assert refused("train.engine=deepspeed", "train.zero_stage=0", "train.precision=bf16").startswith(
-        "defaults: train.engine=deepspeed with train.zero_stage=0 and bf16 is not supported")
+        "train.engine=deepspeed, train.zero_stage=0, train.precision=bf16 (command line): "
+        "train.engine=deepspeed with train.zero_stage=0 and bf16 is not supported")
     load_config(None, BASE + ["train.engine=ddp", "train.optimizer=lars"])  # LARS runs under DDP
 
 
@@ -55,31 +60,37 @@ def test_dataset_type_csv_is_one_local_file():
 
 
 def test_optimizer_adamw_needs_betas_below_one():
-    assert refused("train.optimizer=adamw", "train.beta2=1.0") == \
-        "defaults: 'train.beta2' must be in [0, 1) for train.optimizer=adamw, got 1.0"
-    assert refused("train.optimizer=lars", "train.beta1=1.5") == \
-        "defaults: 'train.beta1' must be in [0, 1) for train.optimizer=lars, got 1.5"
+    assert refused("train.optimizer=adamw", "train.beta2=1.0") == ("train.beta2=1.0, train.optimizer=adamw (command "
+                                                                   "line): 'train.beta2' must be in [0, 1) for "
+                                                                   "train.optimizer=adamw, got 1.0")
+    assert refused("train.optimizer=lars", "train.beta1=1.5") == ("train.beta1=1.5, train.optimizer=lars (command "
+                                                                  "line): 'train.beta1' must be in [0, 1) for "
+                                                                  "train.optimizer=lars, got 1.5")
 
 
 def test_scheduler_const_cooldown_needs_cooldown_steps():
-    assert refused("train.lr_scheduler=const-cooldown", "train.lr_cooldown_steps=0") == \
-        "defaults: 'train.lr_scheduler' const-cooldown needs 'train.lr_cooldown_steps' > 0, got 0"
+    assert refused("train.lr_scheduler=const-cooldown", "train.lr_cooldown_steps=0") == (
+        "train.lr_scheduler=const-cooldown, train.lr_cooldown_steps=0 (command line): "
+        "'train.lr_scheduler' const-cooldown needs 'train.lr_cooldown_steps' > 0, got 0")
 
 
 def test_kmeans_backend_faiss_needs_faiss(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError, as without the extra
     assert refused("cluster.backend=faiss").startswith(
-        "defaults: cluster.backend=faiss needs faiss, which is not importable (")
-    assert refused("cluster.backend=sklearn") == "defaults: 'cluster.backend' must be one of torch, faiss, got 'sklearn'"
+        "cluster.backend=faiss (command line): cluster.backend=faiss needs faiss, which is not importable (")
+    assert refused("cluster.backend=sklearn") == \
+        "cluster.backend=sklearn (command line): 'cluster.backend' must be one of torch, faiss, got 'sklearn'"
 
 
 def test_eval_metric_needs_a_text_tower():
-    assert refused("objective=simclr", "eval.metrics=[linear_probe, zero_shot]") == \
-        "defaults: 'eval.metrics': zero_shot needs a text tower, which objective simclr has not"
-    assert refused("eval.metrics=[mmvpp]") == (f"defaults: 'eval.metrics' lists unknown metric 'mmvpp'; known: "
-                                                f"{', '.join(METRICS)}; did you mean 'mmvp'?")
-    assert refused("eval.metrics=[clip_benchmark]") == ("defaults: 'eval.metrics': clip_benchmark is not run by the "
-                                                         "pipeline; run `mcl-clip-benchmark` on the run's checkpoints instead")
+    assert refused("objective=simclr", "eval.metrics=[linear_probe, zero_shot]") == (
+        "eval.metrics=[linear_probe, zero_shot], objective=simclr (command line): 'eval.metrics': zero_shot needs a "
+        "text tower, which objective simclr has not")
+    assert refused("eval.metrics=[mmvpp]") == (f"eval.metrics=[mmvpp] (command line): 'eval.metrics' lists unknown "
+                                                f"metric 'mmvpp'; known: {', '.join(METRICS)}; did you mean 'mmvp'?")
+    assert refused("eval.metrics=[clip_benchmark]") == (
+        "eval.metrics=[clip_benchmark] (command line): 'eval.metrics': clip_benchmark is not run by the pipeline; "
+        "run `mcl-clip-benchmark` on the run's checkpoints instead")
     load_config(None, BASE + ["objective=simclr", "eval.metrics=[linear_probe, knn]"])
 
 
@@ -90,5 +101,5 @@ def test_dry_run_refuses_an_impossible_combination(tmp_path):
                           env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
-        f"error: {os.path.join(ROOT, 'configs/demo.yaml')}: train.engine=deepspeed runs AdamW only (its ZeRO "
-        "partitions hold AdamW's moments); got train.optimizer=lars: use train.engine=ddp for it"]
+        "error: train.engine=deepspeed, train.optimizer=lars (command line): train.engine=deepspeed runs AdamW only "
+        "(its ZeRO partitions hold AdamW's moments); got train.optimizer=lars: use train.engine=ddp for it"]

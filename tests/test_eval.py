@@ -191,17 +191,12 @@ def test_report_with_and_without_mmvp(tmp_path, fake):
 
 
 def test_cli_on_integrated_tiny_model(tmp_path):
-    import importlib.util
 
     import open_clip
 
     from mcl_dist.integrate import save_integrated
 
-    spec = importlib.util.spec_from_file_location("evaluate_cli", os.path.join(os.path.dirname(FIXTURE), "..", "..",
-                                                                              "tools", "evaluate.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    main = cli.main
+    from mcl_dist.commands.evaluate import main  # mcl-evaluate
 
     cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "head_width": 8, "patch_size": 8},
            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}

@@ -206,26 +206,86 @@ def test_row7_embedding_account_survives_a_resume(tmp_path):
                          "damaged_shards": []}
 
 
-def test_row7_truncated_tar_is_counted_once(tmp_path):
-    """A tar cut inside its 10th sample: the loss (23) is the pre-training check's, once; the
-    streaming steps name the damaged tar and add no count of their own."""
+def _cut_inside_the_image_of_sample_10(shard: str) -> None:
+    """Truncate `shard` inside the image member of its sample 10: that sample keeps the members
+    written before its image (what a reader that keeps partial samples would call missing_image)."""
     from mcl_dist.data import tar_index
 
-    urls = write_test_shards(str(tmp_path / "d"), n_shards=4, per_shard=32)
-    scan = tar_index.scan_tar(urls[1])
-    with open(urls[1], "r+b") as f:
-        f.truncate(int(scan["member_offset"][scan["member_start"][10]]) + 5)
+    scan = tar_index.scan_tar(shard)
+    members = range(int(scan["member_start"][10]), int(scan["member_start"][11]))
+    image = next(m for m in members if scan["ext_vocab"][scan["member_ext"][m]] == b"png")
+    assert image > members[0]  # a member before the image survives the cut
+    with open(shard, "r+b") as f:
+        f.truncate(int(scan["member_offset"][image]) + 5)
+
+
+def test_row7_sample_cut_by_a_damaged_tar_is_not_counted_again(tmp_path):
+    """The tar index drops the sample in progress at the damage (the pre-training check counts it
+    among the tar's lost samples); the stream drops it too: no step decodes it into missing_image,
+    and the embedding saw exactly the samples it stored."""
+    from collections import Counter
+
+    from torchvision import transforms
+
+    from mcl_dist.data.streaming import ShardStream, make_loader
+    from mcl_dist.data.tar_index import build_or_load_index
+    from mcl_dist.embed import embed_shards
+    from mcl_dist.eval.zero_shot import iter_labelled_samples
+
+    urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=16)
+    _cut_inside_the_image_of_sample_10(urls[1])
+    index = build_or_load_index(urls, str(tmp_path / "idx"), progress=False)
+    stored = sorted(k.decode() for k in index.keys.tolist())
+    assert len(stored) == 16 + 10
+
+    def decode(raw):
+        return {"image": torch.zeros(1), "key": decode_image(raw, ("png",)) and raw["__key__"]}
+
+    batches = list(make_loader(ShardStream(urls, decode, batch_size=8, rank=0, world=1, seed=None, infinite=False), 0))
+    assert sorted(k for b in batches for k in b["key"]) == stored
+    assert sum(b["meta"]["bad"] for b in batches) == 0 and urls[1] in batches[-1]["meta"]["damaged_shards"]
+
+    class MeanColour(torch.nn.Module):
+        output_dim = 3
+
+        def encode_image(self, images):
+            return images.mean(dim=(2, 3))
+
+    out = tmp_path / "run" / "stage_1" / "embed"
+    stats = embed_shards(MeanColour(), {"preprocess_val": transforms.ToTensor(), "tokenizer": None}, urls, str(out),
+                         mode="image", batch_size=8, workers=0, image_ext="png")
+    entry = json.load(open(tmp_path / "run" / "data_report.json"))["steps"]["stage_1/embed"]
+    assert stats["samples"] == 26 and entry == {"seen": 26, "bad": 0, "reasons": {}, "damaged_shards": [urls[1]]}
+    skipped: Counter = Counter()
+    assert len(list(iter_labelled_samples(urls, ["color"], skipped=skipped, counted=urls))) == 26
+    assert skipped == {}  # training shards: the pre-training check counted the loss
+    list(iter_labelled_samples(urls, ["color"], skipped=skipped))  # shards no check read before: counted here
+    assert set(skipped) == {"damaged_tar_member"}
+
+
+def test_row7_truncated_tar_is_counted_once(tmp_path):
+    """A training tar cut inside sample 10's image: the loss (6 of 16) is the pre-training check's,
+    once; stage 0, the stage-1 embedding and the evaluation (its probe reads the training shards)
+    name or skip the damaged tar and add no count of their own."""
+    from mcl_dist.synthetic import ensure_demo_data
+
+    data = tmp_path / "data"
+    ensure_demo_data(str(data), n_train=64, n_test=32, seed=0, samples_per_shard=16, progress=False)  # as the run
+    shard = str(data / "train-00000.tar")
+    _cut_inside_the_image_of_sample_10(shard)
     cfg = str(tmp_path / "c.yaml")
     with open(cfg, "w") as f:
-        f.write(f"data: {{train_shards: '{'::'.join(urls)}', workers: 1, shuffle_buffer: 16, max_bad_fraction: 0.5}}\n"
-                f"model: {{config_file: {ROOT}/configs/models/tiny-vit.json}}\n"
-                "train: {global_batch_size: 16, max_steps: 7, warmup_steps: 1}\neval: {enabled: false}\n")
-    assert launch_here(cfg, tmp_path / "run") == 0  # 7 steps of 16: every shard is read once
+        f.write(PIPE_CFG.format(data=data, root=ROOT).replace("shuffle_buffer: 16}", "shuffle_buffer: 16, "
+                                                                                     "max_bad_fraction: 0.5}"))
+    assert launch_here(cfg, tmp_path / "run", "train.max_steps=5") == 0  # 5 steps of 16: stage 0 reads every shard
     steps = json.load(open(tmp_path / "run" / "data_report.json"))["steps"]
-    assert steps["preflight"] == {"bad": 23, "reasons": {"lost_in_damaged_tar": 23}}
-    assert steps["stage_0/train"]["reasons"] == {} and steps["stage_0/train"]["damaged_shards"] == [urls[1]]
+    assert steps["preflight"] == {"bad": 6, "reasons": {"lost_in_damaged_tar": 6}}
+    assert steps["stage_0/train"]["reasons"] == {} and steps["stage_0/train"]["damaged_shards"] == [shard]
+    assert steps["stage_1/embed"] == {"seen": 58, "bad": 0, "reasons": {}, "damaged_shards": [shard]}
+    assert json.load(open(tmp_path / "run" / "stage_1" / "embed" / "embed_stats.json"))["samples"] == 58
+    assert steps["eval"] == {"bad": 0, "reasons": {}}
     report = (tmp_path / "run" / "report.md").read_text()
-    assert report.count("lost_in_damaged_tar") == 1 and "| preflight | lost_in_damaged_tar | 23 |" in report
+    assert report.count("lost_in_damaged_tar") == 1 and "| preflight | lost_in_damaged_tar | 6 |" in report
 
 
 # -- row 8: two launches at once; a killed launcher ------------------------------------------------

@@ -90,7 +90,7 @@ def test_key_suggestions_know_synonyms(override, message):
 def test_a_bad_override_value_names_the_command_line_not_the_yaml():
     with pytest.raises(ConfigError) as e:
         load_config(DEMO, ["train.lr=abc"])
-    assert str(e.value) == "command-line override 'train.lr=abc': 'train.lr' must be float, got str 'abc'"
+    assert str(e.value) == "train.lr=abc (command line): 'train.lr' must be float, got str 'abc'"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch/pretrain.py"), "--config", DEMO, "--dry-run",
                            "--zeroshot-frequency", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.startswith("error: command line: --zeroshot-frequency has no mapping")

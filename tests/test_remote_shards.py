@@ -35,5 +35,6 @@ def test_run_and_dry_run_fail_before_stage_0_with_one_error_line(tmp_path, shard
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
                           env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode == 2
-    assert proc.stderr == f"error: {cfg}: {WANT}\n"
+    # the shards came from the command line, and the error says so (not the YAML file)
+    assert proc.stderr == f"error: data.train_shards={REMOTE} (command line): {WANT}\n"
     assert proc.stdout == "" and not run.exists()

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from mcl_dist.config import Config, ConfigError
+from mcl_dist.config_sources import blame
 from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.decode import BadSample
 from mcl_dist.data.preflight import DataError
@@ -224,13 +225,14 @@ class CsvData(TrainData):
         d = cfg.data
         spec = d.train_shards.strip()
         if "::" in spec or "\n" in spec or (spec and not is_local(local_path(spec))):
-            raise ConfigError(f"{where}: 'data.train_shards' {spec!r}: a CSV data set (data.dataset_type csv) is one "
+            raise ConfigError(f"{blame(where, 'data.train_shards')}: 'data.train_shards' {spec!r}: a CSV data set (data.dataset_type csv) is one "
                               f"local file")
         if len(separator(d.csv_separator)) != 1:
-            raise ConfigError(f"{where}: 'data.csv_separator' must be one character, got {d.csv_separator!r}")
+            raise ConfigError(f"{blame(where, 'data.csv_separator')}: 'data.csv_separator' must be one character, got {d.csv_separator!r}")
         for key in ("csv_img_key", "csv_caption_key"):
             if not getattr(d, key):
-                raise ConfigError(f"{where}: 'data.{key}' is empty; name a column of the CSV's header")
+                raise ConfigError(f"{blame(where, 'data.' + key)}: 'data.{key}' is empty; name a column of the CSV's "
+                                  f"header")
 
     @classmethod
     def from_config(cls, cfg: Config) -> "CsvData":

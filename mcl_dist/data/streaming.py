@@ -30,25 +30,38 @@ from mcl_dist.data.decode import BadSample, collate
 
 
 class ErrorLog:
-    """webdataset exception handler that counts instead of raising: damaged members per shard."""
+    """webdataset exception handler that counts instead of raising: damaged members per shard
+    (`damaged`, which readers may clear) and every shard that broke, in order (`broken`)."""
 
     def __init__(self) -> None:
         self.damaged: Counter = Counter()
+        self.broken: list[str] = []
 
     def __call__(self, exn: Exception) -> bool:
         url = next((a for a in reversed(exn.args) if isinstance(a, str) and (".tar" in a or "/" in a)), "?")
         named = re.search(r"name='([^']+)'", url)  # "unexpected end of data @ <_io.BufferedReader name='x.tar'>"
         url = named.group(1) if named else url
         self.damaged[str(url)] += 1
+        self.broken.append(str(url))
         return True  # skip and continue with the next member or shard
 
 
 def raw_samples(urls: list[str], errors: ErrorLog) -> Iterator[dict]:
     """Raw samples (dict of ext -> bytes, plus __key__ and __url__) from tar shards in order; the
-    project's one sequential tar reader (training, embedding, and the eval's labelled shards)."""
+    project's one sequential tar reader (training, embedding, and the eval's labelled shards).
+
+    The sample in progress when its tar broke is dropped, as the tar index drops it
+    (tar_index.scan_tar): it may lack members, and the pre-training check already counts it among
+    the tar's lost samples, so no step decodes it into a second count (`missing_image`)."""
     opened = tariterators.url_opener(({"url": u} for u in urls), handler=errors)
     files = tariterators.tar_file_expander(opened, handler=errors)
-    yield from tariterators.group_by_keys(files, handler=errors)
+    known = len(errors.broken)
+    for sample in tariterators.group_by_keys(files, handler=errors):
+        if len(errors.broken) > known:  # a tar broke while this sample was being read
+            broke, known = errors.broken[known:], len(errors.broken)
+            if sample.get("__url__") in broke:
+                continue
+        yield sample
 
 
 def shuffled(stream: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
@@ -188,28 +201,32 @@ class BadSampleMonitor:
 
     def __init__(self, max_fraction: float, min_seen: int = 200):
         self.max_fraction, self.min_seen = max_fraction, min_seen
-        self.seen, self.bad = 0, 0
+        self.seen, self.bad, self.lost = 0, 0, 0
         self.reasons: Counter = Counter()
         self.shards: Counter = Counter()
         self.damaged: Counter = Counter()
 
     def update(self, meta: dict, n_good: int) -> None:
         """Add one batch's `meta`: `bad` and `reasons` always; `bad_shards` and `damaged_shards`
-        only from a tar stream (a planned batch reads by index and has no damaged tars to report)."""
+        only from a tar stream (a planned batch reads by index and has no damaged tars to report).
+
+        `seen` and `bad` are samples this step read (so `seen` - `bad` is what it used); members
+        lost to damaged tars are `lost`, apart: the pre-training check counts those samples, and
+        they count only towards data.max_bad_fraction here (remote shards have no such check)."""
         bad_shards, damaged = meta.get("bad_shards", {}), meta.get("damaged_shards", {})
-        lost = sum(damaged.values())  # members lost to damaged tars count as bad
-        self.seen += n_good + meta["bad"] + lost
-        self.bad += meta["bad"] + lost
+        self.seen += n_good + meta["bad"]
+        self.bad += meta["bad"]
+        self.lost += sum(damaged.values())
         self.reasons.update(meta["reasons"])
         self.shards.update(bad_shards)
         self.damaged.update(damaged)
 
     def merge(self, totals: list[dict]) -> dict:
         """Sum the per-rank summaries (from all_gather_object)."""
-        out = {"seen": 0, "bad": 0, "reasons": Counter(), "shards": Counter(), "damaged": Counter()}
+        out = {"seen": 0, "bad": 0, "lost": 0, "reasons": Counter(), "shards": Counter(), "damaged": Counter()}
         for t in totals:
-            out["seen"] += t["seen"]
-            out["bad"] += t["bad"]
+            for k in ("seen", "bad", "lost"):
+                out[k] += t.get(k, 0)
             for k in ("reasons", "shards", "damaged"):
                 out[k].update(t[k])
         return out
@@ -217,12 +234,12 @@ class BadSampleMonitor:
     def restore(self, summary: Optional[dict]) -> None:
         """Continue the counts a checkpoint kept (`summary()` of the interrupted run)."""
         if summary:
-            self.seen, self.bad = int(summary["seen"]), int(summary["bad"])
+            self.seen, self.bad, self.lost = (int(summary.get(k, 0)) for k in ("seen", "bad", "lost"))
             for k in ("reasons", "shards", "damaged"):
                 setattr(self, k, Counter(summary.get(k, {})))
 
     def summary(self) -> dict:
-        return {"seen": self.seen, "bad": self.bad, "reasons": dict(self.reasons),
+        return {"seen": self.seen, "bad": self.bad, "lost": self.lost, "reasons": dict(self.reasons),
                 "shards": dict(self.shards), "damaged": dict(self.damaged)}
 
     def no_sample_message(self, shards: int, of: int) -> str:
@@ -234,13 +251,14 @@ class BadSampleMonitor:
                 f"against the members of the shards")
 
     def check(self, total: dict, counts_only: bool = False) -> Optional[str]:
-        """A message when the share of bad samples is too high, else None."""
-        if total["seen"] < self.min_seen or total["bad"] <= self.max_fraction * total["seen"]:
+        """A message when the share of bad samples (lost members included) is too high, else None."""
+        bad, seen = total["bad"] + total.get("lost", 0), total["seen"] + total.get("lost", 0)
+        if seen < self.min_seen or bad <= self.max_fraction * seen:
             return None
         if counts_only:
             return "over the limit"
         worst = total["shards"].most_common(3) or total["damaged"].most_common(3)
         named = ", ".join(f"{s} ({n})" for s, n in worst)
-        return (f"{total['bad']} of {total['seen']} samples were unreadable "
-                f"({100 * total['bad'] / total['seen']:.1f}% > data.max_bad_fraction="
+        return (f"{bad} of {seen} samples were unreadable "
+                f"({100 * bad / seen:.1f}% > data.max_bad_fraction="
                 f"{100 * self.max_fraction:.1f}%); reasons {dict(total['reasons'])}; worst shards: {named}")

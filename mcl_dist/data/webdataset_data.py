@@ -8,6 +8,7 @@ import os
 from typing import Any, Iterator, Sequence
 
 from mcl_dist.config import Config
+from mcl_dist.config_sources import blame
 from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.preflight import check_index, check_remote_shards, check_shard_count
 from mcl_dist.data.shards import count_samples, expand_urls, is_local, local_path
@@ -51,7 +52,7 @@ class WebDatasetData(TrainData):
 
     @staticmethod
     def check(cfg: Config, where: str) -> None:
-        check_remote_shards(cfg.data.train_shards, len(cfg.stages), where)
+        check_remote_shards(cfg.data.train_shards, len(cfg.stages), blame(where, "data.train_shards"))
 
     @classmethod
     def from_config(cls, cfg: Config) -> "WebDatasetData":

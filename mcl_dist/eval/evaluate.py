@@ -19,6 +19,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from mcl_dist.data.dataset import TrainData
+from mcl_dist.data.shards import is_local
 from mcl_dist.eval.inputs import EvalInputs, has_text
 from mcl_dist.eval.linear_probe import extract_features, knn_accuracy, linear_probe
 from mcl_dist.eval.mmvp import evaluate_mmvp, read_pairs
@@ -39,16 +40,18 @@ def evaluate_loaded(model: Any, preprocess: Any, tokenizer: Any, *, device: Any 
                     zero_shot_classes: Optional[dict] = None, probe_max_samples: Optional[int] = 4000,
                     zs_folder: Optional[str] = None, zs_classnames: Optional[list] = None,
                     zs_templates: Optional[list] = None, mmvp_dir: Optional[str] = None, knn_k: int = 20,
-                    probe_seed: int = 0, metrics: Sequence[str] = ()) -> dict[str, Any]:
+                    probe_seed: int = 0, metrics: Sequence[str] = (), counted: Sequence[str] = ()) -> dict[str, Any]:
     """Run every metric of `metrics` (default: all the pipeline runs, mcl_dist/eval/registry.py)
     that has data. `zero_shot_classes`: {field: {"classnames", "templates"}}; a field without an
     entry uses its string label values as class names. `label_fields` may contain ".cls" for the
-    `{key}.cls` member."""
+    `{key}.cls` member. `counted`: shards whose damaged-tar losses are counted elsewhere (not again
+    in "skipped")."""
     model.eval()
     inp = EvalInputs(model, preprocess, tokenizer, device=device, batch_size=batch_size, test_urls=test_urls,
                      train_urls=train_urls, fields=list(label_fields), zero_shot_classes=zero_shot_classes or {},
                      probe_max_samples=probe_max_samples, zs_folder=zs_folder, zs_classnames=zs_classnames,
-                     zs_templates=zs_templates, mmvp_dir=mmvp_dir, knn_k=knn_k, probe_seed=probe_seed)
+                     zs_templates=zs_templates, mmvp_dir=mmvp_dir, knn_k=knn_k, probe_seed=probe_seed,
+                     counted=list(counted))
     out: dict[str, Any] = {}
     for metric in selected(metrics):
         out[metric.name] = metric.run(inp)  # one shape: {what it scored: scores}, {} when it had no data
@@ -85,13 +88,18 @@ def evaluate_model(path: str, cfg: Any, train: Any, device: Any = "cpu") -> dict
     zero-shot and probe on `cfg.eval.test_shards` for every `cfg.eval.label_fields`, the probe
     fitted on the first `probe_max_samples` training samples (`train`: shard URLs, or the run's
     data/dataset.py TrainData, e.g. a CSV whose extra columns hold the label fields), MMVP on
-    `cfg.eval.mmvp_dir`."""
+    `cfg.eval.mmvp_dir`. Local training shards were checked before training (the pipeline's
+    preflight), which counted what their damaged tars lost: the probe does not count it again."""
     ev = cfg.eval
+    if isinstance(train, TrainData):  # only tar shards lose members to damage (a CSV has none)
+        train_urls, counted = train, list(train.units) if train.kind == "webdataset" and train.can_index() else []
+    else:
+        train_urls, counted = list(train) or None, list(train) if all(map(is_local, train)) else []
     model, preprocess, tokenizer = load_model(path, device=device)
     res = evaluate_loaded(model, preprocess, tokenizer, device=device, batch_size=ev.batch_size,
-                          test_urls=ev.test_shards or None, train_urls=train if isinstance(train, TrainData) else (list(train) or None),
+                          test_urls=ev.test_shards or None, train_urls=train_urls,
                           label_fields=list(ev.label_fields), zero_shot_classes=_zero_shot_classes(ev.zero_shot_classes),
                           probe_max_samples=ev.probe_max_samples, mmvp_dir=ev.mmvp_dir or None,
-                          metrics=list(ev.metrics))
+                          metrics=list(ev.metrics), counted=counted)
     res["model"] = path
     return res

@@ -43,6 +43,7 @@ class EvalInputs:
     mmvp_dir: Optional[str] = None
     knn_k: int = 20
     probe_seed: int = 0
+    counted: list = field(default_factory=list)  # shards whose damaged-tar losses were counted before training
     notes: list = field(default_factory=list)  # why a metric (or part of one) was skipped
     skipped: Counter = field(default_factory=Counter)  # samples (or their labels) left out, by reason
     _cache: dict = field(default_factory=dict)
@@ -56,7 +57,8 @@ class EvalInputs:
         labels: list[dict] = []
 
         def numbered():
-            for img, lab in iter_labelled_samples(urls, self.fields, max_samples=max_samples, skipped=self.skipped):
+            for img, lab in iter_labelled_samples(urls, self.fields, max_samples=max_samples, skipped=self.skipped,
+                                                  counted=self.counted):
                 labels.append(lab)
                 yield img, len(labels) - 1  # the "label" is the sample number; real labels stay aside
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from mcl_dist.config import Config, ConfigError
+from mcl_dist.config_sources import blame
 from mcl_dist.eval import metrics
 
 
@@ -43,11 +44,11 @@ def validate(cfg: Config, where: str, captions: bool) -> None:
         if m is None:
             close = difflib.get_close_matches(str(name), list(METRICS), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{where}: 'eval.metrics' lists unknown metric {name!r}; known: "
+            raise ConfigError(f"{blame(where, 'eval.metrics')}: 'eval.metrics' lists unknown metric {name!r}; known: "
                               f"{', '.join(METRICS)}{hint}")
         if m.run is None:
-            raise ConfigError(f"{where}: 'eval.metrics': {name} is not run by the pipeline; run `{m.command}` "
+            raise ConfigError(f"{blame(where, 'eval.metrics')}: 'eval.metrics': {name} is not run by the pipeline; run `{m.command}` "
                               f"on the run's checkpoints instead")
         if m.needs_text and not captions:
-            raise ConfigError(f"{where}: 'eval.metrics': {name} needs a text tower, which objective "
+            raise ConfigError(f"{blame(where, 'eval.metrics', 'objective')}: 'eval.metrics': {name} needs a text tower, which objective "
                               f"{cfg.objective} has not")

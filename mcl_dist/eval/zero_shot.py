@@ -148,11 +148,12 @@ def scan_label_values(urls: Union[str, Sequence[str]], label_field: Optional[str
 
 def iter_labelled_samples(urls: Union[str, Sequence[str], TrainData], fields: Sequence[Optional[str]],
                           image_exts: Sequence[str] = ("jpg", "png", "webp", "jpeg"),
-                          max_samples: Optional[int] = None,
-                          skipped: Optional[Counter] = None) -> Iterator[tuple[Image.Image, dict]]:
+                          max_samples: Optional[int] = None, skipped: Optional[Counter] = None,
+                          counted: Sequence[str] = ()) -> Iterator[tuple[Image.Image, dict]]:
     """(image, {field: raw label or None}) for every readable sample, so that several label
     fields are evaluated from ONE pass of feature extraction. Bad samples are skipped, counted by
-    reason into `skipped` and logged."""
+    reason into `skipped` and logged; members lost to a damaged tar too, unless the tar is one of
+    `counted` (training shards, whose loss the pre-training check counts)."""
     urls = _expand(urls)
     errors = ErrorLog()  # damaged tar members are skipped, like training streams do
     skipped = Counter() if skipped is None else skipped
@@ -171,8 +172,10 @@ def iter_labelled_samples(urls: Union[str, Sequence[str], TrainData], fields: Se
             continue
         n += 1
         yield img, labels
-    if errors.damaged:
-        skipped["damaged_tar_member"] += sum(errors.damaged.values())
+    counted = set(counted)
+    lost = sum(n for url, n in errors.damaged.items() if url not in counted)
+    if lost:
+        skipped["damaged_tar_member"] += lost
     if skipped:
         where = urls.describe() if isinstance(urls, TrainData) else urls[0] + (" …" if len(urls) > 1 else "")
         log.warning("%s: skipped %s", where, dict(skipped))

@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from mcl_dist.config import Config, ConfigError, StageConfig
+from mcl_dist.config_sources import blame
 
 
 class Objective:
@@ -27,10 +28,10 @@ class Objective:
         if cls.captions:
             return
         if not cfg.data.augment:
-            raise ConfigError(f"{where}: 'data.augment' false applies to CLIP only; the views of objective "
+            raise ConfigError(f"{blame(where, 'data.augment', 'objective')}: 'data.augment' false applies to CLIP only; the views of objective "
                               f"{cls.name} are set under {cls.name}.* (crop, colour jitter)")
         if cfg.cluster.embed != "image":
-            raise ConfigError(f"{where}: 'cluster.embed' must be image for objective {cls.name} (there is no text)")
+            raise ConfigError(f"{blame(where, 'cluster.embed', 'objective')}: 'cluster.embed' must be image for objective {cls.name} (there is no text)")
 
     def create_bundle(self, device: torch.device, pretrained: Optional[str] = None) -> dict[str, Any]:
         """{"model", "name", "config", "preprocess_train", "preprocess_val", "tokenizer"}; `pretrained`

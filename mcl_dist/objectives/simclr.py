@@ -15,6 +15,7 @@ import torchvision
 from torchvision import transforms as T
 
 from mcl_dist.config import Config, ConfigError, SimCLRConfig
+from mcl_dist.config_sources import blame
 from mcl_dist.data.decode import decode_image
 from mcl_dist.loss import nt_xent
 from mcl_dist.objectives.base import Objective
@@ -100,7 +101,7 @@ class SimCLR(Objective):
     def check(cls, cfg: Config, where: str) -> None:
         super().check(cfg, where)
         if cfg.simclr.arch not in ARCHS:
-            raise ConfigError(f"{where}: 'simclr.arch' must be one of {', '.join(ARCHS)}, got {cfg.simclr.arch!r}")
+            raise ConfigError(f"{blame(where, 'simclr.arch')}: 'simclr.arch' must be one of {', '.join(ARCHS)}, got {cfg.simclr.arch!r}")
 
     def create_bundle(self, device: torch.device, pretrained: Optional[str] = None) -> dict[str, Any]:
         scfg = self.cfg.simclr

@@ -47,6 +47,8 @@ class EvalStep(Step):
         for i, (name, path) in enumerate(models + [("integrated", integrated_path(ctx.run_dir))]):
             log.info("evaluating %s", name)
             results[name] = evaluate_model(path, ctx.cfg, ctx.data, device=ctx.info.device)
+            # relative to the run directory: equal results in two run directories are equal files
+            results[name]["model"] = os.path.relpath(path, ctx.run_dir)
             if ctx.cfg.debug.kill_at == f"eval:{i + 1}":  # tests: killed half-way through evaluation
                 dist_utils.kill_job_now()
         write_json(results, results_path(ctx.run_dir))
