@@ -53,10 +53,12 @@ def test_engine_deepspeed_refuses_lars():
 
 def test_dataset_type_csv_is_one_local_file():
     assert refused("data.dataset_type=csv", "data.train_shards=a.csv::b.csv") == \
-        "defaults: 'data.train_shards' 'a.csv::b.csv': a CSV data set (data.dataset_type csv) is one local file"
-    assert refused("data.train_shards=pipe:curl -s http://x/a.csv") == \
-        "defaults: 'data.train_shards' 'pipe:curl -s http://x/a.csv': a CSV data set (data.dataset_type csv) is one local file"
-    assert refused("data.dataset_type=tar").startswith("defaults: 'data.dataset_type' must be one of webdataset, csv, auto")
+        ("data.train_shards=a.csv::b.csv (command line): 'data.train_shards' 'a.csv::b.csv': a CSV data set "
+         "(data.dataset_type csv) is one local file")
+    assert refused("data.train_shards=pipe:curl -s http://x/a.csv").endswith(
+        "'data.train_shards' 'pipe:curl -s http://x/a.csv': a CSV data set (data.dataset_type csv) is one local file")
+    assert refused("data.dataset_type=tar").startswith(
+        "data.dataset_type=tar (command line): 'data.dataset_type' must be one of webdataset, csv, auto")
 
 
 def test_optimizer_adamw_needs_betas_below_one():
