@@ -14,7 +14,7 @@ import shutil
 from typing import Callable
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist import data_report, files, rundir, verify
+from mcl_dist import data_report, files, layout, rundir, verify
 from mcl_dist.config import Config, ConfigError, default_run_dir, save_config
 from mcl_dist.config_load import check_world, load_config
 from mcl_dist.data.preflight import DataError, check_index, check_shard_count
@@ -163,7 +163,7 @@ class Pipeline:
                                 max_bad_fraction=c.data.max_bad_fraction)
         except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
             return {"error": str(e)}
-        files.write_json(stats, os.path.join(self.run_dir, "data_check.json"))
+        files.write_json(stats, layout.data_check_path(self.run_dir))
         data_report.record(self.run_dir, "preflight", data_report.counted(stats["reasons"]))
         if stats["bad"]:
             log.warning("data check: %d of %d samples unusable (%s); they are skipped and counted",
@@ -203,7 +203,7 @@ def _lock_run_dir(run_dir: str) -> str:
     err = dist_utils.broadcast_object(err)
     if err:
         raise rundir.RunDirBusy(err)
-    dist_utils.setup_sync(os.path.join(run_dir, rundir.SYNC_DIR))
+    dist_utils.setup_sync(layout.sync_dir(run_dir))
     return lock
 
 
@@ -218,7 +218,7 @@ def run_pipeline(config_path: str, run_dir: str | None, overrides: list[str], re
         lock = _lock_run_dir(run_dir)
         pipe = Pipeline(cfg, run_dir, redo=redo)
         if info.is_main:
-            save_config(cfg, os.path.join(run_dir, "config.yaml"))
+            save_config(cfg, layout.config_path(run_dir))
             log.info("run directory: %s (%d shards, world size %d, device %s)", run_dir, len(pipe.urls),
                      info.world_size, info.device)
         return pipe.run()

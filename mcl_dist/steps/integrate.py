@@ -7,12 +7,12 @@ and the last stage (no features read)."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
+from mcl_dist import layout
 from mcl_dist.files import load_torch
 from mcl_dist.integrate import NEEDS_CKA, save_integrated, stage_weights
-from mcl_dist.run_context import RunContext, integrated_path
+from mcl_dist.run_context import RunContext
 from mcl_dist.stage_similarity import cka_to_earlier, sample_features
 from mcl_dist.steps.base import Step
 from mcl_dist.steps.common import load_stage_model
@@ -38,7 +38,7 @@ class IntegrateStep(Step):
         return out
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
-        return [integrated_path(run_dir)]
+        return [layout.integrated_path(run_dir)]
 
     def describe(self, world: int) -> str:
         m, n = self.cfg.model, len(self.cfg.stages)
@@ -52,11 +52,11 @@ class IntegrateStep(Step):
     def run(self, ctx: RunContext) -> dict:
         names, states, config = [], [], None
         for s in range(len(ctx.cfg.stages)):
-            ck = load_torch(os.path.join(ctx.stage_dir(s), "checkpoint.pt"))
+            ck = load_torch(layout.stage_checkpoint(ctx.run_dir, s))
             names.append(ck["model_name"])
             states.append(ck["state_dict"])
             config = ck.get("model_config", config)
-        m, out = ctx.cfg.model, {"model": integrated_path(ctx.run_dir)}
+        m, out = ctx.cfg.model, {"model": layout.integrated_path(ctx.run_dir)}
         weights = None
         if m.integration_weights not in ("equal", *NEEDS_CKA):
             weights = stage_weights(m.integration_weights, [None] * len(ctx.cfg.stages))
@@ -71,5 +71,5 @@ class IntegrateStep(Step):
             out.update(cka=cka, weights=weights)
             log.info("integration weights (%s): %s; CKA with the earlier stages: %s", m.integration_weights, weights, cka)
         # the weights scale each stage's block after the per-stage scaling model.integration chose
-        save_integrated(integrated_path(ctx.run_dir), names, states, weights, config, m.integration)
+        save_integrated(layout.integrated_path(ctx.run_dir), names, states, weights, config, m.integration)
         return out
