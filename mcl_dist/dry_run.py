@@ -238,8 +238,9 @@ def format_plan(p: dict[str, Any]) -> str:
     lines += [""] + p["hours"]
     lines += ["", f"per rank: embeddings {p['embed_rows']:,} x {m['dim']} fp16 = {_bytes(p['embed_bytes'])}"
               + (f"; k-means working memory ~{_bytes(p['kmeans_bytes'])}" if p["kmeans_bytes"] else ""),
-              f"checkpoints: stage {layout.STAGE_CHECKPOINT} {_bytes(m['state_bytes'])}; training checkpoints (model + "
-              f"optimizer, DDP) up to {_bytes(max(st['train_checkpoint_bytes'] for st in p['stages']))} each; "
+              f"checkpoints: stage {layout.STAGE_CHECKPOINT} {_bytes(m['state_bytes'])} (CLIP: as much again in {layout.OPEN_CLIP}/); "
+              f"training checkpoints (model + optimizer, DDP) up to "
+              f"{_bytes(max(st['train_checkpoint_bytes'] for st in p['stages']))} each; "
               f"integrated model {_bytes(m['state_bytes'] * len(p['stages']))}",
               ""] + [f"note: {n}" for n in p["notes"]] + ["steps:"] + p["steps"]
     if p["synthetic"]:

@@ -27,6 +27,7 @@ from torch import nn
 
 from mcl_dist.config import Config, ConfigError
 from mcl_dist.files import load_torch, save_torch
+from mcl_dist.models import warn_quick_gelu
 from mcl_dist.objectives import checkpoint_objective
 from mcl_dist.registry import Choice
 
@@ -163,8 +164,14 @@ def _strip_module(sd: dict) -> dict:
     return dict(sd)
 
 
-def _build(name: str, cfg: Optional[dict], state_dict: dict, device: Any) -> tuple[nn.Module, Any, Any]:
-    return checkpoint_objective(cfg).load_checkpoint(name, cfg, _strip_module(state_dict), device)
+def _build(name: str, cfg: Optional[dict], state_dict: dict, device: Any,
+           trained: Optional[dict] = None, where: str = "") -> tuple[nn.Module, Any, Any]:
+    """`trained`: the 'model_name' and 'model_config' the stage was saved with, when `name` or `cfg`
+    replace them (a QuickGeluMismatch warning if the activation then differs)."""
+    built = checkpoint_objective(cfg).load_checkpoint(name, cfg, _strip_module(state_dict), device)
+    if trained is not None:
+        warn_quick_gelu(where, trained, built[0])
+    return built
 
 
 def load_model(path: str, device: Any = "cpu", model_name: Optional[str] = None) -> tuple[nn.Module, Any, Any]:
@@ -193,5 +200,5 @@ def load_model(path: str, device: Any = "cpu", model_name: Optional[str] = None)
         name = model_name or obj.get("model_name")
         if not name:
             raise ValueError(f"{path}: checkpoint has no 'model_name'; pass model_name= (e.g. 'ViT-B-32')")
-        return _build(name, obj.get("model_config"), obj["state_dict"], device)
+        return _build(name, obj.get("model_config"), obj["state_dict"], device, trained=obj, where=path)
     raise ValueError(f"{path}: neither an integrated model nor a stage checkpoint (no 'state_dict' key)")

@@ -5,8 +5,9 @@
               stage_<s>/checkpoints/step_<8 digits>.pt metrics.jsonl tb/ batches/rank<r>.jsonl checkpoint.pt
               stage_<s>/embed/part<r>-of<W>.{feats.npy,keys.npy,stats.json} embed/embed_stats.json
               stage_<s>/kmeans/assign<r>-of<W>.npz kmeans/centroids.npz kmeans/kmeans.json
-              stage_<s>/labels.npz
-              integrated/model.pt  eval/results.json  report.md  loss_curves.png cluster_sizes.png mmvp_by_stage.png
+              stage_<s>/labels.npz  stage_<s>/open_clip/   (open_clip objectives: mcl_dist/open_clip_dir.py)
+              integrated/model.pt  integrated/open_clip/{stage_<s>/,integration.json}
+              eval/results.json  report.md  loss_curves.png cluster_sizes.png mmvp_by_stage.png
               inspect/stage_<s>_<source>/          (mcl-inspect-clusters)
 
 Steps, the report, the dry run, the commands and the tools take their paths from here, so a file
@@ -31,6 +32,8 @@ LOCK = "run.lock"
 SYNC = ".sync"
 INTEGRATED = "integrated"
 INTEGRATED_MODEL = "model.pt"
+OPEN_CLIP = "open_clip"  # a model as an open_clip local-dir folder (its files: open_clip's own names)
+INTEGRATION = "integration.json"  # integrated/open_clip/: the stage folders, weights and scaling
 EVAL = "eval"
 EVAL_RESULTS = "results.json"
 REPORT = "report.md"
@@ -59,10 +62,10 @@ FEATS, KEYS, PART_STATS = ".feats.npy", ".keys.npy", ".stats.json"
 ASSIGNMENT = ("assign", ".npz")
 
 # every name above that names a file or folder: tests/test_layout.py refuses them elsewhere
-FILE_NAMES = (CONFIG, MANIFEST, DATA_CHECK, DATA_REPORT, LOCK, SYNC, INTEGRATED_MODEL, EVAL_RESULTS, REPORT,
-              LOSS_PLOT, CLUSTER_PLOT, MMVP_PLOT, METRICS, STAGE_CHECKPOINT, EMBED_STATS, CENTROIDS,
+FILE_NAMES = (CONFIG, MANIFEST, DATA_CHECK, DATA_REPORT, LOCK, SYNC, INTEGRATED_MODEL, INTEGRATION, EVAL_RESULTS,
+              REPORT, LOSS_PLOT, CLUSTER_PLOT, MMVP_PLOT, METRICS, STAGE_CHECKPOINT, EMBED_STATS, CENTROIDS,
               KMEANS_SUMMARY, LABELS, FEATS, KEYS, PART_STATS)
-DIR_NAMES = (INDEX, WANDB, INTEGRATED, EVAL, INSPECT, CHECKPOINTS, TB, BATCHES, EMBED, KMEANS)
+DIR_NAMES = (INDEX, WANDB, INTEGRATED, OPEN_CLIP, EVAL, INSPECT, CHECKPOINTS, TB, BATCHES, EMBED, KMEANS)
 STEMS = (STAGE, TRAIN_CHECKPOINT[0], BATCH_LOG[0], EMBED_PART, ASSIGNMENT[0])
 
 _STAGE_RE = re.compile(rf"{STAGE}(\d+)(?:/|$)")
@@ -125,6 +128,11 @@ def integrated_path(run_dir: str) -> str:
     return os.path.join(run_dir, INTEGRATED, INTEGRATED_MODEL)
 
 
+def integrated_open_clip(run_dir: str) -> str:
+    """integrated/open_clip/: one local-dir folder per stage (stage_<s>/) and integration.json."""
+    return os.path.join(run_dir, INTEGRATED, OPEN_CLIP)
+
+
 def results_path(run_dir: str) -> str:
     return os.path.join(run_dir, EVAL, EVAL_RESULTS)
 
@@ -150,6 +158,11 @@ def stage_dir(run_dir: str, s: int) -> str:
 def stage_checkpoint(run_dir: str, s: int) -> str:
     """The stage's model (open_clip-loadable)."""
     return os.path.join(stage_dir(run_dir, s), STAGE_CHECKPOINT)
+
+
+def open_clip_folder(sdir: str) -> str:
+    """stage_<s>/open_clip/: the stage's weights as an open_clip local-dir folder."""
+    return os.path.join(sdir, OPEN_CLIP)
 
 
 def checkpoint_dir(sdir: str) -> str:

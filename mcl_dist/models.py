@@ -1,17 +1,23 @@
 """open_clip models by name or JSON config, weights from a tag or a local checkpoint, locking.
 
 Checkpoints we write keep open_clip's layout (`{"state_dict": ...}`), so a stage checkpoint
-loads with plain `open_clip.create_model_and_transforms(name, pretrained=path)`.
+loads with plain `open_clip.create_model_and_transforms(name, pretrained=path)`. That call builds
+the architecture from its name alone, without QuickGELU unless `force_quick_gelu=True` (open_clip
+applies it only for its named tags); the stage's `open_clip/` folder (mcl_dist/open_clip_dir.py)
+carries it. Where mcl_dist itself rebuilds a stage from a checkpoint, a model whose activation
+differs from the one it was trained with is a QuickGeluMismatch warning.
 """
 from __future__ import annotations
 
 import difflib
 import json
 import os
+import warnings
 from typing import Any, Optional
 
 import open_clip
 import torch
+from open_clip.transformer import QuickGELU
 
 from mcl_dist.config import ConfigError, ModelConfig
 
@@ -53,6 +59,8 @@ def create(mcfg: ModelConfig, device: torch.device, pretrained: Optional[str] = 
         if weights:
             raise ConfigError(f"'model.pretrained': cannot load '{weights}' for {name}: {e}") from e
         raise
+    if weights and os.path.isfile(weights):
+        warn_quick_gelu(weights, peek_checkpoint(weights), model)
     if mcfg.force_quick_gelu:
         # the checkpoint must say so, or a later load would rebuild the model with plain GELU
         cfg_dict = {**(cfg_dict or open_clip.get_model_config(name)), "quick_gelu": True}
@@ -86,3 +94,46 @@ def stage_checkpoint(model: torch.nn.Module, name: str, cfg_dict: Optional[dict]
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
+
+
+# ---------------------------------------------------------------------------- QuickGELU
+
+class QuickGeluMismatch(UserWarning):
+    """A stage rebuilt with another activation than it was trained with: its features differ."""
+
+
+def uses_quick_gelu(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, QuickGELU) for m in unwrap(model).modules())
+
+
+def trained_quick_gelu(checkpoint: Any) -> Optional[bool]:
+    """Whether a stage checkpoint we wrote was trained with QuickGELU: its 'model_config' says so
+    (model.force_quick_gelu, custom configs), else open_clip's config of its 'model_name' (the
+    '-quickgelu' names). None when the file cannot tell (a plain open_clip checkpoint)."""
+    if not isinstance(checkpoint, dict):
+        return None
+    cfg = checkpoint.get("model_config")
+    if cfg is None and isinstance(checkpoint.get("model_name"), str):
+        cfg = open_clip.get_model_config(checkpoint["model_name"])
+    return bool(cfg.get("quick_gelu", False)) if isinstance(cfg, dict) else None
+
+
+def warn_quick_gelu(where: str, checkpoint: Any, model: torch.nn.Module) -> None:
+    """Warn when `model`, built to hold `checkpoint`'s weights, has the other activation."""
+    trained, built = trained_quick_gelu(checkpoint), uses_quick_gelu(model)
+    if trained is None or trained == built:
+        return
+    act = {True: "QuickGELU", False: "GELU"}
+    fix = ("set model.force_quick_gelu: true (open_clip: force_quick_gelu=True, or load the stage's "
+           "open_clip/ folder as 'local-dir:FOLDER')" if trained else
+           "drop model.force_quick_gelu (open_clip: force_quick_gelu=False)")
+    warnings.warn(f"{where}: trained with {act[trained]} but built with {act[built]}, so its features differ "
+                  f"from the trained model's; {fix}", QuickGeluMismatch, stacklevel=2)
+
+
+def peek_checkpoint(path: str) -> Any:
+    """The checkpoint's dict without reading its tensors (mmap); None if it is not one we can open."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a legacy or foreign file: open_clip has loaded it already, we cannot tell
+        return None

@@ -1,5 +1,5 @@
 """The second synthetic family ("glyphs"): capital letters rendered from DejaVu fonts in several
-styles, for the feature-suppression benchmark's transfer test (issue 25: a recipe chosen on one
+styles, for the feature-suppression benchmark's transfer test (a recipe chosen on one
 family must hold on the other, so this is a different data set, not a variant of the shapes one).
 
 Each 32x32 image shows one letter. EASY attributes cover many pixels: `ink` (the letter's colour),

@@ -72,7 +72,7 @@ def setup(tmp_path_factory):
     templates = ["a photo of a {c} square.", "a {c} thing."]
     with open(os.path.join(ds, "zeroshot_classification_templates.txt"), "w") as f:
         f.write("\n".join(templates) + "\n")
-    with open(tmp / "ours_templates.txt", "w") as f:  # tools/evaluate.py fills '{}'
+    with open(tmp / "ours_templates.txt", "w") as f:  # mcl-evaluate fills '{}'
         f.write("\n".join(t.replace("{c}", "{}") for t in templates) + "\n")
     ret = str(tmp / "ret")
     write_split(ret, "test", 16, seed=2, captions=True)

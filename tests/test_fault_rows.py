@@ -1,4 +1,4 @@
-"""Issue 24's fault table, row by row, on the synthetic demo pipeline under a real 2-rank torchrun.
+"""The fault table of docs/reliability.md, row by row, on the synthetic demo pipeline under a real 2-rank torchrun.
 
 One finished run (2 stages, evaluation on) is made once per module; every case works on a copy of
 its directory, so the file costs one full run plus short launches that stop early. The demo data

@@ -1,4 +1,4 @@
-"""tools/gpu_check.py: its --cpu-smoke run under a real torchrun (2 gloo ranks, real shards, real
+"""mcl_dist.bench.gpu_check (`mcl-gpu-check`): its --cpu-smoke run under a real torchrun (2 gloo ranks, real shards, real
 open_clip_train peer, real k-means and faiss), plus the report and memory probes on their own."""
 import json
 import os
@@ -22,7 +22,7 @@ MAY_BE_NONE = {("kmeans", "faiss_error"), ("kmeans", "cross_device_time_ratio")}
 
 def test_cpu_smoke_on_two_gloo_ranks_writes_every_field(tmp_path):
     out = tmp_path / "gpu_check.json"
-    proc = torchrun(["tools/gpu_check.py", "--cpu-smoke", "--out", str(out), "--work-dir", str(tmp_path / "work")],
+    proc = torchrun(["-m", "mcl_dist.bench.gpu_check", "--cpu-smoke", "--out", str(out), "--work-dir", str(tmp_path / "work")],
                     timeout=900)  # ~60 s on 2 idle cores
     r = json.loads(out.read_text())
     assert r["errors"] == [] and r["ok"] is True, r["errors"]

@@ -86,3 +86,44 @@ def test_no_import_cycle_inside_the_package():
 def test_imports_inside_functions_are_optional_dependencies():
     late = {(os.path.relpath(p, ROOT), m) for p in modules().values() for m in function_imports(p)}
     assert sorted((p, m) for p, m in late if not any(m == o or m.startswith(o + ".") for o in OPTIONAL)) == []
+
+
+def tool_imports(path: str, known: set) -> set[str]:
+    """Every tools/ module a script imports, at the top or inside a function: the scripts reach each
+    other through sys.path, so a function-level import closes a circle as surely as a top one."""
+    out = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name in known)
+        elif isinstance(node, ast.ImportFrom) and node.module in known:
+            out.add(node.module)
+    return out
+
+
+def test_no_import_cycle_among_the_tools():
+    tools = os.path.join(ROOT, "tools")
+    paths = {f[:-3]: os.path.join(tools, f) for f in os.listdir(tools) if f.endswith(".py")}
+    graph = {n: tool_imports(p, set(paths)) - {n} for n, p in paths.items()}
+    assert graph["bench_suppression_report"] >= {"bench_suppression_families"}  # the walk sees these edges
+    assert find_cycle(graph) == []
+
+
+def test_the_package_never_imports_the_tools():
+    tools = {f[:-3] for f in os.listdir(os.path.join(ROOT, "tools")) if f.endswith(".py")}
+    bad = sorted((os.path.relpath(p, ROOT), m) for p in modules().values()
+                 for m in tool_imports(p, tools))
+    assert bad == []
+
+
+def test_no_tool_only_re_exports_a_package_entry_point():
+    """A command has one name (`mcl-X` / `python -m mcl_dist...`); a tools/ copy of it is a second."""
+    thin = []
+    for f in sorted(os.listdir(os.path.join(ROOT, "tools"))):
+        if f.endswith(".py"):
+            body = [n for n in ast.parse(open(os.path.join(ROOT, "tools", f)).read()).body
+                    if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]  # the docstring
+            froms = [n for n in body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("mcl_dist")]
+            defs = [n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Assign))]
+            if froms and not defs and len(body) <= 3:
+                thin.append(f)
+    assert thin == []

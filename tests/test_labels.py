@@ -120,12 +120,12 @@ def test_export_csv_and_cli(tmp_path):
         rows = list(csv.reader(f))
     assert rows == [["key", "label"], ["a", "1"], ["b", "0"], ["c", "-1"], ["d", "1"]]
     out2 = str(tmp_path / "cli.csv")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools/export_labels.py"), path, out2],
+    proc = subprocess.run([sys.executable, "-m", "mcl_dist.commands.export_labels", path, out2],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     with open(out2) as f:
         assert f.read() == open(out).read()
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "tools/export_labels.py"), str(tmp_path / "no.npz"), out2],
+    bad = subprocess.run([sys.executable, "-m", "mcl_dist.commands.export_labels", str(tmp_path / "no.npz"), out2],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no such file" in bad.stderr
 

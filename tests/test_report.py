@@ -100,7 +100,7 @@ def test_wide_tables_are_cut_to_ten_columns_and_the_label_table_is_transposed(tm
 
 
 def test_stop_signals_are_rows_of_the_label_table(tmp_path):
-    """The labels step's signal/* records (issue 25) are rows beside the label statistics; cka_prev
+    """The labels step's signal/* records (the stop-rule signals) are rows beside the label statistics; cka_prev
     exists from stage 2 on only."""
     stats = {1: {"labels": 12, "signal/nmi": 0.25, "signal/survived_samples": 0.875},
              2: {"labels": 40, "signal/nmi": 0.5, "signal/survived_samples": 0.5, "signal/cka_prev": 0.9375}}

@@ -50,7 +50,7 @@ def test_auto_k_stop_signals_and_cka_weights_are_recorded(tmp_path):
 
     ckpt = run_dir / "stage_2" / "checkpoint.pt"
     before = os.stat(ckpt).st_mtime_ns
-    # both integration settings at once (issue 23's scaling, issue 25's weights): integrate only
+    # both integration settings at once (the similarity scaling and the per-stage weights): integrate only
     steps = run(run_dir, tmp_path / "data", "model.integration_weights=cka_weight", "model.integration=raw",
                 "--redo", "integrate")
     assert os.stat(ckpt).st_mtime_ns == before  # the stages were not retrained
@@ -59,7 +59,7 @@ def test_auto_k_stop_signals_and_cka_weights_are_recorded(tmp_path):
     model, _, _ = load_model(str(run_dir / "integrated" / "model.pt"))
     assert model.integration == "raw" and model.weights == integ2["weights"]
 
-    # issue 24 with the integrate step's new settings: its file is recorded (size + checksum) like
+    # the manifest's bookkeeping with the integrate step's new settings: its file is recorded (size + checksum) like
     # any step's, and a finished re-run of the same command skips everything and writes nothing
     model_pt = run_dir / "integrated" / "model.pt"
     assert steps["integrate"]["files"]["integrated/model.pt"] == {"size": os.path.getsize(model_pt),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import io
 import logging
 import os
@@ -251,9 +250,7 @@ def test_planned_source_runs_on_across_epochs_and_resumes_exactly(shards, tmp_pa
 
 
 def test_build_index_cli(shards, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("build_index", os.path.join(ROOT, "tools/build_index.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from mcl_dist.commands import build_index as cli
     pattern = os.path.join(os.path.dirname(shards[0]), "shard-{0..2}.tar")
     assert cli.main(["--shards", pattern, "--cache-dir", str(tmp_path / "idx"), "--quiet"]) == 0
     out = capsys.readouterr().out

@@ -344,7 +344,7 @@ def write_report(res: dict, args, sc: dict, times: dict, out: str, simclr: bool)
            f"{sc['n_train']} training samples, K = {args.k} (unless the arm says), group size {args.group}, seeds "
            f"{args.seeds} (reference: {res['settings']['reference_seeds']}); every cell is one value, or the mean "
            f"followed by each seed's value [seed order as listed]. "
-           + (f"suppressed = {', '.join(SIMCLR_HARD)} (chosen in issue 19, before these runs: position is easy for "
+           + (f"suppressed = {', '.join(SIMCLR_HARD)} (chosen before these runs: position is easy for "
               f"this ResNet; {baseline_pairs(res, simclr)})." if simclr else
               f"easy = {', '.join(report.EASY)}; hard = {', '.join(report.HARD)}, of which the baseline suppresses "
               f"{', '.join(report.SUPPRESSED)} (chosen before these runs; {baseline_pairs(res)})."), ""]
@@ -420,7 +420,7 @@ def main(argv=None) -> int:
     args.config = args.config or fam["config"]
     for arm in args.arms:
         parse_arm(arm, args.k)  # unknown names stop here, before any run
-    if simclr:  # T in the name: runs of another T (issue 19's T = 240) are never taken for these
+    if simclr:  # T in the name: runs of another T (the earlier sweep's T = 240) are never taken for these
         out = args.out or os.path.join("runs", f"bench_v2_simclr_{args.scale}_{args.split}_T{sc['simclr_steps']}")
     else:
         out = args.out or (fam["out"].format(scale=args.scale, split=args.split)

@@ -36,10 +36,10 @@ FAMILIES = {
 # integration arms only re-integrate a finished mcl4_prev run
 ARMS = ["baseline", "mcl4_prev", "mcl4_prev_icka_drop", "mcl4_prev_icka_weight", "mcl4_noclust", "mcl4_prev_kauto",
         "reference", "mcl4_prev_k16", "mcl4_prev_k64"]
-ARMS_A_EARLIER = ["mcl3_prev", "mcl5_prev", "mcl2_prev", "mcl3_base", "mcl3_noclust"]  # issue 19's, kept in A's report
-HEADLINE = "mcl4_prev"  # chosen before the test run (issue 13's separate data set: 4 stages won)
+ARMS_A_EARLIER = ["mcl3_prev", "mcl5_prev", "mcl2_prev", "mcl3_base", "mcl3_noclust"]  # the stage-count sweep's, kept in A's report
+HEADLINE = "mcl4_prev"  # chosen before the test run (on a separate data set made for choosing: 4 stages won)
 # the transfer lines choose the recipe among these arms only: 4 stages (no stop rule passed) with
-# K 16 / 32 / 64 / auto and each integration choice; issue 19's other stage counts are not candidates
+# K 16 / 32 / 64 / auto and each integration choice; the sweep's other stage counts are not candidates
 RECIPE_PREFIX = "mcl4_prev"
 SIMCLR_ARMS = ["simclr_reference", "simclr_baseline", "simclr_mcl2", "simclr_mcl3", "simclr_mcl3_noclust",
                "simclr_mcl3_randlab"]
@@ -128,7 +128,7 @@ def family_specs(family: str, simclr: bool = False) -> tuple:
     if family == "C":
         from mcl_dist.synthetic_dials import DialSpec
         return ("main", DialSpec()), ("no_easy_pos", DialSpec(no_easy=True))
-    from bench_suppression_report import FAMILY_ATTRS
+    from bench_suppression_families import FAMILY_ATTRS
     fa = FAMILY_ATTRS["A"]
     return (("main", SyntheticSpec()), ("no_easy", SyntheticSpec(no_easy=True)) if simclr else
             ("no_easy_pos", SyntheticSpec(easy=tuple(fa["easy"]), hard=tuple(fa["hard"]), no_easy=True)))

@@ -19,6 +19,8 @@ import sys
 
 import numpy as np
 
+from bench_suppression_families import FAMILY_ATTRS
+
 PROTOCOL = "v2"
 DEVELOPMENT = ("A", "B")  # the families that choose; C only reports
 CANDIDATE_ARMS = ("mcl4_prev_k64", "mcl4_prev", "mcl4_prev_kauto")
@@ -31,8 +33,6 @@ STORE = os.path.join(ROOT, "docs", "bench", "records", "bench_v2_{fam}_cpu")
 
 
 def attrs_of(family: str) -> dict:
-    from bench_suppression_report import FAMILY_ATTRS
-
     return FAMILY_ATTRS[family]
 
 

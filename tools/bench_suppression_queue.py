@@ -26,9 +26,15 @@ from bench_suppression_protocol import CONTROLS, STORE  # noqa: E402
 RECIPE_ARM = "mcl4_prev_k64"
 
 
-def queue(seeds=(0, 1, 2)) -> list[tuple[str, str, int]]:
-    """(family, arm, seed) in run order."""
+def queue(seeds=(0, 1, 2), controls_last: bool = False) -> list[tuple[str, str, int]]:
+    """(family, arm, seed) in run order. controls_last: every seed's baseline and recipe before any
+    random-label control, so a session too short for the whole set still gets every seed's ratio."""
     main = ["baseline", RECIPE_ARM, CONTROLS[RECIPE_ARM][0]]
+    if controls_last:
+        out = [(fam, arm, sd) for fam in ("A", "B", "C") for sd in seeds for arm in main[:2]]
+        out += [(fam, main[2], sd) for fam in ("A", "B", "C") for sd in seeds]
+        out += [(fam, CONTROLS[RECIPE_ARM][1], sd) for sd in seeds for fam in ("A", "B", "C")]
+        return out
     out = [(fam, arm, sd) for sd in seeds for fam in ("A", "B") for arm in main]
     out += [("C", arm, sd) for sd in seeds for arm in main]
     out += [(fam, CONTROLS[RECIPE_ARM][1], sd) for sd in seeds for fam in ("A", "B", "C")]
@@ -51,8 +57,10 @@ def main(argv=None) -> int:
     p.add_argument("--root", default="/work/bench_runs", help="run dirs and data (outside the repository)")
     p.add_argument("--list", action="store_true", help="print the queue with what is recorded; run nothing")
     p.add_argument("--families", nargs="+", default=["A", "B", "C"])
+    p.add_argument("--controls-last", action="store_true",
+                   help="every seed's baseline and recipe run before any random-label control")
     args = p.parse_args(argv)
-    todo = [q for q in queue() if q[0] in args.families]
+    todo = [q for q in queue(controls_last=args.controls_last) if q[0] in args.families]
     if args.list:
         for fam, arm, sd in todo:
             print(f"{'recorded' if recorded(fam, arm, sd) else 'to run  '}  {fam} {arm}:{sd}")

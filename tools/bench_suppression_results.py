@@ -214,7 +214,7 @@ def render(all_recs: dict, root: str) -> list[str]:
     check = dilution_check(all_recs)
     table, todo = headline(all_recs, chosen)
     rel = os.path.relpath(root, protocol.ROOT) if root.startswith(protocol.ROOT) else root
-    lines = [BEGIN, "", "## v2 protocol: chosen on validation pairs, reported on test pairs (issue 33)", "",
+    lines = [BEGIN, "", "## v2 protocol: chosen on validation pairs, reported on test pairs", "",
              "Per family and seed: the pair error ratio on the suppressed attributes (A shape + position, B letter + "
              "position, C hand + dots) of the recipe chosen on the **validation** pairs of the *other* families, "
              "against the same seed's baseline, on the **test** pairs; 95% interval of a paired bootstrap over pairs "

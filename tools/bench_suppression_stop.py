@@ -1,4 +1,4 @@
-"""Would a label-free signal have picked the number of MCL stages? (issue 25, item 3)
+"""Would a label-free signal have picked the number of MCL stages? (scored against the stage-count sweep)
 
 Each rule reads the signals the labels step logs before stage s trains (mcl_dist/stop_signal.py) on
 the longest arm of a stage sweep and stops before the first stage where it fires; the count it
@@ -31,7 +31,7 @@ RULES = {"cka": ("cka_prev", operator.ge, 0.9), "survival": ("survived_samples",
 SIGN = {operator.ge: ">=", operator.lt: "<"}
 LONGEST = "mcl5_prev"
 COUNTS = (2, 3, 4, 5)
-SWEEPS = ("", "_k64", "_kauto")  # the default K's sweep first; then the recipes' K (issue 25's transfer lines)
+SWEEPS = ("", "_k64", "_kauto")  # the default K's sweep first; then the recipes' K (the transfer lines')
 
 
 def picks(res: dict, rule: str, longest: str = LONGEST) -> dict:

@@ -7,7 +7,7 @@
     devtime       timing a call between device syncs
     train_bench   stage-0 samples/s: ours vs open_clip_train (torchrun launches and shims)
 
-    paper_check   issue 21's GPU script: the paper's run measured on one GPU (paper_table: its table)
+    paper_check   the GPU script: the paper's run measured on one GPU (paper_table: its table)
     throughput    the one throughput method: alternating rounds, window rate, data-wait share, ceiling
     flops         FLOPs per sample of what runs (locked layers forward only), for MFU
     jpeg_shards   photo-like JPEG shards in img2dataset's layout

@@ -1,7 +1,7 @@
 """Does the GPU path work, and how fast is it? One command, about ten minutes, one table + JSON.
 
-    torchrun --standalone --nproc_per_node 8 tools/gpu_check.py [--out gpu_check.json]   # or python -m mcl_dist.bench.gpu_check
-    torchrun --standalone --nproc_per_node 2 tools/gpu_check.py --cpu-smoke              # the same code, tiny, on CPU (CI)
+    torchrun --standalone --nproc_per_node 8 -m mcl_dist.bench.gpu_check [--out gpu_check.json]   # or python -m mcl_dist.bench.gpu_check
+    torchrun --standalone --nproc_per_node 2 -m mcl_dist.bench.gpu_check --cpu-smoke              # the same code, tiny, on CPU (CI)
 
 1. collectives, every rank: the process group (NCCL on GPU, gloo on CPU; started even for one
    process), all_gather and all_reduce values, all-reduce bus bandwidth, and the gathered

@@ -6,7 +6,7 @@ precision, local loss + gathered features and number of steps, launched with tor
 alternation (rounds). samples/s is read from each trainer's own per-step log after a warm-up
 and the median is reported. Ends with `ours/open_clip_train samples/s ratio: X`.
 
-    python tools/bench_train.py [--model tiny-vit] [--nproc 2] [--steps 40] [--batch 128] [--rounds 2]
+    python -m mcl_dist.bench.train_bench [--model tiny-vit] [--nproc 2] [--steps 40] [--batch 128] [--rounds 2]
 """
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def main() -> None:
 
 
 def command() -> None:
-    """tools/bench_train.py; under torchrun also the open_clip_train side (`--as-open-clip-train`)."""
+    """`python -m mcl_dist.bench.train_bench`; under torchrun also the open_clip_train side (`--as-open-clip-train`)."""
     if len(sys.argv) > 1 and sys.argv[1] == "--as-open-clip-train":
         as_open_clip_train(sys.argv[2:])
     else:

@@ -1,4 +1,4 @@
-"""The package's commands (console scripts `mcl-*` in setup.py; tools/*.py run the same)."""
+"""The package's commands (console scripts `mcl-*` in setup.py; `python -m mcl_dist.commands.NAME` runs the same from a checkout)."""
 
 
 def print_fields(fields: dict) -> None:

@@ -30,6 +30,7 @@ import yaml
 
 from mcl_dist import layout
 from mcl_dist.integrate import load_model
+from mcl_dist.models import QuickGeluMismatch, peek_checkpoint, trained_quick_gelu
 
 MODEL_TYPE = "mcl_dist"
 
@@ -134,15 +135,29 @@ def check_task(argv: list[str]) -> None:
                              "on CPU use mcl-evaluate --probe-train TRAIN --probe-test TEST")
 
 
+def _values(argv: list[str], name: str) -> list[str]:
+    i = argv.index(name) if name in argv else len(argv)
+    out = []
+    for v in argv[i + 1:]:
+        if v.startswith("--"):
+            break
+        out.append(v)
+    return out
+
+
 def _register_pretrained_runs(argv: list[str]) -> None:
-    """For `--pretrained FILE` with open_clip's own loader: register the run's custom config."""
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "--pretrained":
-            for v in argv[i + 1:]:
-                if v.startswith("--"):
-                    break
-                if os.path.isfile(v):
-                    register_run_config(v)
+    """For `--pretrained FILE` with open_clip's own loader: register the run's custom config, and warn
+    when the file was trained with QuickGELU, which open_clip applies to a file only for a name whose
+    config says quick_gelu (a '-quickgelu' name)."""
+    names = _values(argv, "--model")
+    for v in _values(argv, "--pretrained"):
+        if os.path.isfile(v):
+            register_run_config(v)
+            if trained_quick_gelu(peek_checkpoint(v)) and not all(
+                    (open_clip.get_model_config(n) or {}).get("quick_gelu") for n in names):
+                warnings.warn(f"{v}: trained with QuickGELU, but open_clip builds --model {' '.join(names)} with "
+                              f"GELU from a checkpoint file, so its scores are not the trained model's; pass the "
+                              f"file as --model {v} (mcl_dist's loader builds it as trained)", QuickGeluMismatch)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

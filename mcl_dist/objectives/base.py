@@ -16,6 +16,7 @@ from mcl_dist.config import Config, ConfigError, StageConfig
 class Objective:
     name = ""  # the config's `objective:` value
     captions = True  # samples need a caption: the data preflight checks it, k-means may embed text
+    open_clip_folder = False  # stages are open_clip models: each also saved as an open_clip local-dir folder
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

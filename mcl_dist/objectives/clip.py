@@ -22,6 +22,7 @@ from mcl_dist.objectives.base import Objective
 class Clip(Objective):
     name = "clip"
     captions = True
+    open_clip_folder = True
 
     def __init__(self, cfg):
         super().__init__(cfg)

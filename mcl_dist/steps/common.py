@@ -10,6 +10,7 @@ from mcl_dist import layout
 from mcl_dist.config import ConfigError
 from mcl_dist.data.preflight import DataError
 from mcl_dist.files import load_torch
+from mcl_dist.models import warn_quick_gelu
 from mcl_dist.objectives import get_objective
 from mcl_dist.run_context import RunContext
 
@@ -29,6 +30,8 @@ def remove_stale(pattern: str, world: int) -> None:
 
 def load_stage_model(ctx: RunContext, s: int) -> dict[str, Any]:
     bundle = get_objective(ctx.cfg).create_bundle(ctx.info.device, pretrained="")
-    state = load_torch(layout.stage_checkpoint(ctx.run_dir, s))
+    path = layout.stage_checkpoint(ctx.run_dir, s)
+    state = load_torch(path)
     bundle["model"].load_state_dict(state["state_dict"])
+    warn_quick_gelu(path, state, bundle["model"])  # the config now running may not be the one it was trained with
     return bundle

@@ -1,17 +1,19 @@
 """integrate (rank 0): the stages' checkpoints concatenated into one model (mcl_dist/integrate.py);
-writes `integrated/model.pt`. model.integration chooses how each stage's features are scaled
-(normalized or raw); with model.integration_weights cka_drop / cka_weight, each stage's weight
-comes from its linear CKA with the earlier stages' features on the first training samples
-(mcl_dist/stage_similarity.py), recorded with the weights in the manifest; first_last keeps stage 0
-and the last stage (no features read)."""
+writes `integrated/model.pt` and, for open_clip objectives, `integrated/open_clip/` (each stage as an
+open_clip local-dir folder, plus the weights and scaling: mcl_dist/open_clip_dir.py).
+model.integration chooses how each stage's features are scaled (normalized or raw); with
+model.integration_weights cka_drop / cka_weight, each stage's weight comes from its linear CKA with
+the earlier stages' features on the first training samples (mcl_dist/stage_similarity.py), recorded
+with the weights in the manifest; first_last keeps stage 0 and the last stage (no features read)."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from mcl_dist import layout
+from mcl_dist import layout, open_clip_dir
 from mcl_dist.files import load_torch
 from mcl_dist.integrate import NEEDS_CKA, save_integrated, stage_weights
+from mcl_dist.objectives import get_objective
 from mcl_dist.run_context import RunContext
 from mcl_dist.stage_similarity import cka_to_earlier, sample_features
 from mcl_dist.steps.base import Step
@@ -38,7 +40,10 @@ class IntegrateStep(Step):
         return out
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
-        return [layout.integrated_path(run_dir)]
+        out = [layout.integrated_path(run_dir)]
+        if get_objective(self.cfg).open_clip_folder:
+            out.append(layout.folder(layout.integrated_open_clip(run_dir)))
+        return out
 
     def describe(self, world: int) -> str:
         m, n = self.cfg.model, len(self.cfg.stages)
@@ -50,11 +55,12 @@ class IntegrateStep(Step):
         return f"the {n} stages' {how}, {w}"
 
     def run(self, ctx: RunContext) -> dict:
-        names, states, config = [], [], None
+        names, states, configs, config = [], [], [], None
         for s in range(len(ctx.cfg.stages)):
             ck = load_torch(layout.stage_checkpoint(ctx.run_dir, s))
             names.append(ck["model_name"])
             states.append(ck["state_dict"])
+            configs.append(ck.get("model_config"))
             config = ck.get("model_config", config)
         m, out = ctx.cfg.model, {"model": layout.integrated_path(ctx.run_dir)}
         weights = None
@@ -72,4 +78,7 @@ class IntegrateStep(Step):
             log.info("integration weights (%s): %s; CKA with the earlier stages: %s", m.integration_weights, weights, cka)
         # the weights scale each stage's block after the per-stage scaling model.integration chose
         save_integrated(layout.integrated_path(ctx.run_dir), names, states, weights, config, m.integration)
+        if get_objective(ctx.cfg).open_clip_folder:  # each stage as plain open_clip builds it
+            stage_dirs = [ctx.stage_dir(s) for s in range(len(ctx.cfg.stages))]
+            open_clip_dir.write_integrated(ctx.run_dir, stage_dirs, names, configs, states, weights, m.integration)
         return out

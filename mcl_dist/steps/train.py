@@ -2,8 +2,11 @@
 later stages draw the batches the cluster-bucketed planner makes from the stage's labels.
 
 Writes `stage_s/checkpoints/step_*.pt` (the last few), `metrics.jsonl`, `tb/` (train.report_to
-tensorboard), `batches/` (debug.log_batches) and the stage checkpoint `checkpoint.pt` (open_clip-loadable);
-`writes` says which, for `outputs()` and for the trainer alike (paths: mcl_dist/layout.py).
+tensorboard), `batches/` (debug.log_batches), the stage checkpoint `checkpoint.pt` (open_clip's
+'state_dict' layout, read by mcl_dist and by resume) and, for open_clip objectives, the same weights
+as the local-dir folder `open_clip/` that open_clip builds exactly as trained, QuickGELU included
+(mcl_dist/open_clip_dir.py); `writes` says which, for `outputs()` and for the trainer alike (paths:
+mcl_dist/layout.py).
 """
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ import numpy as np
 import torch
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist import layout, verify
-from mcl_dist.config import ConfigError, micro_batch_size, stage_epochs, stage_max_steps, stage_peak_lr, stage_steps
+from mcl_dist import layout, open_clip_dir, verify
+from mcl_dist.config import (ConfigError, micro_batch_size, stage_epochs, stage_max_steps, stage_peak_lr,
+                             stage_steps)
 from mcl_dist.data import group_cut
 from mcl_dist.data.sampler import EpochPlan, group_layout
 from mcl_dist.data.shards import count_samples
@@ -147,7 +151,10 @@ class TrainStep(StageStep):
             out.append(layout.folder(layout.tb_dir(d)))
         if w["batches"]:
             out.append(layout.batch_logs_glob(d))
-        return out + [layout.stage_checkpoint(run_dir, self.stage)]
+        out.append(layout.stage_checkpoint(run_dir, self.stage))
+        if get_objective(self.cfg).open_clip_folder:
+            out.append(layout.folder(layout.open_clip_folder(d)))
+        return out
 
     def describe(self, world: int) -> str:
         if self.pretrained:
@@ -191,6 +198,9 @@ class TrainStep(StageStep):
             if s > 0:
                 result["plan"] = plan
         if info.is_main:
-            save_torch(stage_checkpoint(bundle["model"], bundle["name"], bundle["config"], stage=s), out_path)
+            ck = stage_checkpoint(bundle["model"], bundle["name"], bundle["config"], stage=s)
+            save_torch(ck, out_path)
+            if get_objective(c).open_clip_folder:  # loads with plain open_clip exactly as trained
+                open_clip_dir.write_stage(open_clip_dir.stage_folder(ctx.stage_dir(s)), ck, bundle["model"])
         dist_utils.barrier()
         return result
