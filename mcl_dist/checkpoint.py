@@ -1,6 +1,6 @@
 """Periodic atomic training checkpoints and finding the one to resume from.
 
-A checkpoint is one file `<stage_dir>/checkpoints/step_XXXXXXXX.pt` holding the model (under
+A checkpoint is one file `<stage_dir>/checkpoints/step_XXXXXXXX.pt` (mcl_dist/layout.py) holding the model (under
 open_clip's 'state_dict' key, so open_clip can load it directly), optimizer and schedule state,
 the step, every rank's data position and a fingerprint of the config that produced it.
 """
@@ -9,35 +9,30 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import re
 from typing import Any, Optional
 
 from mcl_dist.config import ConfigError
 from mcl_dist.files import load_torch, save_torch
+from mcl_dist.layout import is_train_checkpoint, train_checkpoint, train_checkpoints_glob
 
 log = logging.getLogger(__name__)
-_PATTERN = re.compile(r"step_(\d{8})\.pt$")
-
-
-def checkpoint_dir(stage_dir: str) -> str:
-    return os.path.join(stage_dir, "checkpoints")
 
 
 def list_checkpoints(stage_dir: str) -> list[str]:
-    paths = glob.glob(os.path.join(checkpoint_dir(stage_dir), "step_*.pt"))
-    return sorted(p for p in paths if _PATTERN.search(p))
+    return sorted(p for p in glob.glob(train_checkpoints_glob(stage_dir)) if is_train_checkpoint(p))
 
 
 def save(stage_dir: str, step: int, state: dict[str, Any], keep: int) -> str:
-    path = os.path.join(checkpoint_dir(stage_dir), f"step_{step:08d}.pt")
+    path = train_checkpoint(stage_dir, step)
     save_torch(state, path)
     for old in list_checkpoints(stage_dir)[:-keep] if keep > 0 else []:
         os.remove(old)
     return path
 
 
-def latest(stage_dir: str, fingerprint: Optional[str] = None) -> Optional[dict[str, Any]]:
-    """The newest readable checkpoint; a damaged newest file falls back to the one before."""
+def latest(stage_dir: str, fingerprint: Optional[str] = None, step: str = "") -> Optional[dict[str, Any]]:
+    """The newest readable checkpoint; a damaged newest file falls back to the one before. `step`: the
+    training step's name, for the --redo that a checkpoint of other settings calls for."""
     for path in reversed(list_checkpoints(stage_dir)):
         try:
             state = load_torch(path)
@@ -45,7 +40,6 @@ def latest(stage_dir: str, fingerprint: Optional[str] = None) -> Optional[dict[s
             log.warning("skipping unreadable checkpoint %s (%s)", path, e)
             continue
         if fingerprint is not None and state.get("fingerprint") != fingerprint:
-            step = f"{os.path.basename(os.path.normpath(stage_dir))}/train"
             raise ConfigError(
                 f"{path} was written by a different configuration, data or world size than this run "
                 f"(fingerprint {state.get('fingerprint')} != {fingerprint}); revert the change to resume, "

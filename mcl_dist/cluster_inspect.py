@@ -25,8 +25,10 @@ from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw
 
+from mcl_dist import layout
 from mcl_dist.config_load import load_config
 from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.dataset_types import open_data
@@ -42,11 +44,11 @@ def _as_str(keys) -> list[str]:
 
 def load_groups(run_dir: str, stage: int, source: str = "clusters") -> tuple[list[str], np.ndarray]:
     """(sample keys, group id per key) of stage `stage`: its k-means clusters or its pseudo-labels."""
-    sdir = os.path.join(run_dir, f"stage_{stage}")
     if source == "clusters":
-        parts = sorted(glob.glob(os.path.join(sdir, "kmeans", "assign*-of*.npz")))
+        pattern = layout.assignments_glob(layout.kmeans_dir(run_dir, stage))
+        parts = sorted(glob.glob(pattern))
         if not parts:
-            raise FileNotFoundError(f"{sdir}/kmeans: no assign*.npz (stage {stage} has no k-means step, "
+            raise FileNotFoundError(f"{pattern}: no such file (stage {stage} has no k-means step, "
                                     "or it has not run yet; stage 0 never has clusters)")
         keys, ids = [], []
         for p in parts:
@@ -55,7 +57,7 @@ def load_groups(run_dir: str, stage: int, source: str = "clusters") -> tuple[lis
             ids.append(np.asarray(z["clusters"], np.int64))
         return keys, np.concatenate(ids)
     if source == "labels":
-        path = os.path.join(sdir, "labels.npz")
+        path = layout.labels_path(run_dir, stage)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: not found (stage {stage} has no pseudo-labels)")
         z = load_labels(path)
@@ -63,9 +65,19 @@ def load_groups(run_dir: str, stage: int, source: str = "clusters") -> tuple[lis
     raise ValueError(f"source {source!r}: use one of {SOURCES}")
 
 
+def _saved_data(run_dir: str) -> dict:
+    with open(layout.config_path(run_dir)) as f:
+        return yaml.safe_load(f)["data"]
+
+
 def run_data(run_dir: str) -> TrainData:
     """The run's training data (shards or a CSV), from its resolved config.yaml."""
-    return open_data(load_config(os.path.join(run_dir, "config.yaml")))
+    return open_data(load_config(layout.config_path(run_dir)))
+
+
+def run_index_dir(run_dir: str) -> str:
+    """The run's tar index cache (its data.index_dir, else <run_dir>/index)."""
+    return layout.index_dir(run_dir, _saved_data(run_dir).get("index_dir") or "")
 
 
 def read_records(data: TrainData, index_dir: str, keys: Sequence[str],
@@ -161,7 +173,7 @@ def stage_purity(run_dir: str, stage: int, source: str = "clusters",
                  attributes: Optional[Sequence[str]] = None) -> dict:
     """Purity of stage `stage`'s groups (no images read): see `purity`."""
     keys, groups = load_groups(run_dir, stage, source)
-    meta, _ = read_records(run_data(run_dir), os.path.join(run_dir, "index"), keys)
+    meta, _ = read_records(run_data(run_dir), run_index_dir(run_dir), keys)
     records = [meta.get(k) for k in keys]
     return purity(groups, records, list(attributes or attributes_of(records)))
 
@@ -172,13 +184,13 @@ def inspect_stage(run_dir: str, stage: int, out_dir: Optional[str] = None, sourc
     """Write cluster_grid.png, purity.md and purity.json for one stage; returns the purity dict
     with the output paths under "files". Groups are drawn largest first (at most `max_groups`
     rows in the grid; the purity table lists every group); samples are a seeded random pick."""
-    out_dir = out_dir or os.path.join(run_dir, "inspect", f"stage_{stage}_{source}")
+    out_dir = out_dir or layout.inspect_dir(run_dir, stage, source)
     keys, groups = load_groups(run_dir, stage, source)
     rng = np.random.default_rng(seed)
     ids, sizes = np.unique(groups[groups >= 0], return_counts=True)
     shown = ids[np.argsort(-sizes, kind="stable")][:max_groups]
     picks = {int(g): [keys[i] for i in rng.permutation(np.flatnonzero(groups == g))[:per_group]] for g in shown}
-    meta, images = read_records(run_data(run_dir), os.path.join(run_dir, "index"), keys,
+    meta, images = read_records(run_data(run_dir), run_index_dir(run_dir), keys,
                                 [k for ks in picks.values() for k in ks])
     records = [meta.get(k) for k in keys]
     attributes = list(attributes or attributes_of(records))

@@ -227,15 +227,24 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
     return cfg.train.global_batch_size // (world_size * cfg.train.accum_freq)
 
 
+def stage_max_steps(cfg: Config, stage: int) -> int:
+    """A stage's fixed step count: its max_steps, else train.max_steps (0: by epochs)."""
+    st = cfg.stages[stage]
+    return st.max_steps if st.max_steps is not None else cfg.train.max_steps
+
+
+def stage_epochs(cfg: Config, stage: int) -> float:
+    st = cfg.stages[stage]
+    return st.epochs if st.epochs is not None else cfg.train.epochs
+
+
 def stage_steps(cfg: Config, stage: int, num_samples: int) -> int:
     """Optimizer steps of a stage: its max_steps, else train.max_steps, else epochs over the data."""
-    st = cfg.stages[stage]
-    max_steps = st.max_steps if st.max_steps is not None else cfg.train.max_steps
+    max_steps = stage_max_steps(cfg, stage)
     if max_steps:
         return max_steps
-    epochs = st.epochs if st.epochs is not None else cfg.train.epochs
     steps_per_epoch = max(1, num_samples // cfg.train.global_batch_size)
-    return max(1, math.ceil(epochs * steps_per_epoch))
+    return max(1, math.ceil(stage_epochs(cfg, stage) * steps_per_epoch))
 
 
 def stage_peak_lr(cfg: Config, stage: int) -> float:

@@ -22,12 +22,11 @@ import os
 from typing import Any
 
 from mcl_dist.files import read_json, write_json
-
-NAME = "data_report.json"
+from mcl_dist.layout import data_report_path
 
 
 def load(run_dir: str) -> dict[str, Any]:
-    path = os.path.join(run_dir, NAME)
+    path = data_report_path(run_dir)
     try:
         data = read_json(path) if os.path.exists(path) else {}
     except ValueError:
@@ -39,7 +38,7 @@ def record(run_dir: str, step: str, entry: dict[str, Any]) -> None:
     """Rank 0: replace `step`'s entry, keep the others."""
     data = load(run_dir)
     data["steps"][step] = entry
-    write_json(data, os.path.join(run_dir, NAME))
+    write_json(data, data_report_path(run_dir))
 
 
 def stream_entry(total: dict[str, Any]) -> dict[str, Any]:

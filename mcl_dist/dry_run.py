@@ -11,7 +11,9 @@ what the run would refuse with the same `error:` line; the data check that reads
 (data/preflight.py check_index) is the run's alone; a CSV is read and its image files stat'ed here
 as in the run (data/csv_data.py). Stages >= 1 draw their batches from
 the cluster plan, which drops each label's remainder smaller than a group, so their step counts
-are upper bounds unless `max_steps` fixes them.
+are upper bounds unless `max_steps` fixes them. Steps, peak lr, warm-up and gathering come from the
+functions the run calls (config.stage_steps / stage_peak_lr, lr_schedule.warmup_steps,
+steps/train.py gathers), the paths from the steps' own outputs().
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from typing import Any
 
 import torch
 
-from mcl_dist.config import Config, ConfigError, default_run_dir, micro_batch_size, stage_steps
+from mcl_dist import layout
+from mcl_dist.config import (Config, ConfigError, default_run_dir, micro_batch_size, stage_max_steps,
+                             stage_peak_lr, stage_steps)
 from mcl_dist.config_load import check_k, check_world, load_config
 from mcl_dist.config_sources import sources_of
 from mcl_dist.data import group_cut
@@ -34,6 +38,7 @@ from mcl_dist.time_estimate import estimate, format_estimate
 from mcl_dist.objectives import get_objective
 from mcl_dist.reporting import parse_report_to
 from mcl_dist.steps import plan_steps, run_files
+from mcl_dist.steps.train import gathers
 
 KMEANS_CHUNK = 65536  # kmeans()'s default chunk of rows on a GPU
 
@@ -112,12 +117,12 @@ def build_plan(cfg: Config, config_path: str, run_dir: str, world: int, override
     for s, st in enumerate(cfg.stages):
         pretrained = s == 0 and bool(st.pretrained)
         steps = 0 if pretrained else stage_steps(cfg, s, n)
-        exact = s == 0 or (st.max_steps if st.max_steps is not None else t.max_steps) > 0
+        exact = s == 0 or stage_max_steps(cfg, s) > 0
         stages.append({
             "stage": s, "pretrained": st.pretrained if pretrained else "", "steps": steps, "exact": exact,
-            "samples": steps * t.global_batch_size, "lr": st.lr if st.lr is not None else t.lr,
+            "samples": steps * t.global_batch_size, "lr": stage_peak_lr(cfg, s),
             "k": st.k if s else None, "group_size": st.group_size if s else None, "init": st.init if s else None,
-            "gather": (world > 1) if s == 0 else st.group_size > micro,
+            "gather": gathers(cfg, s, world),
             "trainable": model["trainable"][s],
             "train_checkpoint_bytes": model["state_bytes"] + 4 * moments * model["trainable"][s]})
     rows = math.ceil(n / world)
@@ -224,7 +229,7 @@ def format_plan(p: dict[str, Any]) -> str:
     lines += [""] + p["hours"]
     lines += ["", f"per rank: embeddings {p['embed_rows']:,} x {m['dim']} fp16 = {_bytes(p['embed_bytes'])}"
               + (f"; k-means working memory ~{_bytes(p['kmeans_bytes'])}" if p["kmeans_bytes"] else ""),
-              f"checkpoints: stage checkpoint.pt {_bytes(m['state_bytes'])} (CLIP: as much again in open_clip/); "
+              f"checkpoints: stage {layout.STAGE_CHECKPOINT} {_bytes(m['state_bytes'])} (CLIP: as much again in {layout.OPEN_CLIP}/); "
               f"training checkpoints (model + optimizer, DDP) up to "
               f"{_bytes(max(st['train_checkpoint_bytes'] for st in p['stages']))} each; "
               f"integrated model {_bytes(m['state_bytes'] * len(p['stages']))}",
@@ -232,7 +237,8 @@ def format_plan(p: dict[str, Any]) -> str:
     if p["synthetic"]:
         lines.append(f"synthetic data (shards, MMVP folder, zero_shot.json) made on first use under {p['synthetic']}")
     if p["tensorboard"]:
-        lines.append(f"tensorboard: tensorboard --logdir {p['run_dir']}   (stage_s/tb/)")
+        tb = layout.folder(layout.tb_dir(layout.stage_name("s")))
+        lines.append(f"tensorboard: tensorboard --logdir {p['run_dir']}   ({tb})")
     lines += ["launch:"] + p["launch"]
     lines += ["paths written:"] + [f"  {path}" for path in p["paths"]]
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from mcl_dist import distributed as dist_utils
 from mcl_dist.data.decode import ClipDecoder
 from mcl_dist.data.preflight import DataError
 from mcl_dist.data.streaming import BadSampleMonitor, ShardStream, make_loader
-from mcl_dist import data_report
+from mcl_dist import data_report, layout
 from mcl_dist.files import atomic_path, read_json, write_json
 from mcl_dist.optim import autocast_dtype
 from mcl_dist.progress import progress
@@ -34,25 +34,24 @@ log = logging.getLogger("mcl_dist")
 
 
 def part_paths(out_dir: str, rank: int, world: int) -> tuple[str, str]:
-    stem = os.path.join(out_dir, f"part{rank:04d}-of{world:04d}")
-    return stem + ".feats.npy", stem + ".keys.npy"
+    return layout.embed_part(out_dir, rank, world, layout.FEATS), layout.embed_part(out_dir, rank, world, layout.KEYS)
 
 
 def _stats_path(feats_path: str) -> str:
     """A part's own counts (samples, bad by reason), written before the part: a re-run that skips
     the part reads them back instead of counting its bad samples as none."""
-    return feats_path.replace(".feats.npy", ".stats.json")
+    return feats_path.replace(layout.FEATS, layout.PART_STATS)
 
 
-def embedded_bad(stage_dir: str) -> int:
-    """Samples the stage's embedding counted bad (0 when it recorded none)."""
-    path = os.path.join(stage_dir, "embed", "embed_stats.json")
+def embedded_bad(run_dir: str, s: int) -> int:
+    """Samples stage s's embedding counted bad (0 when it recorded none)."""
+    path = layout.embed_stats_path(run_dir, s)
     return int(read_json(path).get("bad", 0)) if os.path.exists(path) else 0
 
 
 def list_parts(out_dir: str) -> list[tuple[str, str]]:
-    feats = sorted(glob.glob(os.path.join(out_dir, "part*-of*.feats.npy")))
-    return [(f, f.replace(".feats.npy", ".keys.npy")) for f in feats]
+    feats = sorted(glob.glob(layout.embed_parts_glob(out_dir, layout.FEATS)))
+    return [(f, f.replace(layout.FEATS, layout.KEYS)) for f in feats]
 
 
 @torch.no_grad()
@@ -81,10 +80,13 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
                  batch_size: int = 256, workers: int = 2, image_ext: str = "jpg;png;webp;jpeg",
                  caption_ext: str = "txt", max_bad_fraction: float = 1.0, max_pixels: int = 40_000_000,
                  max_bytes: int = 64 << 20, precision: str = "auto", need_caption: bool = False,
-                 mine: Optional[Sequence] = None, read: Optional[Callable] = None) -> dict[str, Any]:
+                 mine: Optional[Sequence] = None, read: Optional[Callable] = None,
+                 run_dir: str = "", step: str = "") -> dict[str, Any]:
     """`precision` as train.precision: "auto" runs the towers in bf16 autocast on a GPU, fp32 on a CPU.
     `mine` (this rank's units, default urls[rank::world]) and `read` (their reader, default tar
-    shards): a data set's `embed_share` and `read` (data/dataset.py)."""
+    shards): a data set's `embed_share` and `read` (data/dataset.py). `run_dir` and `step`: the run
+    whose data_report.json gets the step's entry (none when not given)."""
+    report = (run_dir, step) if run_dir else None
     info = dist_utils.info()
     feats_path, keys_path = part_paths(out_dir, info.rank, info.world_size)
     monitor = BadSampleMonitor(max_bad_fraction)
@@ -93,7 +95,7 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
         n = len(np.load(keys_path, mmap_mode="r"))
         _check_bad_samples(monitor, out_dir)  # nothing to add, but the other ranks gather
         kept = read_json(_stats_path(feats_path)) if os.path.exists(_stats_path(feats_path)) else {}
-        return _summarise({"bad": 0, "reasons": {}, "seen": n, **kept, "samples": n, "seconds": 0.0}, out_dir)
+        return _summarise({"bad": 0, "reasons": {}, "seen": n, **kept, "samples": n, "seconds": 0.0}, out_dir, report)
     mine = urls[info.rank::info.world_size] if mine is None else mine
     decoder = ClipDecoder(bundle["preprocess_val"], bundle["tokenizer"], image_ext, caption_ext,
                           need_text=mode != "image" or need_caption, max_pixels=max_pixels, max_bytes=max_bytes)
@@ -119,7 +121,7 @@ def embed_shards(model: torch.nn.Module, bundle: dict, urls: list[str], out_dir:
     write_json(account, _stats_path(feats_path))
     _save_npy(keys_path, np.asarray(keys, dtype=str))
     _save_npy(feats_path, feats)
-    return _summarise({**account, "samples": len(keys), "seconds": time.perf_counter() - t0}, out_dir)
+    return _summarise({**account, "samples": len(keys), "seconds": time.perf_counter() - t0}, out_dir, report)
 
 
 def _check_bad_samples(monitor: BadSampleMonitor, out_dir: str) -> None:
@@ -133,7 +135,7 @@ def _check_bad_samples(monitor: BadSampleMonitor, out_dir: str) -> None:
         raise DataError(f"{out_dir}: {message}")
 
 
-def _summarise(stats: dict, out_dir: str) -> dict[str, Any]:
+def _summarise(stats: dict, out_dir: str, report: Optional[tuple[str, str]]) -> dict[str, Any]:
     """Sum the ranks' counts; rank 0 writes them next to the parts."""
     all_stats = dist_utils.all_gather_object(stats)
     reasons = sum((Counter(s.get("reasons", {})) for s in all_stats), Counter())
@@ -145,12 +147,11 @@ def _summarise(stats: dict, out_dir: str) -> dict[str, Any]:
         raise DataError(f"{out_dir}: no sample could be embedded ({total['bad']} bad: {told}); check the "
                         "shards and data.image_ext / data.caption_ext, then re-run")
     if dist_utils.info().is_main:
-        write_json(total, os.path.join(out_dir, "embed_stats.json"))
-        step = f"{os.path.basename(os.path.dirname(os.path.normpath(out_dir)))}/embed"
+        write_json(total, os.path.join(out_dir, layout.EMBED_STATS))
         damaged = sorted({d for s in all_stats for d in s.get("damaged_shards", [])})
-        data_report.record(os.path.dirname(os.path.dirname(os.path.normpath(out_dir))), step, {
-            "seen": sum(s.get("seen", s["samples"]) for s in all_stats), "bad": total["bad"],
-            "reasons": total["reasons"], "damaged_shards": damaged})
+        if report:
+            data_report.record(*report, {"seen": sum(s.get("seen", s["samples"]) for s in all_stats),
+                                         "bad": total["bad"], "reasons": total["reasons"], "damaged_shards": damaged})
         log.info("embedded %d samples (%d bad skipped) in %.1fs, %.0f samples/s", total["samples"], total["bad"],
                  total["seconds"], total["samples_per_s"])
     return total

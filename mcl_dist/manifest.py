@@ -17,6 +17,7 @@ from typing import Any, Optional
 import mcl_dist
 from mcl_dist.config import ConfigError
 from mcl_dist.files import read_json, write_json
+from mcl_dist.layout import manifest_path
 
 
 def fingerprint(settings: dict) -> str:
@@ -50,7 +51,7 @@ def diff_settings(old: dict, new: dict) -> list[str]:
 class Manifest:
     def __init__(self, run_dir: str):
         self.run_dir = run_dir
-        self.path = os.path.join(run_dir, "manifest.json")
+        self.path = manifest_path(run_dir)
         self.data = _load(self.path) if os.path.exists(self.path) else {"steps": {}, "order": []}
 
     def save(self) -> None:

@@ -7,6 +7,7 @@ import os
 from typing import Any, Callable
 
 from mcl_dist.files import write_text
+from mcl_dist.layout import metrics_path
 
 log = logging.getLogger("mcl_dist")
 
@@ -15,7 +16,7 @@ class MetricsLogger:
     def __init__(self, stage_dir: str, enabled: bool, reporters: Callable[[], list] = list):
         """`reporters` opens the extra sinks (TensorBoard, wandb) on the rank that logs."""
         self.enabled = enabled
-        self.path = os.path.join(stage_dir, "metrics.jsonl")
+        self.path = metrics_path(stage_dir)
         self.reporters: list = []
         if not enabled:
             return
@@ -38,7 +39,7 @@ class MetricsLogger:
 
 
 def read_metrics(stage_dir: str) -> list[dict]:
-    path = os.path.join(stage_dir, "metrics.jsonl")
+    path = metrics_path(stage_dir)
     if not os.path.exists(path):
         return []
     out = []
@@ -55,6 +56,5 @@ def truncate_after(stage_dir: str, step: int) -> None:
     """On resume drop records past the checkpoint step, so curves have no duplicates."""
     records = [r for r in read_metrics(stage_dir) if r.get("step", 0) <= step]
 
-    if os.path.exists(os.path.join(stage_dir, "metrics.jsonl")):
-        write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records),
-                   os.path.join(stage_dir, "metrics.jsonl"))
+    if os.path.exists(metrics_path(stage_dir)):
+        write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), metrics_path(stage_dir))

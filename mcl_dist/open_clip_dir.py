@@ -26,20 +26,21 @@ import torch
 from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
 from open_clip.transform import PreprocessCfg
 
+from mcl_dist import layout
 from mcl_dist.files import atomic_path, read_json, write_json
 
-DIR_NAME = "open_clip"  # stage_s/open_clip/ and integrated/open_clip/stage_s/
+DIR_NAME = layout.OPEN_CLIP  # stage_s/open_clip/ and integrated/open_clip/stage_s/
 CONFIG_NAME = HF_CONFIG_NAME  # open_clip_config.json: {"model_cfg": ..., "preprocess_cfg": ...}
 WEIGHTS_NAME = HF_SAFE_WEIGHTS_NAME  # open_clip_model.safetensors: the bare state dict
-INTEGRATION_NAME = "integration.json"  # integrated/open_clip/: stage folders, weights, scaling
+INTEGRATION_NAME = layout.INTEGRATION  # integrated/open_clip/: stage folders, weights, scaling
 
 
 def stage_folder(stage_dir: str) -> str:
-    return os.path.join(stage_dir, DIR_NAME)
+    return layout.open_clip_folder(stage_dir)
 
 
 def integrated_folder(run_dir: str) -> str:
-    return os.path.join(run_dir, "integrated", DIR_NAME)
+    return layout.integrated_open_clip(run_dir)
 
 
 def model_config(name: str, cfg_dict: Optional[dict]) -> dict:
@@ -90,12 +91,12 @@ def write_integrated(run_dir: str, stage_dirs: list[str], names: list[str], conf
     before these folders existed get them written here) and integration.json."""
     out = integrated_folder(run_dir)
     for s, (stage_dir, name, cfg, sd) in enumerate(zip(stage_dirs, names, configs, state_dicts)):
-        src, dst = stage_folder(stage_dir), os.path.join(out, f"stage_{s}")
+        src, dst = stage_folder(stage_dir), os.path.join(out, layout.stage_name(s))
         if os.path.isfile(os.path.join(src, CONFIG_NAME)):
             copy(src, dst)
         else:
             write(dst, sd, model_config(name, cfg))
     n = len(stage_dirs)
-    write_json({"stages": [f"stage_{s}" for s in range(n)], "weights": list(weights or [1.0] * n),
+    write_json({"stages": [layout.stage_name(s) for s in range(n)], "weights": list(weights or [1.0] * n),
                 "integration": integration}, os.path.join(out, INTEGRATION_NAME))
     return out

@@ -14,7 +14,7 @@ import shutil
 from typing import Callable
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist import data_report, files, rundir, verify
+from mcl_dist import data_report, files, layout, rundir, verify
 from mcl_dist.config import Config, ConfigError, default_run_dir, save_config
 from mcl_dist.config_load import check_k, check_world, load_config
 from mcl_dist.config_sources import sources_of
@@ -162,7 +162,7 @@ class Pipeline:
             check_k(c, stats["usable"], f"usable samples in the {self.data.unit}s", sources_of(c, "config"))
         except (ValueError, DataError) as e:  # duplicate keys come as ValueError from the index
             return {"error": str(e)}
-        files.write_json(stats, os.path.join(self.run_dir, "data_check.json"))
+        files.write_json(stats, layout.data_check_path(self.run_dir))
         data_report.record(self.run_dir, "preflight", data_report.counted(stats["reasons"]))
         if stats["bad"]:
             log.warning("data check: %d of %d samples unusable (%s); they are skipped and counted",
@@ -173,7 +173,7 @@ class Pipeline:
         self.check_settings()
         self.preflight()
         if self.info.is_main:  # the launch is accepted: the resolved config it runs with
-            save_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
+            save_config(self.cfg, layout.config_path(self.run_dir))
         for step in self.steps:
             self.run_step(step)
         if self.info.is_main:
@@ -205,7 +205,7 @@ def _lock_run_dir(run_dir: str) -> str:
     err = dist_utils.broadcast_object(err)
     if err:
         raise rundir.RunDirBusy(err)
-    dist_utils.setup_sync(os.path.join(run_dir, rundir.SYNC_DIR))
+    dist_utils.setup_sync(layout.sync_dir(run_dir))
     return lock
 
 

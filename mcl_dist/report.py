@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Collection, Optional
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mcl_dist import data_report
+from mcl_dist import data_report, layout
 from mcl_dist.files import atomic_path, write_text
 from mcl_dist.report_context import wilson
 
-# what write_report may write into the run directory (`--redo report` or earlier removes them all)
-REPORT_FILES = ("report.md", "loss_curves.png", "cluster_sizes.png", "mmvp_by_stage.png")
+# the plots write_report may draw into the run directory, each beside report.md
+PLOTS = (layout.LOSS_PLOT, layout.CLUSTER_PLOT, layout.MMVP_PLOT)
 
 SCORE_KEYS = ("top1", "top5", "mean", "overall")  # the leaves worth a table column; counts are not
 MAX_COLUMNS = 10  # wider tables are cut into several, each repeating the first column
@@ -28,8 +27,8 @@ MMVP_CHANCE = 0.25  # a pair counts only when both statements pick their own ima
 
 
 def _order(name: str) -> tuple:
-    m = re.fullmatch(r"stage_(\d+)", str(name))
-    return (0, int(m.group(1)), "") if m else (1 if name == "integrated" else 2, 0, str(name))
+    s = layout.stage_of(name) if "/" not in str(name) else None
+    return (0, s, "") if s is not None else (1 if name == "integrated" else 2, 0, str(name))
 
 
 _GROUPS = ("zero_shot", "linear_probe", "knn")  # evaluation groups keyed by attribute, in table order
@@ -149,7 +148,7 @@ def _save(fig: Any, path: str) -> None:
 
 def _with_data(series: dict) -> list:
     """The stages that have data, in stage order."""
-    return sorted((s for s, v in series.items() if v), key=lambda s: _order(f"stage_{s}"))
+    return sorted((s for s, v in series.items() if v), key=lambda s: _order(layout.stage_name(s)))
 
 
 def _plot_by_stage(path: str, series: dict, draw: Callable[[Any, Any, Any], None], **axes: Any) -> bool:
@@ -225,9 +224,16 @@ def _error_bars(vals: list, ns: list) -> np.ndarray:
 
 
 def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: dict, label_stats: dict,
-                 recipe: Optional[dict] = None, timings: Optional[list] = None, data: Optional[dict] = None) -> str:
+                 recipe: Optional[dict] = None, timings: Optional[list] = None, data: Optional[dict] = None,
+                 plots: Collection[str] = PLOTS) -> str:
     """Write report.md and its PNGs into `run_dir`; returns the report's path. `recipe` and `timings`
-    come from mcl_dist/report_context.py, `data` (unusable samples) from mcl_dist/data_report.py."""
+    come from mcl_dist/report_context.py, `data` (unusable samples) from mcl_dist/data_report.py.
+    `plots`: the PNGs it may draw (the report step's plan, so it never writes a file its outputs()
+    do not name); each is drawn only when it has data."""
+
+    def draw(name: str, plot: Callable[[str, Any], bool], data_: Any) -> bool:
+        return name in plots and plot(os.path.join(run_dir, name), data_)
+
 
     matplotlib.use("Agg")  # no display on cluster nodes
     results = {k: v for k, v in (results or {}).items() if isinstance(v, dict)}
@@ -265,8 +271,8 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
         if n and min(v for v in n.values() if v) < 100:
             md.append(f"With {min(v for v in n.values() if v)} pairs in a category one pair moves its accuracy by "
                       f"{1 / min(v for v in n.values() if v):.3f}: read the intervals before the differences.\n")
-        if _plot_mmvp(os.path.join(run_dir, "mmvp_by_stage.png"), mmvp):
-            md.append("![MMVP by stage](mmvp_by_stage.png)\n")
+        if draw(layout.MMVP_PLOT, _plot_mmvp, mmvp):
+            md.append(f"![MMVP by stage]({layout.MMVP_PLOT})\n")
     else:
         md.append("No MMVP results (no MMVP-VLM folder was given, or evaluation was not run).\n")
 
@@ -276,23 +282,23 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
         md += [f"- {m}: {n}" for m, n in notes] + [""]
 
     md.append("## Training loss\n")
-    if _plot_losses(os.path.join(run_dir, "loss_curves.png"), loss_curves or {}):
-        md.append("![loss curves](loss_curves.png)\n")
+    if draw(layout.LOSS_PLOT, _plot_losses, loss_curves or {}):
+        md.append(f"![loss curves]({layout.LOSS_PLOT})\n")
         md.append("One panel per stage: stages >= 1 train a label-masked loss (negatives only inside a "
                   "pseudo-label), so their values are not comparable with stage 0's or with each other's.\n")
     else:
         md.append("No loss curves recorded.\n")
 
     md.append("## Clusters and pseudo-labels\n")
-    if _plot_clusters(os.path.join(run_dir, "cluster_sizes.png"), cluster_sizes or {}):
-        md.append("![cluster sizes](cluster_sizes.png)\n")
+    if draw(layout.CLUSTER_PLOT, _plot_clusters, cluster_sizes or {}):
+        md.append(f"![cluster sizes]({layout.CLUSTER_PLOT})\n")
     else:
         md.append("No k-means cluster sizes recorded (single-stage run, or clustering not run).\n")
     stats = {s: v for s, v in (label_stats or {}).items() if isinstance(v, dict) and v}
     if stats:
         # one row per statistic, one column per stage: the other way round was 17 columns wide
         keys = sorted({k for v in stats.values() for k, x in v.items() if _scalar(x)})
-        order = sorted(stats, key=lambda s: _order(f"stage_{s}"))
+        order = sorted(stats, key=lambda s: _order(layout.stage_name(s)))
         rows = [[k] + [_cell(stats[s].get(k)) for s in order] for k in keys]
         md.append(_table(["statistic"] + [f"stage {s}" for s in order], rows) + "\n")
     else:
@@ -300,7 +306,7 @@ def write_report(run_dir: str, results: dict, loss_curves: dict, cluster_sizes: 
 
     md.append("## Unusable samples\n")
     md += data_report.lines(data or {})
-    path = os.path.join(run_dir, "report.md")
+    path = layout.report_path(run_dir)
     write_text("\n".join(md), path)
     return path
 

@@ -6,6 +6,7 @@ import os
 from typing import Any, Optional
 
 from mcl_dist.config import Config, stage_peak_lr
+from mcl_dist import layout
 from mcl_dist.files import read_json
 
 
@@ -48,11 +49,11 @@ def recipe(cfg: Config, world: int, steps_done: dict[int, int], used: Optional[s
 def step_times(run_dir: str, metrics: dict[int, list[dict]], global_batch: int) -> list[list[str]]:
     """Rows of step, wall time and samples/s (training: samples over the step's wall time, and the
     measured rate of the logged steps; embedding: the data's samples over its wall time)."""
-    path = os.path.join(run_dir, "manifest.json")
+    path = layout.manifest_path(run_dir)
     if not os.path.exists(path):
         return []
     steps = read_json(path).get("steps", {})
-    check = os.path.join(run_dir, "data_check.json")
+    check = layout.data_check_path(run_dir)
     n_data = read_json(check).get("usable") if os.path.exists(check) else None
     rows = []
     for name, rec in sorted(steps.items(), key=lambda kv: kv[1].get("started_at", 0.0)):  # in run order
@@ -61,7 +62,7 @@ def step_times(run_dir: str, metrics: dict[int, list[dict]], global_batch: int) 
         wall = max(rec["finished_at"] - rec["started_at"], 1e-9)
         rate = "–"
         if name.endswith("/train"):
-            recs = metrics.get(int(name.split("/")[0].split("_")[1]), [])
+            recs = metrics.get(layout.stage_of(name), [])
             logged = [r["samples_per_s"] for r in recs if isinstance(r.get("samples_per_s"), (int, float))]
             if recs and logged:
                 rate = f"{recs[-1]['step'] * global_batch / wall:,.0f} (logged steps {sum(logged) / len(logged):,.0f})"

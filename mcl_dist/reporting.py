@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 from typing import Any
 
 from mcl_dist.config import Config, ConfigError, to_dict
+from mcl_dist.layout import stage_dir, stage_name, tb_dir, wandb_dir
+
+log = logging.getLogger("mcl_dist")
 
 REPORTERS = ("tensorboard", "wandb")
 
@@ -34,10 +38,10 @@ def parse_report_to(text: str, where: str = "config") -> list[str]:
 
 
 class TensorBoard:
-    def __init__(self, stage_dir: str):
+    def __init__(self, sdir: str):
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is optional in torch
 
-        self.writer = SummaryWriter(os.path.join(stage_dir, "tb"))
+        self.writer = SummaryWriter(tb_dir(sdir))
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         for k, v in values.items():
@@ -53,7 +57,8 @@ def wandb_ids(run_dir: str, stage: int) -> dict[str, str]:
     path = os.path.abspath(run_dir)
     base = re.sub(r"[^A-Za-z0-9_-]", "_", os.path.basename(path))
     digest = hashlib.sha1(path.encode()).hexdigest()[:8]
-    return {"group": path[-128:], "name": f"{base}-stage_{stage}", "id": f"{base[:40]}-{digest}-stage_{stage}"}
+    stage_ = stage_name(stage)
+    return {"group": path[-128:], "name": f"{base}-{stage_}", "id": f"{base[:40]}-{digest}-{stage_}"}
 
 
 def logged_config(cfg: Config) -> dict:
@@ -71,8 +76,8 @@ class Wandb:
 
         ids = wandb_ids(run_dir, stage)
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mcl_dist"),
-                              dir=os.environ.get("WANDB_DIR", run_dir),  # wandb writes <dir>/wandb/
-                              config={**logged_config(cfg), "stage": stage}, job_type=f"stage_{stage}",
+                              dir=os.environ.get("WANDB_DIR", wandb_dir(run_dir)),  # wandb writes <dir>/wandb/
+                              config={**logged_config(cfg), "stage": stage}, job_type=stage_name(stage),
                               reinit="finish_previous", resume="allow", **ids)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
@@ -82,15 +87,16 @@ class Wandb:
         self.run.finish()
 
 
-def open_reporters(cfg: Config, stage_dir: str, stage: int) -> list:
+def open_reporters(cfg: Config, run_dir: str, stage: int) -> list:
     """The reporters `train.report_to` names, for one stage (rank 0 only)."""
     out: list = []
     for name in parse_report_to(cfg.train.report_to):
         if name == "tensorboard":
             try:
-                out.append(TensorBoard(stage_dir))
-            except ImportError:  # the JSONL file has everything
-                pass
+                out.append(TensorBoard(stage_dir(run_dir, stage)))
+            except ImportError:  # the JSONL file has everything; the plan named tb/, so say why it is absent
+                log.info("train.report_to names tensorboard but tensorboard is not installed: no %s "
+                            "(pip install -e .[tensorboard])", tb_dir(stage_dir(run_dir, stage)))
         else:
-            out.append(Wandb(cfg, os.path.dirname(os.path.abspath(stage_dir)), stage))
+            out.append(Wandb(cfg, run_dir, stage))
     return out

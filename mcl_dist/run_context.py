@@ -7,7 +7,6 @@ reach back into the step list or the manifest's bookkeeping.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,20 +14,14 @@ from mcl_dist import distributed as dist_utils
 from mcl_dist.config import Config
 from mcl_dist.data.dataset import TrainData
 from mcl_dist.distributed import DistInfo
+from mcl_dist.layout import integrated_path, stage_dir  # noqa: F401 (steps and tests import them from here)
+from mcl_dist.layout import index_dir as _index_dir
 from mcl_dist.manifest import Manifest
-
-
-def stage_dir(run_dir: str, s: int) -> str:
-    return os.path.join(run_dir, f"stage_{s}")
-
-
-def integrated_path(run_dir: str) -> str:
-    return os.path.join(run_dir, "integrated", "model.pt")
 
 
 def index_dir(cfg: Config, run_dir: str) -> str:
     """The tar index cache: data.index_dir, else <run_dir>/index."""
-    return cfg.data.index_dir or os.path.join(run_dir, "index")
+    return _index_dir(run_dir, cfg.data.index_dir)
 
 
 @dataclass

@@ -19,10 +19,9 @@ import time
 
 from mcl_dist.config import ConfigError
 from mcl_dist.files import fsync_dir
+from mcl_dist.layout import lock_path, sync_dir
 
 log = logging.getLogger("mcl_dist")
-LOCK = "run.lock"
-SYNC_DIR = ".sync"
 
 
 class RunDirBusy(ConfigError):
@@ -51,7 +50,7 @@ def _gone(other: dict) -> bool:
 
 def acquire(run_dir: str) -> str:
     """Create the lock or raise RunDirBusy naming the holder; returns the lock's path."""
-    path = os.path.join(run_dir, LOCK)
+    path = lock_path(run_dir)
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -98,7 +97,7 @@ def release(path: str) -> None:
             if json.load(f).get("pid") != os.getpid():
                 return
         # this launch's sync markers go with its lock: a launch that found everything done leaves no trace
-        shutil.rmtree(os.path.join(os.path.dirname(path), SYNC_DIR), ignore_errors=True)
+        shutil.rmtree(sync_dir(os.path.dirname(path)), ignore_errors=True)
         os.remove(path)
     except (OSError, ValueError):
         pass
@@ -112,7 +111,7 @@ def sweep(run_dir: str) -> int:
             if name.startswith(".") and name.endswith(".tmp"):
                 os.remove(os.path.join(root, name))
                 removed += 1
-    shutil.rmtree(os.path.join(run_dir, SYNC_DIR), ignore_errors=True)
+    shutil.rmtree(sync_dir(run_dir), ignore_errors=True)
     if removed:
         log.warning("%s: removed %d temporary file%s left by an interrupted launch", run_dir, removed,
                     "s" if removed != 1 else "")

@@ -13,12 +13,12 @@ integrated model (mcl_dist/integrate.py, model.integration_weights). Where the f
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from mcl_dist import layout
 from mcl_dist.data.decode import ClipDecoder
 from mcl_dist.data.streaming import ShardStream
 from mcl_dist.embed import encode, list_parts
@@ -92,4 +92,4 @@ def sample_features(bundles: list[dict], urls: Sequence, max_samples: int, *, ba
 
 def embed_dirs_until(run_dir: str, stage: int) -> list[str]:
     """stage_1/embed .. stage_<stage>/embed: the features of stages 0 .. stage-1."""
-    return [os.path.join(run_dir, f"stage_{t}", "embed") for t in range(1, stage + 1)]
+    return [layout.embed_dir(run_dir, t) for t in range(1, stage + 1)]

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from mcl_dist import checkpoint, data_report
+from mcl_dist import checkpoint, data_report, layout
 from mcl_dist import distributed as dist_utils
 from mcl_dist.config import Config
 from mcl_dist.data.sampler import group_purity, write_batch_record
@@ -38,7 +38,7 @@ class TrainingError(RuntimeError):
 @dataclass
 class StageSpec:
     stage: int
-    stage_dir: str
+    run_dir: str
     bundle: dict  # the objective's create_bundle() output
     source: Any  # StreamSource or PlannedSource
     total_steps: int
@@ -47,6 +47,15 @@ class StageSpec:
     fingerprint: str
     extra_metrics: dict = field(default_factory=dict)
     kill_after_step: int = 0  # tests: SIGKILL the job right after this step's checkpoint
+    log_batches: bool = False  # debug.log_batches: each rank's batches in batches/rank<r>.jsonl
+
+    @property
+    def stage_dir(self) -> str:
+        return layout.stage_dir(self.run_dir, self.stage)
+
+    @property
+    def step(self) -> str:
+        return layout.step_name("train", self.stage)
 
 
 class StageTrainer:
@@ -59,15 +68,15 @@ class StageTrainer:
         self.engine = build_engine(self.model, cfg.train, self.device, spec.total_steps, spec.base_lr)
         self.monitor = BadSampleMonitor(cfg.data.max_bad_fraction)
         self.metrics = MetricsLogger(spec.stage_dir, enabled=self.info.is_main,
-                                     reporters=lambda: open_reporters(cfg, spec.stage_dir, spec.stage))
+                                     reporters=lambda: open_reporters(cfg, spec.run_dir, spec.stage))
         self.batch_log = None
-        if cfg.debug.log_batches:
-            os.makedirs(os.path.join(spec.stage_dir, "batches"), exist_ok=True)
-            self.batch_log = os.path.join(spec.stage_dir, "batches", f"rank{self.info.rank}.jsonl")
+        if spec.log_batches:
+            self.batch_log = layout.batch_log(spec.stage_dir, self.info.rank)
+            os.makedirs(os.path.dirname(self.batch_log), exist_ok=True)
 
     # -- resume ---------------------------------------------------------------------------
     def _resume(self) -> tuple[int, Optional[dict]]:
-        state = checkpoint.latest(self.spec.stage_dir, self.spec.fingerprint)
+        state = checkpoint.latest(self.spec.stage_dir, self.spec.fingerprint, self.spec.step)
         if state is None:
             if self.info.is_main:  # a run killed before its first checkpoint left records: it restarts at 0
                 truncate_after(self.spec.stage_dir, 0)
@@ -133,7 +142,7 @@ class StageTrainer:
             raise TrainingError(
                 f"stage {self.spec.stage}: non-finite loss at step {step} (this rank: {total_loss}); "
                 f"stopping instead of training on. Lower train.lr (now {self.spec.base_lr}) or set "
-                f"train.grad_clip_norm; the last good checkpoint is in {checkpoint.checkpoint_dir(self.spec.stage_dir)}")
+                f"train.grad_clip_norm; the last good checkpoint is in {layout.checkpoint_dir(self.spec.stage_dir)}")
         grad_norm = self.engine.step()
         return {"loss": total_loss, "data_time": data_time, "samples": n, "grad_norm": grad_norm,
                 "purity": purity}
@@ -187,8 +196,7 @@ class StageTrainer:
         bar.close()
         total = self.monitor.merge(dist_utils.all_gather_object(self.monitor.summary()))
         if self.info.is_main:
-            data_report.record(os.path.dirname(self.spec.stage_dir), f"stage_{self.spec.stage}/train",
-                               data_report.stream_entry(total))
+            data_report.record(self.spec.run_dir, self.spec.step, data_report.stream_entry(total))
         self.metrics.close()
         self.engine.finish()  # the stage is over: the pipeline saves the (plain) model itself next
         return last

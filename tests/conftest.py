@@ -61,6 +61,36 @@ def shards(tmp_path_factory):
     return write_test_shards(str(d))
 
 
+DEMO = os.path.join(ROOT, "configs/demo.yaml")
+# the demo made tiny: fewer samples and steps, two stages
+DEMO_OVERRIDES = [f"model.config_file={ROOT}/configs/models/tiny-vit.json", "data.synthetic_train=512",
+                  "data.synthetic_test=96", "data.synthetic_samples_per_shard=64", "train.max_steps=2",
+                  "train.global_batch_size=32", "stages=[{}, {k: 4, group_size: 8}]"]
+
+
+def run_demo(cwd, *overrides: str) -> list[str]:
+    """configs/demo.yaml as the README's demo runs it (in-process, one rank, from `cwd`: runs/demo and
+    data/demo land there) with DEMO_OVERRIDES and `overrides`; returns the overrides it used."""
+    from mcl_dist.launcher import main
+
+    old, over = os.getcwd(), [*DEMO_OVERRIDES, *overrides]
+    os.chdir(cwd)
+    try:
+        rc = main(["--config", DEMO, *over])
+    finally:
+        os.chdir(old)
+    assert rc == 0
+    return over
+
+
+@pytest.fixture(scope="session")
+def demo_eval_off(tmp_path_factory):
+    """A finished tiny demo run with eval.enabled=false (shared: test_export_clip_benchmark, test_layout)."""
+    cwd = tmp_path_factory.mktemp("demo")
+    run_demo(cwd, "eval.enabled=false")
+    return cwd  # the run directory is cwd/runs/demo
+
+
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 300, env: dict | None = None,
              check: bool = True) -> subprocess.CompletedProcess:
     """Run launch/pretrain.py (or another script) under a real torchrun with gloo on CPU."""

@@ -25,22 +25,9 @@ def readme_commands():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """configs/demo.yaml as the README's demo runs it, made tiny (fewer samples and steps, two stages)."""
-    from mcl_dist.launcher import main
-
-    cwd = tmp_path_factory.mktemp("demo")
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        rc = main(["--config", os.path.join(ROOT, "configs/demo.yaml"),
-                   f"model.config_file={ROOT}/configs/models/tiny-vit.json", "data.synthetic_train=512",
-                   "data.synthetic_test=96", "data.synthetic_samples_per_shard=64", "train.max_steps=2",
-                   "train.global_batch_size=32", "eval.enabled=false", "stages=[{}, {k: 4, group_size: 8}]"])
-    finally:
-        os.chdir(old)
-    assert rc == 0
-    return cwd
+def demo(demo_eval_off):
+    """configs/demo.yaml as the README's demo runs it, made tiny (conftest.py run_demo), eval off."""
+    return demo_eval_off
 
 
 def test_export_writes_clip_benchmarks_layout(demo, tmp_path, capsys):

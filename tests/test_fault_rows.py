@@ -197,7 +197,7 @@ def test_row7_embedding_account_survives_a_resume(tmp_path):
     out = tmp_path / "run" / "stage_1" / "embed"
     for _ in range(2):  # the second call finds the part written and skips it
         embed_shards(bundle["model"], bundle, urls, str(out), mode="image", batch_size=4, workers=0,
-                     image_ext="png", need_caption=True)
+                     image_ext="png", need_caption=True, run_dir=str(tmp_path / "run"), step="stage_1/embed")
         stats = json.load(open(out / "embed_stats.json"))
         assert (stats["samples"], stats["bad"]) == (12, 4)
         assert stats["reasons"] == {"corrupt_image": 3, "missing_caption": 1}

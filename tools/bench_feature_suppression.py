@@ -66,6 +66,7 @@ import bench_suppression_stop as stop
 from bench_suppression_arms import (FAMILIES, HEADLINE, RECIPE_PREFIX, SCALES, SIMCLR_ARMS, SIMCLR_AS, arm_overrides, base_arm,
                                     data_digest, default_arms, make_data, parse_arm, planned_runs)
 from bench_suppression_report import SIMCLR_HARD, mean
+from mcl_dist import layout
 
 
 def run_command(arm: str, seed: int, run_dir: str, data: dict, args, sc: dict) -> list[str]:
@@ -92,11 +93,11 @@ def run_command(arm: str, seed: int, run_dir: str, data: dict, args, sc: dict) -
 # finished steps' files are copied whole (training checkpoints, TensorBoard logs and embedding parts
 # included: a few MB for this tower): the run checks every recorded output of a finished step
 # before it skips it (mcl_dist/verify.py)
-NOT_COPIED = shutil.ignore_patterns("eval", "integrated", "report.md", "*.png", "run.lock")
+NOT_COPIED = shutil.ignore_patterns(layout.EVAL, layout.INTEGRATED, layout.REPORT, "*.png", layout.LOCK)
 
 
 def finished(run_dir: str) -> bool:
-    return os.path.exists(os.path.join(run_dir, "eval", "results.json"))
+    return os.path.exists(layout.results_path(run_dir))
 
 
 def default_store(out: str, custom_out: bool) -> str:
@@ -150,7 +151,7 @@ def run_all(jobs: list[tuple[str, int, str, list[str]]], parallel: int, threads:
                 break
             arm, seed, run_dir, cmd = job = ready[0]
             pending.remove(job)
-            if base_arm(arm) and not os.path.exists(os.path.join(run_dir, "manifest.json")):
+            if base_arm(arm) and not os.path.exists(layout.manifest_path(run_dir)):
                 shutil.copytree(os.path.join(out, f"{base_arm(arm)}_s{seed}"), run_dir, ignore=NOT_COPIED, dirs_exist_ok=True)
             os.makedirs(run_dir, exist_ok=True)
             log = open(run_dir + ".log", "a")
@@ -193,14 +194,15 @@ def model_scores(res: dict, simclr: bool) -> dict:
 def stage_record(run_dir: str, s: int, results: dict, manifest: dict, purity: dict) -> dict:
     """One MCL stage of one run: stop signals, K, label purity, loss at start and end, hard pairs."""
     steps = manifest.get("steps", {})
-    out = {"label_purity": purity["labels"], "k": steps.get(f"stage_{s}/kmeans", {}).get("outputs", {}).get("k")}
-    lab = steps.get(f"stage_{s}/labels", {}).get("outputs", {})
+    out = {"label_purity": purity["labels"],
+           "k": steps.get(layout.step_name("kmeans", s), {}).get("outputs", {}).get("k")}
+    lab = steps.get(layout.step_name("labels", s), {}).get("outputs", {})
     for key in ("nmi", "split_labels", "split_samples", "labels_before", "labels_after", "survived_labels",
                 "survived_samples", "cka_prev"):
         out[key] = lab.get(f"signal/{key}")  # None where a run predates the signal (or stage 1's cka_prev)
-    rows = [json.loads(line) for line in open(os.path.join(run_dir, f"stage_{s}", "metrics.jsonl"))]
+    rows = [json.loads(line) for line in open(layout.metrics_path(layout.stage_dir(run_dir, s)))]
     out["loss_start"], out["loss_end"] = rows[0]["loss"], rows[-1]["loss"]
-    per = results.get(f"stage_{s}", {}).get("mmvp", {}).get("per_category", {})
+    per = results.get(layout.stage_name(s), {}).get("mmvp", {}).get("per_category", {})
     out["hard_pairs"] = mean([per[a] for a in report.SUPPRESSED if a in per])
     return out
 
@@ -210,9 +212,10 @@ def settings_as_run(run_dir: str, manifest: dict) -> dict:
     stage's k-means used and the code version the pipeline recorded."""
     import yaml
 
-    cfg = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
+    cfg = yaml.safe_load(open(layout.config_path(run_dir)))
     steps = manifest.get("steps", {})
-    ks = [steps.get(f"stage_{s}/kmeans", {}).get("outputs", {}).get("k") for s in range(len(cfg.get("stages", [])))]
+    ks = [steps.get(layout.step_name("kmeans", s), {}).get("outputs", {}).get("k")
+          for s in range(len(cfg.get("stages", [])))]
     return {"stages": cfg.get("stages"), "k_used": ks, "cluster": cfg.get("cluster"), "seed": cfg.get("train", {}).get("seed"),
             "model": {k: v for k, v in cfg.get("model", {}).items() if k.startswith("integration")},
             "code_version": manifest.get("code_version")}
@@ -223,7 +226,7 @@ def run_record(run_dir: str, arm: str, seed: int, settings: dict, data: dict | N
     run's data, its pairs scored per pair on both splits (bench_suppression_pairs.py)."""
     from mcl_dist.cluster_inspect import stage_purity
 
-    results = json.load(open(os.path.join(run_dir, "eval", "results.json")))
+    results = json.load(open(layout.results_path(run_dir)))
     models = {model: model_scores(res, arm in SIMCLR_ARMS) for model, res in results.items()}
     n_stages = sum(1 for m in results if m.startswith("stage_"))
     scored = pairs.score_run(run_dir, data, n_stages) if data is not None and arm not in SIMCLR_ARMS else None
@@ -233,16 +236,16 @@ def run_record(run_dir: str, arm: str, seed: int, settings: dict, data: dict | N
             for a in models[model]:
                 if a in per:
                     models[model][a]["pairs"] = per[a].count("1") / len(per[a])
-    manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
+    manifest = json.load(open(layout.manifest_path(run_dir)))
     integ = manifest.get("steps", {}).get("integrate", {}).get("outputs", {})
     stages = {}
     for s in range(1, sum(1 for m in results if m.startswith("stage_"))):
         pur = {src: stage_purity(run_dir, s, source=src)["mean_purity"] for src in ("clusters", "labels")}
         stages[s] = {"purity": pur, "signals": stage_record(run_dir, s, results, manifest, pur),
-                     "label_stats": manifest.get("steps", {}).get(f"stage_{s}/labels", {}).get("outputs", {})}
+                     "label_stats": manifest.get("steps", {}).get(layout.step_name("labels", s), {}).get("outputs", {})}
     for s, st in stages.items():  # the stage model's own pairs, from the per-pair scores
         if scored:
-            per = scored["pairs"]["test"][f"stage_{s}"]
+            per = scored["pairs"]["test"][layout.stage_name(s)]
             st["signals"]["hard_pairs"] = mean([per[a].count("1") / len(per[a]) for a in report.SUPPRESSED if a in per])
     rec = records.make_record(arm, seed, settings, models, {"weights": integ.get("weights"), "cka": integ.get("cka")},
                               stages)

@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from mcl_dist import layout
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -95,7 +97,7 @@ def training_ratio(data: dict, work: str, samples: int) -> tuple[float, float]:
         sys.exit(proc.stderr[-4000:])
     rates = []
     for s in (0, 1):
-        with open(os.path.join(run_dir, f"stage_{s}", "metrics.jsonl")) as f:
+        with open(layout.metrics_path(layout.stage_dir(run_dir, s))) as f:
             rows = [json.loads(line) for line in f]
         rates.append(statistics.median(r["samples_per_s"] for r in rows if r["step"] > 5))
     return rates[0], rates[1]
@@ -121,7 +123,7 @@ def main() -> None:
     plain, ours = [], []
     for r in range(a.rounds):
         plain.append(plain_webdataset(urls, preprocess, tokenizer, a.batch, a.workers))
-        ours.append(indexed_planned(urls, os.path.join(work, "index"), preprocess, tokenizer, a.batch, a.workers,
+        ours.append(indexed_planned(urls, layout.index_dir(work), preprocess, tokenizer, a.batch, a.workers,
                                     a.clusters))
         print(f"round {r + 1}: streaming {plain[-1]:.0f} samples/s, indexed {ours[-1]:.0f} samples/s", flush=True)
     mp, mo = statistics.median(plain), statistics.median(ours)

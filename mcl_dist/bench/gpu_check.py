@@ -45,6 +45,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from mcl_dist import distributed as dist_utils
+from mcl_dist import layout
 from mcl_dist.bench import train_bench
 from mcl_dist.config import ModelConfig
 from mcl_dist.data.shards import count_samples, expand_urls
@@ -193,7 +194,7 @@ def prepare_data(a, work: str, nproc: int) -> tuple[str, int]:
     jobs = max(1, min(shards, cpus()))
     shards_per_job = -(-shards // jobs)
     per_shard = max(1, -(-n // (jobs * shards_per_job)))
-    todo = [(os.path.join(work, "data", f"part{j}"), shards_per_job * per_shard, per_shard, j) for j in range(jobs)]
+    todo = [(os.path.join(work, "data", f"job{j}"), shards_per_job * per_shard, per_shard, j) for j in range(jobs)]
     # fork: the children only draw and encode images, and spawning would re-import torch in each
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
         patterns = list(pool.map(_write_part, todo))
@@ -203,7 +204,7 @@ def prepare_data(a, work: str, nproc: int) -> tuple[str, int]:
 def part_kmeans(a, device: torch.device, work: str, env: dict) -> dict:
     args = {"n": a.kmeans_n, "d": a.kmeans_d, "k": a.kmeans_k, "iters": a.kmeans_iters, "device": str(device),
             "copy_bytes": a.copy_mb << 20}
-    out = os.path.join(work, "kmeans.json")
+    out = os.path.join(work, "kmeans_check.json")
     proc = subprocess.run([sys.executable, "-m", "mcl_dist.bench.kmeans_check", "--args", json.dumps(args),
                            "--out", out],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
@@ -213,7 +214,7 @@ def part_kmeans(a, device: torch.device, work: str, env: dict) -> dict:
 
 
 def step_window(run_dir: str, step: str) -> tuple[float, float]:
-    rec = read_json(os.path.join(run_dir, "manifest.json"))["steps"][step]
+    rec = read_json(layout.manifest_path(run_dir))["steps"][step]
     return rec["started_at"], rec["finished_at"]
 
 
@@ -231,19 +232,19 @@ def part_train(a, device: torch.device, work: str, env: dict, nproc: int, shards
     with Polled(device) as ours_mem:
         ours = bt.run_ours(ns, shards, n, work, env, extra=extra, run_dir=run_dir)
     stage1 = bt.stage_rates(run_dir, 1, a.warmup)
-    embed = read_json(os.path.join(run_dir, "stage_1", "embed", "embed_stats.json"))
+    embed = read_json(layout.embed_stats_path(run_dir, 1))
     o, t, s1 = statistics.median(ours), statistics.median(theirs), statistics.median(stage1)
     common = {"model": a.model, "global_batch": ns.batch, "steps": a.steps, "warmup_steps": a.warmup,
               "precision": ns.precision, "samples": n}
     return {
         "train": {**common, "ours_samples_per_s": o, "open_clip_samples_per_s": t, "ratio": o / t,
-                  "ours_peak_mem_gb": ours_mem.peak_between(*step_window(run_dir, "stage_0/train")),
+                  "ours_peak_mem_gb": ours_mem.peak_between(*step_window(run_dir, layout.step_name("train", 0))),
                   "open_clip_peak_mem_gb": theirs_mem.gib},
         "stage1": {**common, "k": a.k, "group_size": a.group_size, "stage0_samples_per_s": o,
                    "stage1_samples_per_s": s1, "ratio": s1 / o,
-                   "peak_mem_gb": ours_mem.peak_between(*step_window(run_dir, "stage_1/train"))},
+                   "peak_mem_gb": ours_mem.peak_between(*step_window(run_dir, layout.step_name("train", 1)))},
         "embed": {"pipeline_samples_per_s_per_gpu": embed["samples_per_s"] / nproc, "pipeline_samples": embed["samples"],
-                  "pipeline_peak_mem_gb": ours_mem.peak_between(*step_window(run_dir, "stage_1/embed"))},
+                  "pipeline_peak_mem_gb": ours_mem.peak_between(*step_window(run_dir, layout.step_name("embed", 1)))},
     }
 
 

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from mcl_dist import launcher
+from mcl_dist import launcher, layout
 from mcl_dist.bench import train_bench
 from mcl_dist.bench.devtime import sync
 from mcl_dist.bench.flops import step_flops
@@ -126,7 +126,7 @@ def counted(arm: str, w: dict, expected: int) -> dict:
 
 
 def ours_window(run_dir: str, warmup: int, global_batch: int, expected: int | None = None) -> dict:
-    with open(os.path.join(run_dir, "stage_0", "metrics.jsonl")) as f:
+    with open(layout.metrics_path(layout.stage_dir(run_dir, 0))) as f:
         rows = [json.loads(line) for line in f]
     rows = [r for r in rows if r["step"] > warmup]
     w = window([global_batch / r["samples_per_s"] for r in rows], [r["data_time"] for r in rows], global_batch)

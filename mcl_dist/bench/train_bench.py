@@ -23,6 +23,7 @@ import tempfile
 import open_clip
 import torch
 
+from mcl_dist import layout
 from mcl_dist.distributed import free_port
 from mcl_dist.synthetic import ensure_demo_data
 
@@ -80,7 +81,7 @@ def run_ours(a, shards: str, n: int, work: str, env: dict, extra: tuple = (), ru
 
 def stage_rates(run_dir: str, stage: int, warmup: int) -> list[float]:
     """samples/s of each logged step of a stage after the first `warmup` steps."""
-    with open(os.path.join(run_dir, f"stage_{stage}", "metrics.jsonl")) as f:
+    with open(layout.metrics_path(layout.stage_dir(run_dir, stage))) as f:
         rows = [json.loads(line) for line in f]
     return [r["samples_per_s"] for r in rows if r["step"] > warmup]
 

@@ -29,6 +29,7 @@ import braceexpand
 import webdataset as wds
 import yaml
 
+from mcl_dist import layout
 from mcl_dist.data.shards import expand_urls
 from mcl_dist.data.streaming import ErrorLog, raw_samples
 from mcl_dist.eval.zero_shot import _raw_label, label_indices, load_classnames
@@ -48,7 +49,7 @@ def _find(path: str, run_dir: str) -> str:
 
 def from_run(run_dir: str) -> tuple[str, list[str], dict]:
     """(test shards, label fields, {field: (classnames, templates)}) from <run_dir>/config.yaml."""
-    path = os.path.join(run_dir, "config.yaml")
+    path = layout.config_path(run_dir)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: not found; give a run directory, or --shards and --label-field")
     with open(path) as f:
@@ -139,7 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for f, n in counts.items():
         print(f"{os.path.join(args.out, f)}: {n} samples in {args.nshards} shards, {len(classes[f][0])} classes")
     # the run's own scores are fp32, so --no_amp (clip_benchmark's AMP default is bf16 autocast on CPU)
-    model = os.path.join(args.run_dir, "integrated", "model.pt") if args.run_dir else "RUN/integrated/model.pt"
+    model = layout.integrated_path(args.run_dir or "RUN")
     print(f"score with: python -m mcl_dist.eval.clip_benchmark eval --model {model} "
           f"--dataset {' '.join('wds/' + f for f in counts)} --dataset_root '{args.out}/{{dataset}}' "
           f"--task zeroshot_classification --no_amp")

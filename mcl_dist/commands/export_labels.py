@@ -5,12 +5,13 @@
 import argparse
 import sys
 
+from mcl_dist import layout
 from mcl_dist.labels import export_csv, label_stats, load_labels
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("labels", help="labels.npz written by the labels step")
+    p.add_argument("labels", help=f"{layout.LABELS} written by the labels step")
     p.add_argument("out_csv", help="CSV file to write (atomic)")
     args = p.parse_args(argv)
 

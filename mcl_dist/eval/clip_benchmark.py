@@ -28,6 +28,7 @@ import open_clip
 import torch
 import yaml
 
+from mcl_dist import layout
 from mcl_dist.integrate import load_model
 from mcl_dist.models import QuickGeluMismatch, peek_checkpoint, trained_quick_gelu
 
@@ -44,8 +45,8 @@ def accuracy(output, target, topk=(1,)) -> list[float]:
 def run_model_config(checkpoint: str) -> Optional[str]:
     """The JSON model config that `<run_dir>/config.yaml` names, for a file in `<run_dir>/<step>/`."""
 
-    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
-    path = os.path.join(run_dir, "config.yaml")
+    run_dir = layout.run_dir_of(checkpoint)
+    path = layout.config_path(run_dir)
     if not os.path.exists(path):
         return None
     with open(path) as f:

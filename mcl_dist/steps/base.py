@@ -1,8 +1,10 @@
 """The Step interface: one object per step of a run (mcl_dist/steps/__init__.py lists them).
 
 A step owns its name, the settings its result depends on (their fingerprint is recorded in the
-manifest), the paths it writes (`outputs`: what `--redo` removes and `--dry-run` prints), a line
-for the dry run (`describe`) and its body (`run`). Paths may hold a brace range
+manifest), the paths it writes (`outputs`: what `--redo` removes, the manifest checksums and
+`--dry-run` prints), a line for the dry run (`describe`) and its body (`run`). `outputs` names
+exactly what `run` writes under the same config (each step derives both from one function where a
+file depends on a setting), with the paths of mcl_dist/layout.py. Paths may hold a brace range
 (`part{0000..0007}`) and a `*`; a path ending in `/` is a folder the step owns whole.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from braceexpand import braceexpand
 
 from mcl_dist.config import Config
+from mcl_dist.layout import step_name
 from mcl_dist.manifest import fingerprint
 from mcl_dist.run_context import RunContext
 
@@ -56,13 +59,7 @@ class StageStep(Step):
 
     @property
     def name(self) -> str:
-        return f"stage_{self.stage}/{self.kind}"
-
-
-def rank_parts(directory: str, stem: str, suffix: str, world: int) -> str:
-    """The per-rank files of a world size, as one brace pattern: part{0000..0001}-of0002.feats.npy."""
-    ranks = f"{{0000..{world - 1:04d}}}" if world > 1 else "0000"
-    return os.path.join(directory, f"{stem}{ranks}-of{world:04d}{suffix}")
+        return step_name(self.kind, self.stage)
 
 
 def existing(pattern: str) -> list[str]:

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from mcl_dist import distributed as dist_utils
+from mcl_dist import layout
 from mcl_dist.config import ConfigError
 from mcl_dist.data.preflight import DataError
 from mcl_dist.files import load_torch
@@ -18,18 +19,18 @@ def redo_hint(e: Exception, step: str) -> ConfigError:
     return DataError(f"{e}; recover with --redo {step} (it recomputes that step and every later one)")
 
 
-def remove_stale(directory: str, pattern: str, world: int) -> None:
+def remove_stale(pattern: str, world: int) -> None:
     """Parts written by an interrupted run with another world size must not be mixed in."""
     if dist_utils.info().is_main:
-        for path in glob.glob(os.path.join(directory, pattern)):
-            if f"-of{world:04d}." not in os.path.basename(path):
+        for path in glob.glob(pattern):
+            if not layout.of_world(path, world):
                 os.remove(path)
     dist_utils.barrier()
 
 
 def load_stage_model(ctx: RunContext, s: int) -> dict[str, Any]:
     bundle = get_objective(ctx.cfg).create_bundle(ctx.info.device, pretrained="")
-    path = os.path.join(ctx.stage_dir(s), "checkpoint.pt")
+    path = layout.stage_checkpoint(ctx.run_dir, s)
     state = load_torch(path)
     bundle["model"].load_state_dict(state["state_dict"])
     warn_quick_gelu(path, state, bundle["model"])  # the config now running may not be the one it was trained with

@@ -3,17 +3,18 @@ model, once.
 
 Writes `stage_s/embed/part<rank>-of<world>.feats.npy` (fp16) and `.keys.npy` (mcl_dist/embed.py
 `part_paths`), each part's own bad-sample counts `.stats.json` (a resumed step adds them up
-rather than counting zero), and `embed_stats.json`; its entry in data_report.json.
+rather than counting zero), and `embed_stats.json`; its entry in data_report.json (paths:
+mcl_dist/layout.py).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
+from mcl_dist import layout
 from mcl_dist.embed import embed_shards
 from mcl_dist.objectives import get_objective
-from mcl_dist.run_context import RunContext, stage_dir
-from mcl_dist.steps.base import StageStep, rank_parts
+from mcl_dist.run_context import RunContext
+from mcl_dist.steps.base import StageStep
 from mcl_dist.steps.common import load_stage_model, remove_stale
 
 
@@ -26,18 +27,17 @@ class EmbedStep(StageStep):
         return {"mode": self.cfg.cluster.embed, "precision": self.cfg.train.precision}
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
-        d = os.path.join(stage_dir(run_dir, self.stage), "embed")
-        return [rank_parts(d, "part", ".feats.npy", world), rank_parts(d, "part", ".keys.npy", world),
-                rank_parts(d, "part", ".stats.json", world),
-                os.path.join(d, "embed_stats.json")]
+        d = layout.embed_dir(run_dir, self.stage)
+        parts = [layout.embed_parts_pattern(d, world, x) for x in (layout.FEATS, layout.KEYS, layout.PART_STATS)]
+        return parts + [layout.embed_stats_path(run_dir, self.stage)]
 
     def describe(self, world: int) -> str:
         return (f"{self.cfg.cluster.embed} embeddings of every sample (towers at train.precision "
                 f"{self.cfg.train.precision}), stored fp16, each rank its own shards")
 
     def run(self, ctx: RunContext) -> dict:
-        out = os.path.join(ctx.stage_dir(self.stage), "embed")
-        remove_stale(out, "part*-of*.*", ctx.info.world_size)
+        out = layout.embed_dir(ctx.run_dir, self.stage)
+        remove_stale(layout.embed_parts_glob(out), ctx.info.world_size)
         bundle = load_stage_model(ctx, self.stage - 1)
         c = ctx.cfg
         data, info = ctx.data, ctx.info
@@ -46,5 +46,5 @@ class EmbedStep(StageStep):
                             image_ext=c.data.image_ext, caption_ext=c.data.caption_ext,
                             max_pixels=c.data.max_image_pixels, max_bytes=c.data.max_member_bytes,
                             max_bad_fraction=c.data.max_bad_fraction, precision=c.train.precision,
-                            need_caption=get_objective(c).captions,
+                            need_caption=get_objective(c).captions, run_dir=ctx.run_dir, step=self.name,
                             mine=data.embed_share(info.rank, info.world_size), read=data.read)

@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from mcl_dist import data_report, verify
+from mcl_dist import data_report, layout, verify
 from mcl_dist import distributed as dist_utils
 from mcl_dist.eval.evaluate import evaluate_model
 from mcl_dist.files import write_json
-from mcl_dist.run_context import RunContext, integrated_path
+from mcl_dist.run_context import RunContext
 from mcl_dist.steps.base import Step
 
 log = logging.getLogger("mcl_dist")
-
-
-def results_path(run_dir: str) -> str:
-    return os.path.join(run_dir, "eval", "results.json")
 
 
 @dataclass
@@ -35,22 +30,22 @@ class EvalStep(Step):
         return {"eval": ev, "files": verify.eval_files(self.cfg)}  # class names, questions, shards by content
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
-        return [results_path(run_dir)]
+        return [layout.results_path(run_dir)]
 
     def describe(self, world: int) -> str:
         return f"metrics {', '.join(self.cfg.eval.metrics) or 'all with data'} on every stage and the integrated model"
 
     def run(self, ctx: RunContext) -> dict:
         """Rank 0 only: every stage and the integrated model (evaluation sets are small)."""
-        models = [(f"stage_{s}", os.path.join(ctx.stage_dir(s), "checkpoint.pt")) for s in range(len(ctx.cfg.stages))]
+        models = [(layout.stage_name(s), layout.stage_checkpoint(ctx.run_dir, s)) for s in range(len(ctx.cfg.stages))]
         results: dict[str, Any] = {}
-        for i, (name, path) in enumerate(models + [("integrated", integrated_path(ctx.run_dir))]):
+        for i, (name, path) in enumerate(models + [("integrated", layout.integrated_path(ctx.run_dir))]):
             log.info("evaluating %s", name)
             results[name] = evaluate_model(path, ctx.cfg, ctx.data, device=ctx.info.device)
             # relative to the run directory: equal results in two run directories are equal files
             results[name]["model"] = os.path.relpath(path, ctx.run_dir)
             if ctx.cfg.debug.kill_at == f"eval:{i + 1}":  # tests: killed half-way through evaluation
                 dist_utils.kill_job_now()
-        write_json(results, results_path(ctx.run_dir))
-        data_report.record(ctx.run_dir, "eval", data_report.counted(results["integrated"].get("skipped", {})))
-        return {"results": results_path(ctx.run_dir)}
+        write_json(results, layout.results_path(ctx.run_dir))
+        data_report.record(ctx.run_dir, self.name, data_report.counted(results["integrated"].get("skipped", {})))
+        return {"results": layout.results_path(ctx.run_dir)}

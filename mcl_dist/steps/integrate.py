@@ -8,14 +8,13 @@ with the weights in the manifest; first_last keeps stage 0 and the last stage (n
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
-from mcl_dist import open_clip_dir
+from mcl_dist import layout, open_clip_dir
 from mcl_dist.files import load_torch
 from mcl_dist.integrate import NEEDS_CKA, save_integrated, stage_weights
 from mcl_dist.objectives import get_objective
-from mcl_dist.run_context import RunContext, integrated_path
+from mcl_dist.run_context import RunContext
 from mcl_dist.stage_similarity import cka_to_earlier, sample_features
 from mcl_dist.steps.base import Step
 from mcl_dist.steps.common import load_stage_model
@@ -41,9 +40,9 @@ class IntegrateStep(Step):
         return out
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
-        out = [integrated_path(run_dir)]
+        out = [layout.integrated_path(run_dir)]
         if get_objective(self.cfg).open_clip_folder:
-            out.append(os.path.join(open_clip_dir.integrated_folder(run_dir), ""))
+            out.append(layout.folder(layout.integrated_open_clip(run_dir)))
         return out
 
     def describe(self, world: int) -> str:
@@ -58,12 +57,12 @@ class IntegrateStep(Step):
     def run(self, ctx: RunContext) -> dict:
         names, states, configs, config = [], [], [], None
         for s in range(len(ctx.cfg.stages)):
-            ck = load_torch(os.path.join(ctx.stage_dir(s), "checkpoint.pt"))
+            ck = load_torch(layout.stage_checkpoint(ctx.run_dir, s))
             names.append(ck["model_name"])
             states.append(ck["state_dict"])
             configs.append(ck.get("model_config"))
             config = ck.get("model_config", config)
-        m, out = ctx.cfg.model, {"model": integrated_path(ctx.run_dir)}
+        m, out = ctx.cfg.model, {"model": layout.integrated_path(ctx.run_dir)}
         weights = None
         if m.integration_weights not in ("equal", *NEEDS_CKA):
             weights = stage_weights(m.integration_weights, [None] * len(ctx.cfg.stages))
@@ -78,7 +77,7 @@ class IntegrateStep(Step):
             out.update(cka=cka, weights=weights)
             log.info("integration weights (%s): %s; CKA with the earlier stages: %s", m.integration_weights, weights, cka)
         # the weights scale each stage's block after the per-stage scaling model.integration chose
-        save_integrated(integrated_path(ctx.run_dir), names, states, weights, config, m.integration)
+        save_integrated(layout.integrated_path(ctx.run_dir), names, states, weights, config, m.integration)
         if get_objective(ctx.cfg).open_clip_folder:  # each stage as plain open_clip builds it
             stage_dirs = [ctx.stage_dir(s) for s in range(len(ctx.cfg.stages))]
             open_clip_dir.write_integrated(ctx.run_dir, stage_dirs, names, configs, states, weights, m.integration)

@@ -7,20 +7,20 @@ mcl_dist/auto_k.py).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mcl_dist import distributed as dist_utils
+from mcl_dist import layout
 from mcl_dist.auto_k import choose_k
 from mcl_dist.data.preflight import DataError
 from mcl_dist.embed import check_parts, load_share
 from mcl_dist.files import save_npz, write_json
 from mcl_dist.kmeans import kmeans
-from mcl_dist.run_context import RunContext, stage_dir
-from mcl_dist.steps.base import StageStep, rank_parts
+from mcl_dist.run_context import RunContext
+from mcl_dist.steps.base import StageStep
 from mcl_dist.steps.common import redo_hint, remove_stale
 
 log = logging.getLogger("mcl_dist")
@@ -39,8 +39,8 @@ class KMeansStep(StageStep):
         return out
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
-        d = os.path.join(stage_dir(run_dir, self.stage), "kmeans")
-        return [rank_parts(d, "assign", ".npz", world), os.path.join(d, "centroids.npz"), os.path.join(d, "kmeans.json")]
+        return [layout.assignments_pattern(layout.kmeans_dir(run_dir, self.stage), world),
+                layout.centroids_path(run_dir, self.stage), layout.kmeans_summary_path(run_dir, self.stage)]
 
     def describe(self, world: int) -> str:
         c = self.cfg.cluster
@@ -51,9 +51,11 @@ class KMeansStep(StageStep):
 
     def run(self, ctx: RunContext) -> dict:
         c, info, s = ctx.cfg, ctx.info, self.stage
-        remove_stale(os.path.join(ctx.stage_dir(s), "kmeans"), "assign*-of*.npz", info.world_size)
-        check_parts(os.path.join(ctx.stage_dir(s), "embed"), info.world_size, f"stage_{s}/embed")
-        feats, keys = load_share(os.path.join(ctx.stage_dir(s), "embed"), info.rank, info.world_size)
+        out, embedded = layout.kmeans_dir(ctx.run_dir, s), layout.embed_dir(ctx.run_dir, s)
+        embed_step = layout.step_name("embed", s)
+        remove_stale(layout.assignments_glob(out), info.world_size)
+        check_parts(embedded, info.world_size, embed_step)
+        feats, keys = load_share(embedded, info.rank, info.world_size)
         kill_at = ctx.kill_step(self.name)
         try:
             x, rule = torch.from_numpy(np.ascontiguousarray(feats)), None
@@ -71,16 +73,15 @@ class KMeansStep(StageStep):
             else:
                 res = kmeans(x, c.stages[s].k, **kw)
         except ValueError as e:  # every rank raises the same: NaN/inf rows, k larger than the data, ...
-            msg = f"{self.name} on {os.path.join(ctx.stage_dir(s), 'embed')}: {e}"
-            raise (redo_hint(ValueError(msg), f"stage_{s}/embed") if "NaN or inf" in str(e) else DataError(msg)) from None
-        out = os.path.join(ctx.stage_dir(s), "kmeans")
-        save_npz(os.path.join(out, f"assign{info.rank:04d}-of{info.world_size:04d}.npz"), keys=keys,
+            msg = f"{self.name} on {embedded}: {e}"
+            raise (redo_hint(ValueError(msg), embed_step) if "NaN or inf" in str(e) else DataError(msg)) from None
+        save_npz(layout.assignment_path(out, info.rank, info.world_size), keys=keys,
                  clusters=res.assignments.numpy().astype(np.int32))
         k = int(res.centroids.shape[0])
         summary = {"k": k, "inertia": [float(v) for v in res.inertia], "iterations": res.iterations,
                    "converged": bool(res.converged), "sizes": res.sizes.tolist(), **({"k_rule": rule} if rule else {})}
         if info.is_main:
-            save_npz(os.path.join(out, "centroids.npz"), centroids=res.centroids.numpy())
-            write_json(summary, os.path.join(out, "kmeans.json"))
+            save_npz(layout.centroids_path(ctx.run_dir, s), centroids=res.centroids.numpy())
+            write_json(summary, layout.kmeans_summary_path(ctx.run_dir, s))
         return {"k": k, "iterations": res.iterations, "final_inertia": summary["inertia"][-1] if res.inertia else None,
                 **({"k_curve": [[p["k"], p["inertia"]] for p in rule["curve"]]} if rule else {})}

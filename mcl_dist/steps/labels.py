@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import glob
 import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from mcl_dist import layout
 from mcl_dist.embed import embedded_bad
 from mcl_dist.files import load_npz
 from mcl_dist.labels import check_complete, compose_labels, label_stats, load_labels, save_labels
-from mcl_dist.run_context import RunContext, stage_dir
+from mcl_dist.run_context import RunContext
 from mcl_dist.stage_similarity import cka_to_earlier, embed_dirs_until, embedded_features
 from mcl_dist.steps.base import StageStep
 from mcl_dist.steps.common import redo_hint
@@ -23,7 +23,7 @@ log = logging.getLogger("mcl_dist")
 
 def clusters_in_index_order(ctx: RunContext, s: int, index) -> np.ndarray:
     out = np.full(len(index), -1, np.int64)
-    for path in sorted(glob.glob(os.path.join(ctx.stage_dir(s), "kmeans", "assign*-of*.npz"))):
+    for path in sorted(glob.glob(layout.assignments_glob(layout.kmeans_dir(ctx.run_dir, s)))):
         part = load_npz(path)
         where = index.key_to_index(part["keys"])
         known = where >= 0
@@ -51,7 +51,7 @@ class LabelsStep(StageStep):
         return out
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
-        return [os.path.join(stage_dir(run_dir, self.stage), "labels.npz")]
+        return [layout.labels_path(run_dir, self.stage)]
 
     def describe(self, world: int) -> str:
         return (f"stage {self.stage} clusters x stages {list(range(1, self.stage))} labels, smaller than "
@@ -65,17 +65,17 @@ class LabelsStep(StageStep):
         rows, current = [], np.zeros(len(index), np.int64)  # stage 1 splits the root label
         if s > 1:
             try:
-                prev = load_labels(os.path.join(ctx.stage_dir(s - 1), "labels.npz"), index.fingerprint())
+                prev = load_labels(layout.labels_path(ctx.run_dir, s - 1), index.fingerprint())
             except (ValueError, RuntimeError, FileNotFoundError) as e:
-                raise redo_hint(e, f"stage_{s - 1}/labels") from None
+                raise redo_hint(e, layout.step_name("labels", s - 1)) from None
             rows, current = list(prev["cluster_ids"]), prev["labels"]
         rows.append(clusters_in_index_order(ctx, s, index))
-        check_complete(rows[-1], embedded_bad(ctx.stage_dir(s)), os.path.join(ctx.stage_dir(s), "kmeans"),
-                       f"stage_{s}/embed")
+        check_complete(rows[-1], embedded_bad(ctx.run_dir, s), layout.kmeans_dir(ctx.run_dir, s),
+                       layout.step_name("embed", s))
         labels = compose_labels(rows, min_label_size=ctx.cfg.cluster.min_label_size)
         if ctx.cfg.cluster.shuffle_labels:
             labels = shuffled(labels, ctx.cfg.train.seed, s)
-        save_labels(os.path.join(ctx.stage_dir(s), "labels.npz"), index.keys, labels, np.stack(rows), index.fingerprint())
+        save_labels(layout.labels_path(ctx.run_dir, s), index.keys, labels, np.stack(rows), index.fingerprint())
         signal = split_signal(current, rows[-1], ctx.cfg.cluster.min_label_size)
         if s > 1:  # stage s-1 (just trained) against stages 0..s-2: did it learn something new?
             signal["cka_prev"] = cka_to_earlier(embedded_features(embed_dirs_until(ctx.run_dir, s),

@@ -1,17 +1,17 @@
 """stage_s/train: one stage's training. Stage 0 streams the shards (or takes pretrained weights);
 later stages draw the batches the cluster-bucketed planner makes from the stage's labels.
 
-Writes `stage_s/checkpoints/step_*.pt` (the last few), `metrics.jsonl`, `tb/`, `batches/`
-(debug.log_batches), the stage checkpoint `checkpoint.pt` (open_clip's 'state_dict' layout, read by
-mcl_dist and by resume) and, for open_clip objectives, the same weights as the local-dir folder
-`open_clip/` that open_clip builds exactly as trained, QuickGELU included (mcl_dist/open_clip_dir.py).
+Writes `stage_s/checkpoints/step_*.pt` (the last few), `metrics.jsonl`, `tb/` (train.report_to
+tensorboard), `batches/` (debug.log_batches), the stage checkpoint `checkpoint.pt` (open_clip's
+'state_dict' layout, read by mcl_dist and by resume) and, for open_clip objectives, the same weights
+as the local-dir folder `open_clip/` that open_clip builds exactly as trained, QuickGELU included
+(mcl_dist/open_clip_dir.py); `writes` says which, for `outputs()` and for the trainer alike (paths:
+mcl_dist/layout.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from mcl_dist import distributed as dist_utils
-from mcl_dist import open_clip_dir, verify
-from mcl_dist.config import ConfigError, micro_batch_size, stage_peak_lr, stage_steps
+from mcl_dist import layout, open_clip_dir, verify
+from mcl_dist.config import (ConfigError, micro_batch_size, stage_epochs, stage_max_steps, stage_peak_lr,
+                             stage_steps)
 from mcl_dist.data import group_cut
-from mcl_dist.data.sampler import EpochPlan
+from mcl_dist.data.sampler import EpochPlan, group_layout
 from mcl_dist.data.sources import PlannedSource, StreamSource
 from mcl_dist.data.streaming import cap_workers
 from mcl_dist.files import save_torch
@@ -31,13 +32,12 @@ from mcl_dist.models import stage_checkpoint
 from mcl_dist.objectives import get_objective
 from mcl_dist.optim import resolve_precision
 from mcl_dist.reporting import parse_report_to
-from mcl_dist.run_context import RunContext, stage_dir
+from mcl_dist.run_context import RunContext
 from mcl_dist.steps.base import StageStep
 from mcl_dist.steps.common import load_stage_model, redo_hint
 from mcl_dist.train import StageSpec, StageTrainer
 
 log = logging.getLogger("mcl_dist")
-TENSORBOARD = importlib.util.find_spec("tensorboard") is not None  # the optional extra: stage_s/tb/
 
 # settings that change how a run is logged or checkpointed, not what it computes
 # (report_to: where metrics go; the integration settings change only the integrate step, which
@@ -72,6 +72,21 @@ def init_weights(ctx: RunContext, s: int) -> dict[str, Any]:
     return bundle
 
 
+def gathers(cfg, s: int, world: int) -> bool:
+    """Whether stage s's loss all-gathers features: stage 0 whenever there are other ranks; a later
+    stage only when one label group is the global micro-batch (data/sampler.py group_layout)."""
+    if s == 0:
+        return world > 1
+    return group_layout(cfg.stages[s].group_size, micro_batch_size(cfg, world), world) == "global"
+
+
+def writes(cfg, s: int) -> dict[str, bool]:
+    """Which of a stage's training files the step writes: what outputs() names and the trainer opens."""
+    trains = not (s == 0 and cfg.stages[0].pretrained)
+    return {"trains": trains, "tb": trains and "tensorboard" in parse_report_to(cfg.train.report_to),
+            "batches": trains and bool(cfg.debug.log_batches)}
+
+
 def stream_source(ctx: RunContext, decoder) -> tuple[StreamSource, int]:
     """Stage 0's source: the data's units (shards, rows) streamed in a shuffled order, every rank its own share."""
     c, info, world, data = ctx.cfg, ctx.info, ctx.info.world_size, ctx.data
@@ -91,11 +106,11 @@ def stream_source(ctx: RunContext, decoder) -> tuple[StreamSource, int]:
 
 def stage_labels(ctx: RunContext, s: int) -> tuple[Any, np.ndarray]:
     """The shard index and stage s's labels in index order; read before any weights are loaded."""
-    index = ctx.shard_index(f"stage_{s}/train")
+    index = ctx.shard_index(layout.step_name("train", s))
     try:
-        labels = load_labels(os.path.join(ctx.stage_dir(s), "labels.npz"), index.fingerprint())["labels"]
+        labels = load_labels(layout.labels_path(ctx.run_dir, s), index.fingerprint())["labels"]
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # labels of other shards, damaged file
-        raise redo_hint(e, f"stage_{s}/labels") from None
+        raise redo_hint(e, layout.step_name("labels", s)) from None
     return index, labels
 
 
@@ -133,24 +148,24 @@ class TrainStep(StageStep):
                 "stage": results_only(c.stages[self.stage]), "files": verify.model_files(c)}  # named files by content
 
     def outputs(self, run_dir: str, world: int) -> list[str]:
-        d = stage_dir(run_dir, self.stage)
-        out = [] if self.pretrained else [os.path.join(d, "checkpoints", "step_*.pt"), os.path.join(d, "metrics.jsonl")]
-        if TENSORBOARD and "tensorboard" in parse_report_to(self.cfg.train.report_to) and not self.pretrained:
-            out.append(os.path.join(d, "tb", ""))
-        if self.cfg.debug.log_batches and not self.pretrained:
-            out.append(os.path.join(d, "batches", "rank*.jsonl"))
-        out.append(os.path.join(d, "checkpoint.pt"))
+        d, w = layout.stage_dir(run_dir, self.stage), writes(self.cfg, self.stage)
+        out = [layout.train_checkpoints_glob(d), layout.metrics_path(d)] if w["trains"] else []
+        if w["tb"]:  # as configured: a run without the tensorboard extra logs that it writes none
+            out.append(layout.folder(layout.tb_dir(d)))
+        if w["batches"]:
+            out.append(layout.batch_logs_glob(d))
+        out.append(layout.stage_checkpoint(run_dir, self.stage))
         if get_objective(self.cfg).open_clip_folder:
-            out.append(os.path.join(open_clip_dir.stage_folder(d), ""))
+            out.append(layout.folder(layout.open_clip_folder(d)))
         return out
 
     def describe(self, world: int) -> str:
         if self.pretrained:
             return f"pretrained '{self.cfg.stages[0].pretrained}' taken as stage 0 (no training)"
-        t, st = self.cfg.train, self.cfg.stages[self.stage]
+        t = self.cfg.train
         how = "streamed data" if self.stage == 0 else "the cluster plan's batches"
-        steps = st.max_steps if st.max_steps is not None else t.max_steps
-        length = f"{steps} steps" if steps else f"{st.epochs if st.epochs is not None else t.epochs:g} epochs"
+        steps = stage_max_steps(self.cfg, self.stage)
+        length = f"{steps} steps" if steps else f"{stage_epochs(self.cfg, self.stage):g} epochs"
         warm = f"{t.warmup_share:g} of the stage" if t.warmup_share > 0 else f"{t.warmup_steps} steps"
         precision = "auto (amp_bf16 on GPU, fp32 on CPU)" if t.precision == "auto" else t.precision
         return (f"{how}, global batch {t.global_batch_size} = micro-batch {micro_batch_size(self.cfg, world)} x "
@@ -163,7 +178,7 @@ class TrainStep(StageStep):
         c, info, s = ctx.cfg, ctx.info, self.stage
         index, labels = stage_labels(ctx, s) if s > 0 else (None, None)
         bundle = init_weights(ctx, s)
-        out_path = os.path.join(ctx.stage_dir(s), "checkpoint.pt")
+        out_path = layout.stage_checkpoint(ctx.run_dir, s)
         # the report shows what ran, not "auto"
         result: dict[str, Any] = {"checkpoint": out_path, "precision": resolve_precision(c.train.precision, info.device)}
         if self.pretrained:
@@ -171,16 +186,17 @@ class TrainStep(StageStep):
             result["final"] = {"pretrained": c.stages[0].pretrained}
         else:
             decoder = get_objective(c).train_decoder(bundle)
-            if s == 0:  # stage 0 gathers features whenever there are other ranks
+            if s == 0:
                 source, total = stream_source(ctx, decoder)
-                gather, plan = info.world_size > 1, {}
-            else:  # a later stage only when one label group spans the ranks
+                plan = {}
+            else:
                 source, total, epoch_plan = planned_source(ctx, s, index, labels, decoder)
-                gather, plan = epoch_plan.mode == "global", epoch_plan.stats
-            spec = StageSpec(stage=s, stage_dir=ctx.stage_dir(s), bundle=bundle, source=source, total_steps=total,
-                             base_lr=stage_peak_lr(c, s), gather=gather, fingerprint=self.fingerprint,
+                plan = epoch_plan.stats
+            spec = StageSpec(stage=s, run_dir=ctx.run_dir, bundle=bundle, source=source, total_steps=total,
+                             base_lr=stage_peak_lr(c, s), gather=gathers(c, s, info.world_size),
+                             fingerprint=self.fingerprint,
                              extra_metrics={f"plan/{k}": float(v) for k, v in plan.items() if isinstance(v, (int, float))},
-                             kill_after_step=ctx.kill_step(self.name))
+                             kill_after_step=ctx.kill_step(self.name), log_batches=writes(c, s)["batches"])
             result["final"] = StageTrainer(c, spec).run()
             if s > 0:
                 result["plan"] = plan
