@@ -29,6 +29,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from mcl_dist import layout
+from mcl_dist.config import anchored, saved_path
 from mcl_dist.config_load import load_config
 from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.dataset_types import open_data
@@ -65,19 +66,17 @@ def load_groups(run_dir: str, stage: int, source: str = "clusters") -> tuple[lis
     raise ValueError(f"source {source!r}: use one of {SOURCES}")
 
 
-def _saved_data(run_dir: str) -> dict:
-    with open(layout.config_path(run_dir)) as f:
-        return yaml.safe_load(f)["data"]
-
-
 def run_data(run_dir: str) -> TrainData:
     """The run's training data (shards or a CSV), from its resolved config.yaml."""
-    return open_data(load_config(layout.config_path(run_dir)))
+    return open_data(anchored(load_config(layout.config_path(run_dir))))
 
 
 def run_index_dir(run_dir: str) -> str:
     """The run's tar index cache (its data.index_dir, else <run_dir>/index)."""
-    return layout.index_dir(run_dir, _saved_data(run_dir).get("index_dir") or "")
+    with open(layout.config_path(run_dir)) as f:
+        saved = yaml.safe_load(f) or {}
+    index_dir = saved_path((saved.get("data") or {}).get("index_dir") or "", saved.get("anchor") or "")
+    return layout.index_dir(run_dir, index_dir)
 
 
 def read_records(data: TrainData, index_dir: str, keys: Sequence[str],

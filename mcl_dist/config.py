@@ -217,6 +217,32 @@ class Config:
     objective: str = "clip"  # a name in mcl_dist/objectives/ REGISTRY
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     run_dir: str = ""
+    # The directory this config's relative paths resolve against: save_config writes the launch's
+    # working directory, so a reader elsewhere (an exporter, the inspector) finds the run's own data,
+    # not a file of the same relative name under its own working directory.
+    anchor: str = ""
+
+
+def saved_path(path: str, anchor: str) -> str:
+    """A path (or `a::b` list) read from a run's config.yaml, resolved where the run resolved it.
+    URLs and `pipe:` commands are left as they are."""
+    if not path or not anchor:
+        return path
+    parts = str(path).split("::")
+    return "::".join(p if (":" in p.split("/")[0] or os.path.isabs(p)) else os.path.join(anchor, p) for p in parts)
+
+
+# every setting that names a file or folder, resolved against the anchor by readers of a saved run
+PATH_KEYS = (("data", "train_shards"), ("data", "synthetic_dir"), ("data", "index_dir"), ("model", "config_file"),
+             ("eval", "test_shards"), ("eval", "mmvp_dir"), ("eval", "zero_shot_classes"))
+
+
+def anchored(cfg: "Config") -> "Config":
+    """A saved run's config with its relative paths resolved at its anchor (in place; returned)."""
+    for section, key in PATH_KEYS:
+        sec = getattr(cfg, section)
+        setattr(sec, key, saved_path(getattr(sec, key), cfg.anchor))
+    return cfg
 
 
 def default_run_dir(config_path: str) -> str:
@@ -262,4 +288,5 @@ def save_config(cfg: Config, path: str) -> None:
     if cfg.model.config_file:  # the file names the model; a default name beside it would read as a second one
         raw["model"].pop("name", None)
     raw.pop("run_dir", None)  # the directory the file is in: a copied run directory must not name the old one
+    raw["anchor"] = os.path.abspath(cfg.anchor or os.getcwd())
     write_text(yaml.safe_dump(raw, sort_keys=False), path)

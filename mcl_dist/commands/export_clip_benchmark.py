@@ -30,6 +30,7 @@ import webdataset as wds
 import yaml
 
 from mcl_dist import layout
+from mcl_dist.config import saved_path
 from mcl_dist.data.shards import expand_urls
 from mcl_dist.data.streaming import ErrorLog, raw_samples
 from mcl_dist.eval.zero_shot import _raw_label, label_indices, load_classnames
@@ -37,10 +38,13 @@ from mcl_dist.eval.zero_shot import _raw_label, label_indices, load_classnames
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")  # what clip_benchmark's wds reader decodes
 
 
-def _find(path: str, run_dir: str) -> str:
-    """A path saved in the run's config.yaml: relative to where the run was launched."""
+def _find(path: str, run_dir: str, anchor: str) -> str:
+    """A path saved in the run's config.yaml, resolved where the run resolved it (its `anchor`)."""
+    if anchor:
+        return saved_path(path, anchor)
+    # a run saved before config.yaml recorded its anchor: beside the run first, this directory last
     parent = os.path.dirname(os.path.abspath(run_dir))
-    for base in ("", parent, os.path.dirname(parent)):
+    for base in (parent, os.path.dirname(parent), ""):
         candidate = os.path.join(base, path)
         if os.path.exists(next(iter(braceexpand.braceexpand(candidate)))):
             return candidate
@@ -53,14 +57,15 @@ def from_run(run_dir: str) -> tuple[str, list[str], dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: not found; give a run directory, or --shards and --label-field")
     with open(path) as f:
-        ev = (yaml.safe_load(f) or {}).get("eval") or {}
+        saved = yaml.safe_load(f) or {}
+    ev, anchor = saved.get("eval") or {}, saved.get("anchor") or ""
     if not ev.get("test_shards") or not ev.get("label_fields"):
         raise ValueError(f"{path}: eval.test_shards and eval.label_fields are not set; give --shards and --label-field")
     classes = {}
     if ev.get("zero_shot_classes"):
-        with open(_find(ev["zero_shot_classes"], run_dir)) as f:
+        with open(_find(ev["zero_shot_classes"], run_dir, anchor)) as f:
             classes = {k: (v["classnames"], v.get("templates")) for k, v in json.load(f).items()}
-    shards = "::".join(_find(p, run_dir) for p in str(ev["test_shards"]).split("::"))
+    shards = "::".join(_find(p, run_dir, anchor) for p in str(ev["test_shards"]).split("::"))
     return shards, list(ev["label_fields"]), classes
 
 

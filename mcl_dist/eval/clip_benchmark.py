@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from mcl_dist import layout
+from mcl_dist.config import saved_path
 from mcl_dist.integrate import load_model
 from mcl_dist.models import QuickGeluMismatch, peek_checkpoint, trained_quick_gelu
 
@@ -54,8 +55,10 @@ def run_model_config(checkpoint: str) -> Optional[str]:
     config_file = ((cfg.get("model") or {}).get("config_file") or "") if isinstance(cfg, dict) else ""
     if not config_file:
         return None
-    # saved as the run was launched: relative to its working directory, which may be the repository
-    for base in ("", os.path.dirname(run_dir), os.path.dirname(os.path.dirname(run_dir))):
+    if cfg.get("anchor"):  # where the run resolved its relative paths
+        return saved_path(config_file, cfg["anchor"])
+    # a run saved before config.yaml recorded its anchor: beside the run first, this directory last
+    for base in (os.path.dirname(run_dir), os.path.dirname(os.path.dirname(run_dir)), ""):
         candidate = os.path.join(base, config_file)
         if os.path.exists(candidate):
             return candidate
