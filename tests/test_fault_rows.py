@@ -253,7 +253,8 @@ def test_row7_sample_cut_by_a_damaged_tar_is_not_counted_again(tmp_path):
 
     out = tmp_path / "run" / "stage_1" / "embed"
     stats = embed_shards(MeanColour(), {"preprocess_val": transforms.ToTensor(), "tokenizer": None}, urls, str(out),
-                         mode="image", batch_size=8, workers=0, image_ext="png")
+                         mode="image", batch_size=8, workers=0, image_ext="png",
+                         run_dir=str(tmp_path / "run"), step="stage_1/embed")
     entry = json.load(open(tmp_path / "run" / "data_report.json"))["steps"]["stage_1/embed"]
     assert stats["samples"] == 26 and entry == {"seen": 26, "bad": 0, "reasons": {}, "damaged_shards": [urls[1]]}
     skipped: Counter = Counter()
