@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 # Ranges, not pins: `pip install -e .` keeps a torch the user already has when it is in range.
 # The floors are the oldest versions the code is shown to run on (tools/check_torch_range.sh runs the
 # demo and a core test subset on exactly these floors and on the newest torch; README "Install").
-# What the code needs: torch >= 2.4 for the fused AdamW on CPU (optim.py) and torch.amp.GradScaler(device),
+# What the code needs: torch >= 2.4 for the fused AdamW on CPU (training/optim.py) and torch.amp.GradScaler(device),
 # open_clip 3.0 for the factory/PreprocessCfg internals objectives/clip.py reads. torch 2.4.0 ran the demo,
 # but a two-rank mp.spawn test hung in destroy_process_group (2 runs of 3); 2.5.1 passed everything.
 # The exact tested versions of everything are in constraints.txt.
@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.10",
     install_requires=REQUIRES,
     entry_points={"console_scripts": [
-        "mcl-pretrain = mcl_dist.launcher:main",
+        "mcl-pretrain = mcl_dist.commands.pretrain:main",
         "mcl-evaluate = mcl_dist.commands.evaluate:main",
         "mcl-build-index = mcl_dist.commands.build_index:main",
         "mcl-export-labels = mcl_dist.commands.export_labels:main",

@@ -13,7 +13,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from mcl_dist.distributed import free_port  # noqa: F401 (the tests import it from conftest)
+from mcl_dist.core.distributed import free_port  # noqa: F401 (the tests import it from conftest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
@@ -71,7 +71,7 @@ DEMO_OVERRIDES = [f"model.config_file={ROOT}/configs/models/tiny-vit.json", "dat
 def run_demo(cwd, *overrides: str) -> list[str]:
     """configs/demo.yaml as the README's demo runs it (in-process, one rank, from `cwd`: runs/demo and
     data/demo land there) with DEMO_OVERRIDES and `overrides`; returns the overrides it used."""
-    from mcl_dist.launcher import main
+    from mcl_dist.commands.pretrain import main
 
     old, over = os.getcwd(), [*DEMO_OVERRIDES, *overrides]
     os.chdir(cwd)

@@ -52,7 +52,7 @@ def run2(cfg: str, run_dir, *overrides, redo: str = "") -> subprocess.CompletedP
 
 def launch_here(cfg: str, run_dir, *overrides, redo: str = "") -> int:
     """The real entry point in this process (world size 1): what `python launch/pretrain.py` does."""
-    from mcl_dist.launcher import launch
+    from mcl_dist.commands.pretrain import launch
 
     return launch(cfg, str(run_dir), list(overrides), redo=redo)
 

@@ -1,11 +1,11 @@
-"""stages.N.k: auto (mcl_dist/auto_k.py): the rule finds the true cluster count of data that has
+"""stages.N.k: auto (mcl_dist/clustering/auto_k.py): the rule finds the true cluster count of data that has
 one, and the config refuses bad rule settings when it loads."""
 import pytest
 import torch
 
-from mcl_dist.auto_k import choose_k
-from mcl_dist.config import ConfigError
-from mcl_dist.config_load import load_config
+from mcl_dist.clustering.auto_k import choose_k
+from mcl_dist.config.schema import ConfigError
+from mcl_dist.config.load import load_config
 
 
 def blobs(n_clusters: int, per: int = 60, dim: int = 32, noise: float = 0.15, seed: int = 0) -> torch.Tensor:

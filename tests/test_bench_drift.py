@@ -22,7 +22,7 @@ drift = drift_module()
 
 
 def test_benchmark_data_and_a_short_run_reproduce_the_stored_values(tmp_path):
-    from mcl_dist.files import read_json
+    from mcl_dist.core.files import read_json
 
     stored = read_json(drift.STORED)
     now = {"data": {fam: drift.data_parts(fam, str(tmp_path / "d")) for fam in stored["data"]},

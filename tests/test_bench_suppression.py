@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from mcl_dist.config import to_dict
-from mcl_dist.config_load import load_config
+from mcl_dist.config.schema import to_dict
+from mcl_dist.config.load import load_config
 
 
 
@@ -248,7 +248,7 @@ def test_stop_rules_are_scored_at_the_recipes_k_on_the_seeds_each_count_ran():
 def test_random_labels_keep_every_group_size_and_lose_the_grouping():
     import numpy as np
 
-    from mcl_dist.steps.labels import shuffled
+    from mcl_dist.steps.labels_step import shuffled
 
     labels = np.repeat(np.arange(20), np.arange(1, 21))  # groups of 1..20 samples
     labels[[3, 50]] = -1  # unlabelled samples stay unlabelled

@@ -1,5 +1,5 @@
 """Every choice the config names is a registry entry checked when the config loads
-(mcl_dist/config_choices.py): one impossible combination per registry, refused with its message,
+(mcl_dist/config/choices.py): one impossible combination per registry, refused with its message,
 and `--dry-run` refuses one before planning anything."""
 import os
 import subprocess
@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from conftest import ROOT
-from mcl_dist.config import ConfigError
-from mcl_dist.config_choices import REGISTRIES
-from mcl_dist.config_load import load_config
-from mcl_dist.eval.registry import METRICS
+from mcl_dist.config.schema import ConfigError
+from mcl_dist.config.choices import REGISTRIES
+from mcl_dist.config.load import load_config
+from mcl_dist.eval.metric_registry import METRICS
 
 BASE = ["data.synthetic=true"]
 

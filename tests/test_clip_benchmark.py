@@ -45,10 +45,10 @@ def write_split(root, split, n, seed, captions=False):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A run directory with two stage checkpoints + the integrated model, and tiny wds datasets."""
-    from mcl_dist.config import ModelConfig
-    from mcl_dist.integrate import save_integrated
-    from mcl_dist.files import save_torch
-    from mcl_dist.models import create, stage_checkpoint
+    from mcl_dist.config.schema import ModelConfig
+    from mcl_dist.integration.integrated_model import save_integrated
+    from mcl_dist.core.files import save_torch
+    from mcl_dist.model.open_clip_models import create, stage_checkpoint
 
     tmp = tmp_path_factory.mktemp("cb")
     run = tmp / "run"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from mcl_dist.data.sampler import check_batch_log
-from mcl_dist.embed import list_parts
-from mcl_dist.files import load_npz
-from mcl_dist.synthetic import ensure_demo_data
+from mcl_dist.clustering.embedding import list_parts
+from mcl_dist.core.files import load_npz
+from mcl_dist.synthetic.trifeature import ensure_demo_data
 
 from conftest import ROOT, torchrun
 from csv_helpers import shards_to_csv
@@ -98,8 +98,8 @@ def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
     (a CSV run plans no tar index), and --dry-run prints the same paths."""
     from braceexpand import braceexpand
 
-    from mcl_dist.config_load import load_config
-    from mcl_dist.dry_run import dry_run
+    from mcl_dist.config.load import load_config
+    from mcl_dist.pipeline.dry_run import dry_run
     from mcl_dist.steps import plan_steps, run_files
 
     cfg_path, run_dir, _, _ = finished
@@ -117,7 +117,7 @@ def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
 
 
 def test_cluster_inspector_reads_the_csv_rows(finished):
-    from mcl_dist.cluster_inspect import stage_purity
+    from mcl_dist.clustering.cluster_inspect import stage_purity
 
     _, run_dir, _, _ = finished
     res = stage_purity(str(run_dir), 1, source="labels", attributes=["color", "shape"])

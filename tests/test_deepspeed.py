@@ -35,10 +35,10 @@ def _batch(step: int, micro: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_job(job: dict, out_dir: str) -> None:
     """One engine run: fresh tiny model (seed 0), optional checkpoint load, `steps` steps, save."""
-    from mcl_dist import distributed as dist_utils
-    from mcl_dist.config import ModelConfig, TrainConfig
-    from mcl_dist.engine import build_engine
-    from mcl_dist.models import create, stage_checkpoint
+    from mcl_dist.core import distributed as dist_utils
+    from mcl_dist.config.schema import ModelConfig, TrainConfig
+    from mcl_dist.training.engine import build_engine
+    from mcl_dist.model.open_clip_models import create, stage_checkpoint
 
     info = dist_utils.info()
     accum, global_batch = 2, 16
@@ -79,7 +79,7 @@ def train_job(job: dict, out_dir: str) -> None:
 
 def worker(argv: list[str]) -> None:
     """`test_deepspeed.py OUT_DIR JOBS_JSON`: run the jobs one after another in one process group."""
-    from mcl_dist import distributed as dist_utils
+    from mcl_dist.core import distributed as dist_utils
 
     out_dir, jobs = argv[0], json.loads(argv[1])
     dist_utils.init_distributed()
@@ -183,8 +183,8 @@ def test_zero2_trainer_kill_resume_matches_ddp_loss_trajectory(tmp_path, shards)
 
 # -- fast checks without torchrun ------------------------------------------------------------
 def test_missing_deepspeed_says_how_to_install(monkeypatch):
-    from mcl_dist.config import ConfigError
-    from mcl_dist.deepspeed_config import import_deepspeed
+    from mcl_dist.config.schema import ConfigError
+    from mcl_dist.training.deepspeed_config import import_deepspeed
 
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # `import deepspeed` now raises ImportError
     with pytest.raises(ConfigError) as e:
@@ -195,8 +195,8 @@ def test_missing_deepspeed_says_how_to_install(monkeypatch):
 
 
 def test_deepspeed_config_comes_from_ours_and_raw_json_overrides(tmp_path):
-    from mcl_dist.config import ConfigError, TrainConfig
-    from mcl_dist.deepspeed_config import build_ds_config
+    from mcl_dist.config.schema import ConfigError, TrainConfig
+    from mcl_dist.training.deepspeed_config import build_ds_config
 
     t = TrainConfig(global_batch_size=64, accum_freq=2, grad_clip_norm=1.5, zero_stage=3)
     cfg = build_ds_config(t, world_size=4, device=torch.device("cpu"))

@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from conftest import ROOT, write_test_shards
-from mcl_dist.config_load import load_config
-from mcl_dist.dry_run import build_plan, format_plan
-from mcl_dist.memory_estimate import ACTIVATIONS
-from mcl_dist.time_estimate import estimate
+from mcl_dist.config.load import load_config
+from mcl_dist.pipeline.dry_run import build_plan, format_plan
+from mcl_dist.training.memory_estimate import ACTIVATIONS
+from mcl_dist.pipeline.time_estimate import estimate
 
 REAL = ["configs/cc12m_vit_l14_paper.yaml", "configs/cc12m_vit_l14.yaml", "configs/cc12m_vit_b32.yaml", "configs/cc12m_rn50.yaml"]
 N = 10_000_000  # samples per epoch (CC12M as downloaded is about this size)
@@ -116,7 +116,7 @@ def test_memory_estimate_by_hand_and_the_vit_l14_warning(shards):
 
 @pytest.mark.parametrize("config", REAL)
 def test_every_real_config_prints_an_hours_estimate_or_names_the_missing_rate(config, shards):
-    """Hours from the shipped measured rates (mcl_dist/time_estimate.py) on the chosen GPUs: ViT-B-32
+    """Hours from the shipped measured rates (mcl_dist/pipeline/time_estimate.py) on the chosen GPUs: ViT-B-32
     has H200 rates (8 GPUs are a labelled projection); the others name each rate not measured."""
     path = os.path.join(ROOT, config)
     cfg = load_config(path, overrides(shards, "model.pretrained=", "stages.0.pretrained="))
@@ -149,7 +149,7 @@ def test_tensorboard_path_only_when_report_to_names_it(shards):
 
 
 def test_demo_dry_run_makes_no_synthetic_data(tmp_path, monkeypatch, capsys):
-    from mcl_dist.dry_run import dry_run
+    from mcl_dist.pipeline.dry_run import dry_run
 
     monkeypatch.chdir(tmp_path)
     assert dry_run(os.path.join(ROOT, "configs/demo.yaml"), None, ["model.config_file=" +
@@ -166,7 +166,7 @@ def test_img2dataset_stats_files_count_the_samples(tmp_path):
     import json
 
     from conftest import write_test_shards
-    from mcl_dist.dry_run import data_plan
+    from mcl_dist.pipeline.dry_run import data_plan
 
     urls = write_test_shards(str(tmp_path), n_shards=2, per_shard=8)
     cfg = load_config(None, [f"data.train_shards={'::'.join(urls)}"])
@@ -178,7 +178,7 @@ def test_img2dataset_stats_files_count_the_samples(tmp_path):
 
 
 def test_unknown_pretrained_tag_is_a_clear_error(shards):
-    from mcl_dist.config import ConfigError
+    from mcl_dist.config.schema import ConfigError
 
     path = os.path.join(ROOT, REAL[1])
     cfg = load_config(path, overrides(shards, "model.pretrained=opena"))

@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from conftest import ROOT, tiny_config, torchrun
-from mcl_dist.config import ConfigError
-from mcl_dist.config_load import check_world, load_config
+from mcl_dist.config.schema import ConfigError
+from mcl_dist.config.load import check_world, load_config
 from mcl_dist.data.preflight import DataError, check_shard_count
-from mcl_dist.dry_run import build_plan
+from mcl_dist.pipeline.dry_run import build_plan
 
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
 REMOTE = "pipe:curl -s https://example.com/cc12m/{0..3}.tar"
@@ -152,7 +152,7 @@ def _gib(plan) -> float:
 def test_the_shipped_activation_table_is_the_measured_json():
     """memory_estimate's table is what tools/measure_activations.py wrote; a model trained with
     QuickGELU but without a measured row says which row is missing instead of using GELU's."""
-    from mcl_dist.memory_estimate import ACTIVATIONS, row_name, table_entry
+    from mcl_dist.training.memory_estimate import ACTIVATIONS, row_name, table_entry
     with open(os.path.join(ROOT, "docs/bench/activations.json")) as f:
         assert json.load(f)["models"] == ACTIVATIONS
     assert row_name("RN50", quick_gelu=True) == "RN50-quickgelu" == row_name("RN50-quickgelu")

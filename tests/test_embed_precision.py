@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import ROOT
-from mcl_dist.config import ModelConfig
-from mcl_dist.embed import encode
-from mcl_dist.models import create
-from mcl_dist.optim import autocast_dtype
+from mcl_dist.config.schema import ModelConfig
+from mcl_dist.clustering.embedding import encode
+from mcl_dist.model.open_clip_models import create
+from mcl_dist.training.optim import autocast_dtype
 
 
 @pytest.mark.parametrize("mcfg", [ModelConfig(config_file=os.path.join(ROOT, "configs/models/tiny-vit.json")),
@@ -44,10 +44,10 @@ def test_embed_step_runs_at_train_precision(monkeypatch, tmp_path):
     at another precision must re-embed). embed_shards itself is replaced here only to read the
     argument: the real one runs in every pipeline test."""
     from conftest import write_test_shards
-    from mcl_dist.config import Config
+    from mcl_dist.config.schema import Config
     from mcl_dist.data.webdataset_data import WebDatasetData
-    from mcl_dist.run_context import RunContext
-    from mcl_dist.steps import embed as embed_step
+    from mcl_dist.run.run_context import RunContext
+    from mcl_dist.steps import embed_step
 
     seen = {}
     monkeypatch.setattr(embed_step, "load_stage_model", lambda ctx, s: {"model": None})

@@ -1,4 +1,4 @@
-"""DDP's buffer-sync flag across torch versions (mcl_dist.engine.buffer_sync_kwargs).
+"""DDP's buffer-sync flag across torch versions (mcl_dist.training.engine.buffer_sync_kwargs).
 
 torch >= 2.13 calls it forward_sync_buffers; older torch (the GPU image of docs/cluster.md ships
 2.11) only knows broadcast_buffers and raises TypeError on the new name. Only one torch can be
@@ -7,7 +7,7 @@ import inspect
 
 from torch.nn.parallel import DistributedDataParallel
 
-from mcl_dist.engine import buffer_sync_kwargs
+from mcl_dist.training.engine import buffer_sync_kwargs
 
 
 class DDP211:  # the parameters of DistributedDataParallel.__init__ in torch 2.11

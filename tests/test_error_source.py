@@ -7,10 +7,10 @@ import os
 import pytest
 
 from conftest import ROOT, tiny_config
-from mcl_dist.config import ConfigError
-from mcl_dist.config_load import load_config
-from mcl_dist.config_sources import Override
-from mcl_dist.launcher import main
+from mcl_dist.config.schema import ConfigError
+from mcl_dist.config.load import load_config
+from mcl_dist.config.origins import Override
+from mcl_dist.commands.pretrain import main
 
 DEMO = os.path.join(ROOT, "configs/demo.yaml")
 PAPER = os.path.join(ROOT, "configs/cc12m_vit_l14_paper.yaml")

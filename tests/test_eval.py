@@ -12,7 +12,7 @@ import webdataset as wds
 from PIL import Image
 from torch import nn
 
-from mcl_dist.eval.evaluate import (evaluate_loaded, evaluate_mmvp, evaluate_zero_shot, iter_image_folder,
+from mcl_dist.eval.run_metrics import (evaluate_loaded, evaluate_mmvp, evaluate_zero_shot, iter_image_folder,
                                     iter_webdataset)
 from mcl_dist.eval.linear_probe import knn_accuracy, linear_probe
 from mcl_dist.eval.mmvp import read_pairs
@@ -169,7 +169,7 @@ def test_linear_probe_separable_and_random():
 # ---------------------------------------------------------------------------- report + CLI
 
 def test_report_with_and_without_mmvp(tmp_path, fake):
-    from mcl_dist.report import write_report
+    from mcl_dist.report.run_report import write_report
 
     mm = evaluate_mmvp(*fake, FIXTURE)
     results = {"stage_1": {"zero_shot": {"color": {"top1": 0.5, "n": 4}}, "mmvp": mm, "notes": []},
@@ -194,7 +194,7 @@ def test_cli_on_integrated_tiny_model(tmp_path):
 
     import open_clip
 
-    from mcl_dist.integrate import save_integrated
+    from mcl_dist.integration.integrated_model import save_integrated
 
     from mcl_dist.commands.evaluate import main  # mcl-evaluate
 

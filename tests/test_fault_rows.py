@@ -25,7 +25,7 @@ import webdataset as wds
 
 from conftest import ROOT, write_test_shards
 from launch_helpers import PIPE_CFG, TIMEOUT, _descendants, error_lines, launch_here, run2
-from mcl_dist import verify
+from mcl_dist.run import verify
 from mcl_dist.data.decode import BadSample, decode_image
 from mcl_dist.data.streaming import ErrorLog, raw_samples
 
@@ -83,8 +83,8 @@ def test_row1_deleted_embed_part_is_refused_before_kmeans(finished, tmp_path):
 def test_row1_embedding_and_kmeans_coverage_checks():
     """The checks behind the embedding's record: every rank's part, every sample clustered or bad."""
     from mcl_dist.data.preflight import DataError
-    from mcl_dist.embed import check_parts
-    from mcl_dist.labels import check_complete
+    from mcl_dist.clustering.embedding import check_parts
+    from mcl_dist.clustering.pseudo_labels import check_complete
 
     with pytest.raises(DataError) as e:
         check_parts("/nonexistent/stage_1/embed", 2, "stage_1/embed")
@@ -186,8 +186,8 @@ def test_row7_huge_png_is_too_large_not_corrupt():
 def test_row7_embedding_account_survives_a_resume(tmp_path):
     """Embedding (image-only) counts bad images and bad captions; a re-run that skips the finished
     part keeps the count instead of writing `bad: 0`."""
-    from mcl_dist.config_load import load_config
-    from mcl_dist.embed import embed_shards
+    from mcl_dist.config.load import load_config
+    from mcl_dist.clustering.embedding import embed_shards
     from mcl_dist.objectives import get_objective
 
     urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=8, corrupt=(1, 2, 3), no_caption=(9,))
@@ -229,7 +229,7 @@ def test_row7_sample_cut_by_a_damaged_tar_is_not_counted_again(tmp_path):
 
     from mcl_dist.data.streaming import ShardStream, make_loader
     from mcl_dist.data.tar_index import build_or_load_index
-    from mcl_dist.embed import embed_shards
+    from mcl_dist.clustering.embedding import embed_shards
     from mcl_dist.eval.zero_shot import iter_labelled_samples
 
     urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=16)
@@ -268,7 +268,7 @@ def test_row7_truncated_tar_is_counted_once(tmp_path):
     """A training tar cut inside sample 10's image: the loss (6 of 16) is the pre-training check's,
     once; stage 0, the stage-1 embedding and the evaluation (its probe reads the training shards)
     name or skip the damaged tar and add no count of their own."""
-    from mcl_dist.synthetic import ensure_demo_data
+    from mcl_dist.synthetic.trifeature import ensure_demo_data
 
     data = tmp_path / "data"
     ensure_demo_data(str(data), n_train=64, n_test=32, seed=0, samples_per_shard=16, progress=False)  # as the run

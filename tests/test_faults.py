@@ -18,7 +18,7 @@ import torch
 
 from conftest import png_bytes, tiny_config, write_test_shards
 from launch_helpers import error_lines, launch_here, run2
-from mcl_dist import rundir
+from mcl_dist.run import guards
 from mcl_dist.data import tar_index
 from mcl_dist.data.decode import BadSample, decode_image
 from mcl_dist.data.preflight import DataError, check_index
@@ -127,7 +127,7 @@ def test_second_launch_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, caps
     assert len(err) == 1 and f"error: {run_dir} is in use by another launch (host gpu-node-7, pid 4242" in err[0]
     assert os.listdir(run_dir) == ["run.lock"]  # the refused launch wrote nothing
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    holder.update(host=rundir._holder()["host"], pid=int(dead.stdout))  # this machine, a pid that has ended
+    holder.update(host=guards._holder()["host"], pid=int(dead.stdout))  # this machine, a pid that has ended
     (run_dir / "run.lock").write_text(json.dumps(holder))
     orphan = run_dir / "stage_0" / "checkpoints" / ".step_00000001.pt.abc123.tmp"
     os.makedirs(orphan.parent)
@@ -151,8 +151,8 @@ def test_redo_forgets_the_step_and_every_later_one_at_once(tmp_path, capsys):
 
 
 def test_running_step_with_changed_settings_is_refused(tmp_path):
-    from mcl_dist.config import ConfigError
-    from mcl_dist.manifest import Manifest
+    from mcl_dist.config.schema import ConfigError
+    from mcl_dist.run.manifest import Manifest
 
     m = Manifest(str(tmp_path))
     m.start("stage_1/embed", {"mode": "image"})
@@ -164,9 +164,9 @@ def test_running_step_with_changed_settings_is_refused(tmp_path):
 
 
 def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
-    from mcl_dist.config_load import load_config
-    from mcl_dist.embed import part_paths
-    from mcl_dist.run_context import RunContext
+    from mcl_dist.config.load import load_config
+    from mcl_dist.clustering.embedding import part_paths
+    from mcl_dist.run.run_context import RunContext
     from mcl_dist.steps import KMeansStep
 
     feats = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float16)
@@ -184,10 +184,10 @@ def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
 
 
 def test_labels_of_other_shards_name_the_step_to_redo(tmp_path):
-    from mcl_dist.config_load import load_config
+    from mcl_dist.config.load import load_config
     from mcl_dist.data.webdataset_data import WebDatasetData
-    from mcl_dist.labels import save_labels
-    from mcl_dist.run_context import RunContext
+    from mcl_dist.clustering.pseudo_labels import save_labels
+    from mcl_dist.run.run_context import RunContext
     from mcl_dist.steps import TrainStep
 
     urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=8)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, write_test_shards
-from mcl_dist.config import ConfigError
-from mcl_dist.config_load import load_config
+from mcl_dist.config.schema import ConfigError
+from mcl_dist.config.load import load_config
 from mcl_dist.data import group_cut
-from mcl_dist.dry_run import build_plan, format_plan
-from mcl_dist.steps.train import planned_source
+from mcl_dist.pipeline.dry_run import build_plan, format_plan
+from mcl_dist.steps.train_step import planned_source
 
 PAPER = os.path.join(ROOT, "configs/cc12m_vit_l14_paper.yaml")
 CC12M = 10_503_350  # samples in the 1,243 img2dataset shards of CC12M as downloaded

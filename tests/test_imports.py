@@ -78,9 +78,59 @@ def find_cycle(graph: dict[str, set]) -> list[str]:
 def test_no_import_cycle_inside_the_package():
     mods = modules()
     graph = {n: module_level_imports(n, p, set(mods)) for n, p in mods.items()}
-    assert len(graph) > 50 and graph["mcl_dist.pipeline"] >= {"mcl_dist.steps", "mcl_dist.manifest"}
+    assert len(graph) > 50 and graph["mcl_dist.pipeline.runner"] >= {"mcl_dist.steps", "mcl_dist.run.manifest"}
     assert find_cycle(graph) == []
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the walk finds one
+
+
+# the layers, lowest first (docs/design.md section 9): a module imports only from its own layer or lower ones
+LAYERS = ["core", "config", "data", "synthetic", "model", "objectives", "training", "clustering", "integration",
+          "eval", "report", "run", "steps", "pipeline", "commands", "bench"]
+# the config check collects every layer's registered choices, so a config is refused in full when it loads
+REACHES_UP = {"mcl_dist/config/choices.py", "mcl_dist/config/load.py"}
+
+
+def all_imports(path: str) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def upward_imports(mods: dict[str, str]) -> list[tuple[str, str]]:
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    bad = []
+    for name, path in mods.items():
+        layer = name.split(".")[1] if name.count(".") else None
+        for target in sorted(all_imports(path)):
+            parts = target.split(".")
+            if parts[0] == "mcl_dist" and len(parts) > 1 and parts[1] in rank and layer in rank \
+                    and rank[parts[1]] > rank[layer]:
+                bad.append((os.path.relpath(path, ROOT), target))
+    return bad
+
+
+def test_the_package_is_grouped_by_layer_with_one_name_per_module():
+    top = sorted(f for f in os.listdir(PKG) if f.endswith(".py"))
+    assert top == ["__init__.py"]
+    assert sorted(d for d in os.listdir(PKG) if os.path.isfile(os.path.join(PKG, d, "__init__.py"))) == sorted(LAYERS)
+    names: dict[str, list[str]] = {}
+    for name in modules():
+        if name.count(".") >= 2:  # a package's modules, not the packages themselves
+            names.setdefault(name.rsplit(".", 1)[1], []).append(name)
+    assert {n: m for n, m in names.items() if len(m) > 1} == {}
+
+
+def test_layers_import_only_from_themselves_and_lower_layers(tmp_path):
+    bad = upward_imports(modules())
+    assert sorted({p for p, _ in bad}) == sorted(REACHES_UP), bad
+    # the walk sees an upward import where one is written, at the top or inside a function
+    fake = tmp_path / "files.py"
+    fake.write_text("import os\ndef f():\n    from mcl_dist.steps import plan_steps\n")
+    assert [t for _, t in upward_imports({"mcl_dist.core.files": str(fake)})] == ["mcl_dist.steps.plan_steps"]
 
 
 def test_imports_inside_functions_are_optional_dependencies():

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcl_dist.integrate import IntegratedModel, load_model, save_integrated, stage_weights
-from mcl_dist.files import save_torch
+from mcl_dist.integration.integrated_model import IntegratedModel, load_model, save_integrated, stage_weights
+from mcl_dist.core.files import save_torch
 
 NAME = "mcl-test-tiny-integrate"
 CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
@@ -252,7 +252,7 @@ def test_both_integration_choices_are_settings_of_the_integrate_step_only():
     """Either choice, or both, changes the integrate step's fingerprint and no training step's, so a
     finished run is re-integrated with --redo integrate, never retrained; the defaults add nothing
     (runs made before the choices keep their fingerprints)."""
-    from mcl_dist.config_load import load_config
+    from mcl_dist.config.load import load_config
     from mcl_dist.steps import IntegrateStep, TrainStep
 
     base = ["data.synthetic=true", "stages=[{}, {k: 4}]"]
@@ -278,8 +278,8 @@ def test_first_last_step_integrates_stage_0_and_the_last_without_reading_any_dat
     """model.integration_weights=first_last on three stages: the integrate step writes a model whose
     similarity is the mean of stage 0's and stage 2's, with no shards to read (the CKA rules would
     need them), and its fingerprint names the rule without the CKA settings."""
-    from mcl_dist.config_load import load_config
-    from mcl_dist.run_context import RunContext, integrated_path
+    from mcl_dist.config.load import load_config
+    from mcl_dist.run.run_context import RunContext, integrated_path
     from mcl_dist.steps import IntegrateStep
 
     x, t = inputs

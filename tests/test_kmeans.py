@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import mcl_dist.kmeans as km
-from mcl_dist.kmeans import kmeans
+import mcl_dist.clustering.kmeans as km
+from mcl_dist.clustering.kmeans import kmeans
 
 N, D, K = 2000, 16, 8
 

@@ -1,4 +1,4 @@
-"""One run layout (mcl_dist/layout.py): no run-directory name is spelled outside it, and the dry run
+"""One run layout (mcl_dist/core/layout.py): no run-directory name is spelled outside it, and the dry run
 names exactly the files a run writes, for the demo config, an evaluation-off run and a run on
 remote (`pipe:`) shards."""
 import ast
@@ -11,7 +11,7 @@ import pytest
 from braceexpand import braceexpand
 
 from conftest import DEMO, DEMO_OVERRIDES, ROOT, run_demo, tiny_config, write_test_shards
-from mcl_dist import layout
+from mcl_dist.core import layout
 
 # tools that read run directories (tools/bench_suppression_* belong to a running benchmark)
 SCANNED = sorted(glob.glob(os.path.join(ROOT, "mcl_dist", "**", "*.py"), recursive=True)) + \
@@ -60,7 +60,7 @@ def spelled_names(path: str) -> list[str]:
 
 def test_no_run_directory_name_is_spelled_outside_the_layout_module():
     assert len(layout.FILE_NAMES) >= 20 and "checkpoint.pt" in layout.FILE_NAMES and "labels.npz" in layout.FILE_NAMES
-    bad = {os.path.relpath(p, ROOT): hits for p in SCANNED if not p.endswith(os.path.join("mcl_dist", "layout.py"))
+    bad = {os.path.relpath(p, ROOT): hits for p in SCANNED if not p.endswith(os.path.join("mcl_dist", "core", "layout.py"))
            for hits in [spelled_names(p)] if hits}
     assert bad == {}
 
@@ -78,8 +78,8 @@ def test_the_scan_finds_what_it_looks_for(tmp_path):
 # -- the dry run's paths against a finished run's files ---------------------------------------------
 def planned(cfg_path: str, run_dir: str, world: int, *overrides: str) -> list[str]:
     """The paths `--dry-run` prints (the same call the CLI makes)."""
-    from mcl_dist.config_load import load_config
-    from mcl_dist.dry_run import build_plan, format_plan
+    from mcl_dist.config.load import load_config
+    from mcl_dist.pipeline.dry_run import build_plan, format_plan
 
     cfg = load_config(cfg_path, list(overrides))
     plan = build_plan(cfg, cfg_path, run_dir, world, list(overrides))
@@ -106,7 +106,7 @@ def plan_without_tensorboard(monkeypatch):
     train.report_to, not what the planning machine has installed. Call it after the run."""
     import importlib.util
 
-    import mcl_dist.steps.train as train_step
+    import mcl_dist.steps.train_step as train_step
 
     def hide() -> None:
         real = importlib.util.find_spec
@@ -152,7 +152,7 @@ def test_eval_off_plan_is_what_the_run_writes(demo_eval_off, plan_without_tensor
 def test_remote_shard_plan_is_what_the_run_writes(tmp_path, plan_without_tensorboard):
     """`pipe:cat` shards, stage 0 only, eval off: streamed without an index, so no data check, no
     index/, and a report with the loss curves alone."""
-    from mcl_dist.launcher import main
+    from mcl_dist.commands.pretrain import main
 
     local = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=16)
     url = f"pipe:cat {os.path.dirname(local[0])}/s{{00000..00001}}.tar"

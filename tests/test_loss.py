@@ -11,8 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from mcl_dist.distributed import free_port
-from mcl_dist.loss import ClipLoss, nt_xent
+from mcl_dist.core.distributed import free_port
+from mcl_dist.objectives.loss import ClipLoss, nt_xent
 
 
 def features(n, d=16, seed=0, dtype=torch.float32):

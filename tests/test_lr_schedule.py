@@ -6,9 +6,9 @@ import os
 import pytest
 
 from conftest import cosine_lr, tiny_config, torchrun
-from mcl_dist.config import ConfigError
-from mcl_dist.config_load import load_config
-from mcl_dist.lr_schedule import lr_at
+from mcl_dist.config.schema import ConfigError
+from mcl_dist.config.load import load_config
+from mcl_dist.training.lr_schedule import lr_at
 
 
 def test_warmup_is_linear_for_every_kind():

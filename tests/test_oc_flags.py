@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from conftest import ROOT
-from mcl_dist.config import ConfigError
-from mcl_dist.config_load import load_config
+from mcl_dist.config.schema import ConfigError
+from mcl_dist.config.load import load_config
 from mcl_dist.data.csv_data import separator
-from mcl_dist.launcher import parse, resolve
-from mcl_dist.oc_flags import to_overrides
+from mcl_dist.commands.pretrain import parse, resolve
+from mcl_dist.config.oc_flags import to_overrides
 
 DEMO = os.path.join(ROOT, "configs/demo.yaml")
 
@@ -98,7 +98,7 @@ def test_a_bad_override_value_names_the_command_line_not_the_yaml():
 
 
 def test_readme_flag_table_lists_every_mapped_flag():
-    from mcl_dist.oc_flags import FLAGS, INSTEAD, RUN_DIR_FLAGS
+    from mcl_dist.config.oc_flags import FLAGS, INSTEAD, RUN_DIR_FLAGS
 
     text = open(os.path.join(ROOT, "README.md")).read()
     start = text.index("### open_clip_train flags")

@@ -10,7 +10,7 @@ import sys
 
 from conftest import ROOT
 from mcl_dist.bench.paper_check import ORDER, SMOKE, done_parts, schedule, wanted
-from mcl_dist.files import read_json, write_json
+from mcl_dist.core.files import read_json, write_json
 
 
 def test_paper_check_cpu_smoke(tmp_path):

@@ -68,7 +68,7 @@ def test_embedding_covers_every_sample_exactly_once(finished):
     import numpy as np
 
     from mcl_dist.data.tar_index import build_or_load_index
-    from mcl_dist.embed import list_parts
+    from mcl_dist.clustering.embedding import list_parts
 
     _, run_dir, _ = finished
     parts = list_parts(str(run_dir / "stage_1" / "embed"))
@@ -85,7 +85,7 @@ def test_embedding_covers_every_sample_exactly_once(finished):
 
 
 def test_integrated_similarity_is_mean_of_stage_similarities(finished):
-    from mcl_dist.integrate import load_model
+    from mcl_dist.integration.integrated_model import load_model
 
     _, run_dir, _ = finished
     integ, preprocess, tokenizer = load_model(str(run_dir / "integrated" / "model.pt"))
@@ -101,7 +101,7 @@ def test_integrated_similarity_is_mean_of_stage_similarities(finished):
 
 
 def test_batch_log_shows_same_label_groups_and_full_coverage(finished):
-    from mcl_dist.files import load_npz
+    from mcl_dist.core.files import load_npz
     from mcl_dist.data.sampler import check_batch_log, plan_epoch
 
     _, run_dir, _ = finished
@@ -150,8 +150,8 @@ def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
     files), every path of the plan without a wildcard exists, and --dry-run prints those paths."""
     from braceexpand import braceexpand
 
-    from mcl_dist.config_load import load_config
-    from mcl_dist.dry_run import dry_run
+    from mcl_dist.config.load import load_config
+    from mcl_dist.pipeline.dry_run import dry_run
     from mcl_dist.steps import plan_steps, run_files
 
     cfg_path, run_dir, _ = finished
@@ -174,7 +174,7 @@ def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
 def test_integration_choice_is_a_setting_of_the_integrate_step(finished):
     """Runs of the default integration keep their fingerprints (the rerun above skipped every step);
     raw integration changes the integrate step's settings: refused, then redone with --redo."""
-    from mcl_dist.integrate import load_model
+    from mcl_dist.integration.integrated_model import load_model
 
     cfg, run_dir, _ = finished
     out = run(cfg, run_dir, "model.integration=raw", check=False)

@@ -3,10 +3,10 @@ DDP engine; DeepSpeed refuses it at config load with one message (real torch, CP
 import pytest
 import torch
 
-from mcl_dist.config import ConfigError, TrainConfig
-from mcl_dist.config_load import load_config
-from mcl_dist.deepspeed_config import DEEPSPEED_AMP
-from mcl_dist.engine import DDPEngine
+from mcl_dist.config.schema import ConfigError, TrainConfig
+from mcl_dist.config.load import load_config
+from mcl_dist.training.deepspeed_config import DEEPSPEED_AMP
+from mcl_dist.training.engine import DDPEngine
 
 
 def engine(precision="amp", **kw):
@@ -57,7 +57,7 @@ def test_deepspeed_refuses_fp16_amp(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(str(path))
     assert str(e.value) == f"{path}: {DEEPSPEED_AMP}"
-    from mcl_dist.engine_deepspeed import build_ds_config
+    from mcl_dist.training.engine_deepspeed import build_ds_config
 
     with pytest.raises(ConfigError, match="not supported with train.engine=deepspeed"):
         build_ds_config(TrainConfig(engine="deepspeed", precision="amp"), 1, torch.device("cpu"))

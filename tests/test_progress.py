@@ -6,8 +6,8 @@ import itertools
 import pytest
 
 from conftest import tiny_config
-from mcl_dist import progress as progress_mod
-from mcl_dist.progress import progress, track
+from mcl_dist.core import progress as progress_mod
+from mcl_dist.core.progress import progress, track
 
 
 class TTY(io.StringIO):
@@ -84,7 +84,7 @@ def test_training_into_a_log_file_writes_a_line_per_log_every(tmp_path, shards, 
     """A real tiny run through the launcher, stderr captured (not a terminal): 24 steps with
     log_every 4 give 6 lines for the stage, not 24, with a clock that never reaches EVERY_S; a
     12 s clock adds at most one line per EVERY_S of its time."""
-    from mcl_dist.launcher import main
+    from mcl_dist.commands.pretrain import main
 
     for tick, name in ((0.0, "a"), (12.0, "b")):
         clock = Clock(step=tick)

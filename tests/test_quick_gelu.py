@@ -5,10 +5,10 @@ import torch
 from open_clip.transformer import QuickGELU
 
 from conftest import ROOT
-from mcl_dist.config import ModelConfig
-from mcl_dist.integrate import load_model
-from mcl_dist.files import save_torch
-from mcl_dist.models import create, stage_checkpoint
+from mcl_dist.config.schema import ModelConfig
+from mcl_dist.integration.integrated_model import load_model
+from mcl_dist.core.files import save_torch
+from mcl_dist.model.open_clip_models import create, stage_checkpoint
 
 
 def activations(model):

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from mcl_dist.report import write_report
-from mcl_dist.report_context import recipe, wilson
+from mcl_dist.report.run_report import write_report
+from mcl_dist.report.recipe import recipe, wilson
 
 CLASSES = {"color": 10, "shape": 4, "texture": 5}
 
@@ -110,9 +110,9 @@ def test_stop_signals_are_rows_of_the_label_table(tmp_path):
 
 
 def test_recipe_and_wall_times_from_a_real_config_and_manifest(tmp_path):
-    from mcl_dist.config_load import load_config
-    from mcl_dist.files import write_json
-    from mcl_dist.report_context import step_times
+    from mcl_dist.config.load import load_config
+    from mcl_dist.core.files import write_json
+    from mcl_dist.report.recipe import step_times
 
     cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs/cc12m_vit_l14_paper.yaml"))
     rec = recipe(cfg, 8, {1: 100, 2: 90})
@@ -141,8 +141,8 @@ def test_recipe_and_wall_times_from_a_real_config_and_manifest(tmp_path):
 def test_the_recipe_shows_the_precision_the_run_used():
     """train.precision auto is shown as what the trained stages recorded (amp_bf16 on GPUs), and as
     unresolved, saying so, only when no stage recorded one."""
-    from mcl_dist.config_load import load_config
-    from mcl_dist.optim import resolve_precision
+    from mcl_dist.config.load import load_config
+    from mcl_dist.training.optim import resolve_precision
     import torch
 
     cfg = load_config(None, ["data.synthetic=true", "train.precision=auto"])

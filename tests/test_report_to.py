@@ -7,8 +7,8 @@ import os
 import pytest
 
 from conftest import tiny_config
-from mcl_dist.config import ConfigError
-from mcl_dist.reporting import parse_report_to, wandb_ids
+from mcl_dist.config.schema import ConfigError
+from mcl_dist.training.loggers import parse_report_to, wandb_ids
 
 
 def test_report_to_names_are_checked_at_load():
@@ -34,7 +34,7 @@ def _has_wandb():
 def test_open_clip_flags_run_with_wandb_offline_one_run_per_stage(tmp_path, shards, monkeypatch):
     pytest.importorskip("wandb", reason="wandb is not installed (pip install -e .[wandb]); "
                                         "the lead's main venv lacks it, the dev extra has it")
-    from mcl_dist.launcher import main
+    from mcl_dist.commands.pretrain import main
 
     wdir = tmp_path / "wandb_dir"
     wdir.mkdir()
@@ -63,8 +63,8 @@ def test_open_clip_flags_run_with_wandb_offline_one_run_per_stage(tmp_path, shar
 
 
 def test_logged_config_names_the_model_built_from_a_config_file():
-    from mcl_dist.config_load import load_config
-    from mcl_dist.reporting import logged_config
+    from mcl_dist.config.load import load_config
+    from mcl_dist.training.loggers import logged_config
 
     cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/demo.yaml"))
     assert cfg.model.config_file and logged_config(cfg)["model"]["name"] == "tiny-vit"

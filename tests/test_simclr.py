@@ -38,7 +38,7 @@ debug: {{log_batches: true}}
         assert set(results[name]["knn"]) == {"color", "shape"}
         assert results[name]["zero_shot"] == {}
     # the integrated model concatenates the stages' normalised backbone features
-    from mcl_dist.integrate import load_model
+    from mcl_dist.integration.integrated_model import load_model
 
     integ, preprocess, tokenizer = load_model(str(run_dir / "integrated" / "model.pt"))
     assert tokenizer is None

@@ -1,11 +1,11 @@
-"""Linear CKA between stages' features (mcl_dist/stage_similarity.py): its invariances, the
+"""Linear CKA between stages' features (mcl_dist/integration/stage_similarity.py): its invariances, the
 per-stage signal against the earlier stages, and the rows read from the embed steps' files."""
 import os
 
 import numpy as np
 import pytest
 
-from mcl_dist.stage_similarity import cka_to_earlier, embedded_features, linear_cka
+from mcl_dist.integration.stage_similarity import cka_to_earlier, embedded_features, linear_cka
 
 
 def rand(n=300, d=16, seed=0):

@@ -1,11 +1,11 @@
-"""The label-free stopping signal (mcl_dist.stop_signal) on constructed labelings, and in a real run."""
+"""The label-free stopping signal (mcl_dist.clustering.stop_signal) on constructed labelings, and in a real run."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
-from mcl_dist.labels import compose_labels
-from mcl_dist.stop_signal import normalized_mutual_info, split_signal
+from mcl_dist.clustering.pseudo_labels import compose_labels
+from mcl_dist.clustering.stop_signal import normalized_mutual_info, split_signal
 
 
 def test_nmi_equals_scikit_learn():

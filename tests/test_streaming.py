@@ -9,7 +9,7 @@ from torchvision import transforms
 from mcl_dist.data.decode import decode_caption, decode_image
 from mcl_dist.data.preflight import DataError
 from mcl_dist.data.streaming import BadSampleMonitor, ShardStream, make_loader
-from mcl_dist.embed import embed_shards
+from mcl_dist.clustering.embedding import embed_shards
 
 from conftest import write_test_shards
 

@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from mcl_dist.synthetic import (SyntheticSpec, caption, easy_combinations, ensure_demo_data, render,
+from mcl_dist.synthetic.trifeature import (SyntheticSpec, caption, easy_combinations, ensure_demo_data, render,
                                 sample_attributes, statement, write_mmvp_pairs, write_synthetic_shards)
 
 

@@ -1,10 +1,10 @@
-"""The third benchmark family (mcl_dist/synthetic_dials.py): pairs differ only in their attribute,
-captions name every value, the writers of mcl_dist/synthetic.py accept it."""
+"""The third benchmark family (mcl_dist/synthetic/dials.py): pairs differ only in their attribute,
+captions name every value, the writers of mcl_dist/synthetic/trifeature.py accept it."""
 import numpy as np
 import pytest
 
-from mcl_dist.synthetic import read_json, write_mmvp_pairs, write_synthetic_shards
-from mcl_dist.synthetic_dials import DialSpec
+from mcl_dist.synthetic.trifeature import read_json, write_mmvp_pairs, write_synthetic_shards
+from mcl_dist.synthetic.dials import DialSpec
 
 
 def test_render_pairs_differ_only_where_the_attribute_is_drawn():

@@ -9,9 +9,9 @@ import numpy as np
 import webdataset as wds
 
 from mcl_dist.eval.mmvp import read_pairs
-from mcl_dist.synthetic import (SyntheticSpec, easy_combinations, write_mmvp_pairs, write_synthetic_shards,
+from mcl_dist.synthetic.trifeature import (SyntheticSpec, easy_combinations, write_mmvp_pairs, write_synthetic_shards,
                                 write_zero_shot_sets)
-from mcl_dist.synthetic_glyphs import GlyphSpec
+from mcl_dist.synthetic.glyphs import GlyphSpec
 
 
 def digests(paths):
@@ -92,5 +92,5 @@ def test_mmvp_pairs_differ_only_in_the_named_attribute(tmp_path):
 
 def test_shapes_family_manifest_unchanged_by_the_family_interface():
     """The shapes family's recorded spec has no 'family' key, so its existing data stays valid."""
-    from mcl_dist.synthetic import _spec_dict
+    from mcl_dist.synthetic.trifeature import _spec_dict
     assert "family" not in _spec_dict(SyntheticSpec())

@@ -2,7 +2,7 @@
 every missing rate named."""
 import pytest
 
-from mcl_dist.time_estimate import (EMBED_RATES, KMEANS_RATES, TRAIN_RATES, comm_seconds_per_step, estimate,
+from mcl_dist.pipeline.time_estimate import (EMBED_RATES, KMEANS_RATES, TRAIN_RATES, comm_seconds_per_step, estimate,
                                     format_estimate)
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conftest import ROOT
 from mcl_dist.eval.zero_shot import zero_shot_classifier
-from mcl_dist.integrate import IntegratedModel
+from mcl_dist.integration.integrated_model import IntegratedModel
 
 CLASSES = ["red", "green", "blue"]
 

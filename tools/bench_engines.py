@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from mcl_dist.distributed import free_port
+from mcl_dist.core.distributed import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,7 @@ ENGINES = {"ddp": ("ddp", 0), "zero0": ("deepspeed", 0), "zero1": ("deepspeed", 
 
 
 def model_config(model: str):
-    from mcl_dist.config import ModelConfig
+    from mcl_dist.config.schema import ModelConfig
 
     path = os.path.join(ROOT, "configs", "models", f"{model}.json")
     return ModelConfig(config_file=path) if os.path.exists(path) else ModelConfig(name=model)
@@ -45,11 +45,11 @@ def _rss_mb() -> float:
 def worker(a) -> None:
     import torch
 
-    from mcl_dist import distributed as dist_utils
-    from mcl_dist.config import TrainConfig
-    from mcl_dist.engine import build_engine
-    from mcl_dist.loss import ClipLoss
-    from mcl_dist.models import create
+    from mcl_dist.core import distributed as dist_utils
+    from mcl_dist.config.schema import TrainConfig
+    from mcl_dist.training.engine import build_engine
+    from mcl_dist.objectives.loss import ClipLoss
+    from mcl_dist.model.open_clip_models import create
 
     info = dist_utils.init_distributed()
     cuda = info.device.type == "cuda"

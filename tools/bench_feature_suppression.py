@@ -6,9 +6,9 @@ Every arm is a real pipeline run (launch/pretrain.py; one process per run by def
 torchrun with --nproc) on the same synthetic data, the same total number of optimizer steps T and
 the same seeds. Two families (--family; tools/bench_suppression_arms.py):
 
-    A  shapes (mcl_dist.synthetic): easy colour, background, frame; hard shape, texture, position;
+    A  shapes (mcl_dist.synthetic.trifeature): easy colour, background, frame; hard shape, texture, position;
        1,200 easy combinations; configs/bench_suppression.yaml
-    B  glyphs (mcl_dist.synthetic_glyphs): easy ink, backdrop, band; hard letter (DejaVu capitals
+    B  glyphs (mcl_dist.synthetic.glyphs): easy ink, backdrop, band; hard letter (DejaVu capitals
        in 6 font styles), position (2 x 3 cells); 1,440 easy combinations; configs/bench_suppression_b.yaml
        (the same tower and training settings as A)
 
@@ -19,7 +19,7 @@ with model.integration_weights; no training). Every arm runs every seed (the ref
 
 Reported per arm, per model (each stage and the integrated one), per attribute: linear-probe,
 zero-shot and MMVP-style pair accuracy, per seed; per MCL stage the label purity and the
-label-free stop signals (mcl_dist.stop_signal, mcl_dist.stage_similarity); the integrated model
+label-free stop signals (mcl_dist.clustering.stop_signal, mcl_dist.integration.stage_similarity); the integrated model
 against its best single stage; once the stage sweep has run, the stage count each stop rule
 (bench_suppression_stop.py, fixed before the sweep) picks and what it scored. Writes
 <out>/results.md, <out>/summary.json and PNG charts. The report starts with one line per direction
@@ -66,7 +66,7 @@ import bench_suppression_stop as stop
 from bench_suppression_arms import (FAMILIES, HEADLINE, RECIPE_PREFIX, SCALES, SIMCLR_ARMS, SIMCLR_AS, arm_overrides, base_arm,
                                     data_digest, default_arms, make_data, parse_arm, planned_runs)
 from bench_suppression_report import SIMCLR_HARD, mean
-from mcl_dist import layout
+from mcl_dist.core import layout
 
 
 def run_command(arm: str, seed: int, run_dir: str, data: dict, args, sc: dict) -> list[str]:
@@ -92,7 +92,7 @@ def run_command(arm: str, seed: int, run_dir: str, data: dict, args, sc: dict) -
 # what an integration arm redoes from its trained arm (integrate, eval, report) or the lock. The
 # finished steps' files are copied whole (training checkpoints, TensorBoard logs and embedding parts
 # included: a few MB for this tower): the run checks every recorded output of a finished step
-# before it skips it (mcl_dist/verify.py)
+# before it skips it (mcl_dist/run/verify.py)
 NOT_COPIED = shutil.ignore_patterns(layout.EVAL, layout.INTEGRATED, layout.REPORT, "*.png", layout.LOCK)
 
 
@@ -224,7 +224,7 @@ def settings_as_run(run_dir: str, manifest: dict) -> dict:
 def run_record(run_dir: str, arm: str, seed: int, settings: dict, data: dict | None = None, prov: dict | None = None) -> dict:
     """The few kilobytes of a finished run the report reads (bench_suppression_records.py); with the
     run's data, its pairs scored per pair on both splits (bench_suppression_pairs.py)."""
-    from mcl_dist.cluster_inspect import stage_purity
+    from mcl_dist.clustering.cluster_inspect import stage_purity
 
     results = json.load(open(layout.results_path(run_dir)))
     models = {model: model_scores(res, arm in SIMCLR_ARMS) for model, res in results.items()}
@@ -477,7 +477,7 @@ def main(argv=None) -> int:
     res["scale"], res["family"] = args.scale, args.family
     res["settings"] = {**sc, "k": args.k, "group": args.group, "seeds": args.seeds, "split": args.split,
                        "reference_seeds": ref_seeds, "config": args.simclr_config if simclr else args.config}
-    from mcl_dist.files import write_json, write_text
+    from mcl_dist.core.files import write_json, write_text
 
     write_json(res, os.path.join(out, "summary.json"))  # stage numbers become strings in JSON
     md, final = write_report(res, args, sc, times, out, simclr)

@@ -1,4 +1,4 @@
-"""Benchmark mcl_dist.kmeans against faiss and scikit-learn on one synthetic data set.
+"""Benchmark mcl_dist.clustering.kmeans against faiss and scikit-learn on one synthetic data set.
 
 Data: K centres drawn from N(0, I); each point is a random centre plus 0.8 * N(0, I) noise.
 Rows are generated in fixed blocks with their own seeds, so any rank can make its own half.
@@ -28,9 +28,9 @@ import time
 import numpy as np
 import torch
 
-from mcl_dist.distributed import free_port
-from mcl_dist.files import load_npz, save_npz, write_json
-from mcl_dist.kmeans import kmeans
+from mcl_dist.core.distributed import free_port
+from mcl_dist.core.files import load_npz, save_npz, write_json
+from mcl_dist.clustering.kmeans import kmeans
 
 BLOCK = 65536
 

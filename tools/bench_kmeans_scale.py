@@ -8,7 +8,7 @@ import argparse
 import json
 
 from mcl_dist.bench.kmeans_scale import run
-from mcl_dist.files import write_json
+from mcl_dist.core.files import write_json
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from mcl_dist import layout
+from mcl_dist.core import layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,7 +113,7 @@ def main() -> None:
     p.add_argument("--skip-training", action="store_true")
     a = p.parse_args()
     from mcl_dist.data.shards import expand_urls
-    from mcl_dist.synthetic import ensure_demo_data
+    from mcl_dist.synthetic.trifeature import ensure_demo_data
 
     work = tempfile.mkdtemp(prefix="bench_loader_")
     data = ensure_demo_data(os.path.join(work, "data"), n_train=a.samples, n_test=64, seed=0,

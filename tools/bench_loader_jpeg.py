@@ -11,7 +11,7 @@ import json
 import statistics
 
 from mcl_dist.bench.loader_rate import rate, workers_needed
-from mcl_dist.files import write_json
+from mcl_dist.core.files import write_json
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import re
 
-# A: shapes (mcl_dist.synthetic); B: glyphs (mcl_dist.synthetic_glyphs); C: dials
-# (mcl_dist.synthetic_dials), defined before any run on it and used for the final report only. The
+# A: shapes (mcl_dist.synthetic.trifeature); B: glyphs (mcl_dist.synthetic.glyphs); C: dials
+# (mcl_dist.synthetic.dials), defined before any run on it and used for the final report only. The
 # v2 protocol (bench_suppression_protocol.py) chooses on the validation pair sets of the other
 # families and reports the test pair sets; its runs and records have their own names, so the
 # earlier (test-chosen) records in docs/bench/records/bench_suppression*_test are never mixed in.
@@ -120,13 +120,13 @@ PAIR_SEEDS = {"val": (101, 102), "test": (201, 202)}
 def family_specs(family: str, simclr: bool = False) -> tuple:
     """((name, spec), ...): main/ and the reference's data (no_easy_pos/: the easy attributes held
     constant, position varied; SimCLR: no_easy/, position constant too)."""
-    from mcl_dist.synthetic import SyntheticSpec
-    from mcl_dist.synthetic_glyphs import GlyphSpec
+    from mcl_dist.synthetic.trifeature import SyntheticSpec
+    from mcl_dist.synthetic.glyphs import GlyphSpec
 
     if family == "B":  # GlyphSpec's easy attributes exclude position already
         return ("main", GlyphSpec()), ("no_easy_pos", GlyphSpec(no_easy=True))
     if family == "C":
-        from mcl_dist.synthetic_dials import DialSpec
+        from mcl_dist.synthetic.dials import DialSpec
         return ("main", DialSpec()), ("no_easy_pos", DialSpec(no_easy=True))
     from bench_suppression_families import FAMILY_ATTRS
     fa = FAMILY_ATTRS["A"]
@@ -138,7 +138,7 @@ def make_data(root: str, sc: dict, family: str, simclr: bool = False) -> dict:
     """Per data set (family_specs): train, test and val shards, the MMVP folders (mmvp_test /
     mmvp_val: the pipeline's; pairs_val / pairs_test: sc["pair_sets"] sets of sc["mmvp_pairs"] pairs
     per attribute each, seeds PAIR_SEEDS), zero-shot classes."""
-    from mcl_dist.synthetic import shard_pattern, write_mmvp_pairs, write_synthetic_shards, write_zero_shot_sets
+    from mcl_dist.synthetic.trifeature import shard_pattern, write_mmvp_pairs, write_synthetic_shards, write_zero_shot_sets
 
     out = {}
     for name, spec in family_specs(family, simclr):

@@ -40,7 +40,7 @@ def data_parts(family: str, root: str) -> dict:
 
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     from bench_suppression_arms import family_specs
-    from mcl_dist.synthetic import write_mmvp_pairs, write_synthetic_shards
+    from mcl_dist.synthetic.trifeature import write_mmvp_pairs, write_synthetic_shards
 
     spec = dict(family_specs(family))["main"]
     shard = write_synthetic_shards(os.path.join(root, family), n_samples=16, samples_per_shard=16, seed=0, spec=spec,
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     now = current()
     print(json.dumps(now, indent=1))
     if args.write:
-        from mcl_dist.files import write_json
+        from mcl_dist.core.files import write_json
 
         write_json(now, STORED)
     return 0

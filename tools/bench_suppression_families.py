@@ -16,7 +16,7 @@ FAMILY_ATTRS = {
           "suppressed": ["shape", "position"]},
     "B": {"attrs": ["letter", "ink", "position", "backdrop", "band"], "easy": ["ink", "backdrop", "band"],
           "hard": ["letter", "position"], "suppressed": ["letter", "position"]},
-    # Family C (dials, mcl_dist/synthetic_dials.py): fixed with the generator, before any run on it
+    # Family C (dials, mcl_dist/synthetic/dials.py): fixed with the generator, before any run on it
     "C": {"attrs": ["hand", "dots", "tint", "ring", "patch", "corner"], "easy": ["tint", "ring", "patch", "corner"],
           "hard": ["hand", "dots"], "suppressed": ["hand", "dots"]},
 }

@@ -100,8 +100,8 @@ def stage_features(run_dir: str, s: int, data: dict) -> dict:
         return dict(np.load(cache, allow_pickle=False))
     import torch
 
-    from mcl_dist.files import atomic_path
-    from mcl_dist.integrate import load_model
+    from mcl_dist.core.files import atomic_path
+    from mcl_dist.integration.integrated_model import load_model
 
     torch.manual_seed(0)
     model, preprocess, tokenizer = load_model(os.path.join(run_dir, f"stage_{s}", "checkpoint.pt"))

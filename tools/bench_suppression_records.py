@@ -36,7 +36,7 @@ def make_record(arm: str, seed: int, settings: dict, models: dict, integration: 
 
 
 def save(record: dict, store: str) -> str:
-    from mcl_dist.files import write_json
+    from mcl_dist.core.files import write_json
 
     path = record_path(store, record["arm"], record["seed"])
     write_json(record, path)  # atomic: a crash never leaves half a record to be trusted later
@@ -47,7 +47,7 @@ def load(store: str, settings: dict | None = None) -> dict:
     """{(arm, seed): record} of every record in `store`; a record made under other settings than
     `settings` (when given) stops the benchmark with the file and the setting named (reusing it
     would mix two experiments)."""
-    from mcl_dist.files import read_json
+    from mcl_dist.core.files import read_json
 
     out = {}
     for path in sorted(glob.glob(os.path.join(store, "*.json"))):
@@ -111,7 +111,7 @@ def split_summary(summary: dict) -> list[dict]:
 if __name__ == "__main__":  # python tools/bench_suppression_records.py OLD_SUMMARY.json STORE
     import sys
 
-    from mcl_dist.files import read_json
+    from mcl_dist.core.files import read_json
 
     if len(sys.argv) != 3:
         raise SystemExit("usage: python tools/bench_suppression_records.py OLD_SUMMARY.json STORE_DIR")

@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     if not args.write:
         print("\n".join(block))
         return 0
-    from mcl_dist.files import write_json, write_text
+    from mcl_dist.core.files import write_json, write_text
 
     write_text(replace_block(args.write, block), args.write)
     check = dilution_check(all_recs)

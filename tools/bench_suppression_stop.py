@@ -1,6 +1,6 @@
 """Would a label-free signal have picked the number of MCL stages? (scored against the stage-count sweep)
 
-Each rule reads the signals the labels step logs before stage s trains (mcl_dist/stop_signal.py) on
+Each rule reads the signals the labels step logs before stage s trains (mcl_dist/clustering/stop_signal.py) on
 the longest arm of a stage sweep and stops before the first stage where it fires; the count it
 picks, N, is then scored by the fixed-count arm mclN_prev<K> of the same seed (same T, same K), next
 to the best fixed count (the lowest mean of its per-seed ratios, chosen after the fact: an oracle).

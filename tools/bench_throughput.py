@@ -17,7 +17,7 @@ import torch
 
 from mcl_dist.bench.throughput import ModelOnly, Recipe, rounds
 from mcl_dist.bench.train_bench import model_args
-from mcl_dist.synthetic import ensure_demo_data
+from mcl_dist.synthetic.trifeature import ensure_demo_data
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

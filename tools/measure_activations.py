@@ -4,7 +4,7 @@ backward pass in one forward of the image tower and of the text tower, under 16-
 measured as (saved bytes at batch B2 - saved bytes at batch B1) / (B2 - B1), so the weights'
 autocast copies, which do not grow with the batch, drop out. Runs on a CPU (bf16 autocast saves
 tensors of the same shapes and width as fp16 autocast on a GPU); writes the table that
-mcl_dist/memory_estimate.py keeps (ACTIVATIONS) and the dry run uses. `-quickgelu` names are
+mcl_dist/training/memory_estimate.py keeps (ACTIVATIONS) and the dry run uses. `-quickgelu` names are
 measured as such (QuickGELU saves more than GELU: x, the sigmoid and the product).
 
 With gradient checkpointing (`<tower>_checkpointed`) open_clip recomputes each residual block in

@@ -21,7 +21,7 @@ import open_clip
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mcl_dist.loss import ClipLoss
+from mcl_dist.objectives.loss import ClipLoss
 
 # dense (not sparse) bf16 tensor-core peak, TFLOP/s, data sheets; first match wins
 PEAK_BF16_TFLOPS = [("GH200", 989.4), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("B200", 2250.0),

@@ -21,7 +21,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image, ImageDraw
 
-from mcl_dist.files import atomic_path, write_json
+from mcl_dist.core.files import atomic_path, write_json
 
 WORDS = ("a photo of", "a red", "wooden", "house", "near the", "river", "with", "two dogs", "in autumn",
          "light", "street", "at night", "city", "mountain", "blue sky", "people", "walking", "on a beach")

@@ -4,7 +4,7 @@ bandwidth ours reaches.
     python -m mcl_dist.bench.kmeans_check --args '{"n": 2000000, "d": 512, "k": 100, "iters": 20}' --out km.json
 
 It runs in a process of its own (gpu_check starts it on the first GPU while the other ranks
-wait): `mcl_dist.kmeans` all-reduces over whatever process group exists, and the comparison with
+wait): `mcl_dist.clustering.kmeans` all-reduces over whatever process group exists, and the comparison with
 faiss is one device against one device (on a GPU machine without faiss-gpu, faiss-cpu runs on all
 cores instead; its time is then reported as `cross_device_time_ratio` and not judged).
 
@@ -37,8 +37,8 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mcl_dist.bench.devtime import seconds_per_call, sync
-from mcl_dist.files import write_json
-from mcl_dist.kmeans import kmeans
+from mcl_dist.core.files import write_json
+from mcl_dist.clustering.kmeans import kmeans
 from mcl_dist.bench.memprobe import InProcess, Polled
 
 # data-sheet memory bandwidth in GB/s; first match wins, so the more specific names come first

@@ -3,7 +3,7 @@
     python tools/bench_kmeans_scale.py --n 10000000 --d 768 --k 10 --iters 20 --device cuda
 
 The path is `steps.kmeans_step`'s: a host (CPU) fp16 matrix, as `load_share` returns the embed
-step's parts, handed to `mcl_dist.kmeans.kmeans(..., spherical=True, backend="torch",
+step's parts, handed to `mcl_dist.clustering.kmeans.kmeans(..., spherical=True, backend="torch",
 device=...)`. The matrix is made like embeddings are: K_true=100 random directions plus noise,
 L2-normalised, fp16. Both methods start from the same centroids (our k-means++ seeding,
 iters=0) and run exactly `iters` iterations (ours tol=0); faiss runs `faiss.Kmeans(spherical=True)`
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mcl_dist.bench.devtime import sync
-from mcl_dist.kmeans import kmeans
+from mcl_dist.clustering.kmeans import kmeans
 
 
 def embeddings(n: int, d: int, seed: int, device: torch.device, k_true: int = 100, chunk: int = 1 << 18) -> torch.Tensor:

@@ -45,15 +45,17 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from mcl_dist import launcher, layout
+from mcl_dist.commands import pretrain
+
+from mcl_dist.core import layout
 from mcl_dist.bench import train_bench
 from mcl_dist.bench.devtime import sync
 from mcl_dist.bench.flops import step_flops
-from mcl_dist.config import ModelConfig, TrainConfig
-from mcl_dist.engine import DDPEngine
-from mcl_dist.loss import ClipLoss
-from mcl_dist.models import create
-from mcl_dist.train import StageTrainer
+from mcl_dist.config.schema import ModelConfig, TrainConfig
+from mcl_dist.training.engine import DDPEngine
+from mcl_dist.objectives.loss import ClipLoss
+from mcl_dist.model.open_clip_models import create
+from mcl_dist.training.loop import StageTrainer
 
 OC_LINE = re.compile(r"Data \(t\): [\d.]+ Batch \(t\): [\d.]+, ([\d.eE+]+)/s,")
 SHIM_WAIT = re.compile(r"^mcl_bench data_wait_s ([\d.eE+-]+)$", re.M)  # _TimedLoader's line per batch
@@ -363,7 +365,7 @@ def _ours_without_checkpoints(argv: list[str]) -> int:
 
     StageTrainer._save = lambda self, step: None
     StageTrainer.run = run_then_stop
-    return launcher.main(argv)
+    return pretrain.main(argv)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--as-open-clip-train"]:

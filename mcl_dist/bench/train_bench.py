@@ -23,9 +23,9 @@ import tempfile
 import open_clip
 import torch
 
-from mcl_dist import layout
-from mcl_dist.distributed import free_port
-from mcl_dist.synthetic import ensure_demo_data
+from mcl_dist.core import layout
+from mcl_dist.core.distributed import free_port
+from mcl_dist.synthetic.trifeature import ensure_demo_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -12,7 +12,7 @@ import sys
 import time
 
 from mcl_dist.commands import print_fields
-from mcl_dist.config import ConfigError
+from mcl_dist.config.schema import ConfigError
 from mcl_dist.data.shards import expand_urls
 from mcl_dist.data.tar_index import build_or_load_index
 

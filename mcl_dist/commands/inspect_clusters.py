@@ -12,7 +12,7 @@ the size-weighted mean purity per attribute). DIR defaults to RUN_DIR/inspect/st
 import argparse
 import sys
 
-from mcl_dist.cluster_inspect import inspect_stage
+from mcl_dist.clustering.cluster_inspect import inspect_stage
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,7 @@ import os
 import sys
 
 from mcl_dist.data.writer import pairs_from_folder, pairs_from_table, write_pair_shards
-from mcl_dist.synthetic import ensure_demo_data
+from mcl_dist.synthetic.trifeature import ensure_demo_data
 
 
 def main(argv=None) -> int:

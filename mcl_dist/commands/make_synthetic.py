@@ -1,5 +1,5 @@
 """Write the synthetic multi-attribute data: train/test webdataset shards, an MMVP-VLM folder and
-zero-shot class lists (layout: mcl_dist/synthetic.py). Re-running resumes / keeps finished work.
+zero-shot class lists (layout: mcl_dist/synthetic/trifeature.py). Re-running resumes / keeps finished work.
 
     mcl-make-synthetic --out data/synth --train 50000 --test 5000 --samples-per-shard 5000
     mcl-make-synthetic --out data/synth_noeasy --train 50000 --test 5000 --no-easy
@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from mcl_dist.commands import print_fields
-from mcl_dist.synthetic import SyntheticSpec, ensure_demo_data
+from mcl_dist.synthetic.trifeature import SyntheticSpec, ensure_demo_data
 
 
 def main(argv=None) -> int:

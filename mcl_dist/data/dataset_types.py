@@ -6,7 +6,7 @@ webdataset shards.
 """
 from __future__ import annotations
 
-from mcl_dist.config import Config
+from mcl_dist.config.schema import Config
 from mcl_dist.data.csv_data import CsvData
 from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.webdataset_data import WebDatasetData
@@ -30,7 +30,7 @@ class AutoType:
         DATASET_TYPES[resolve_type(cfg)].check(cfg, where)
 
 
-CHOICES = {**DATASET_TYPES, "auto": AutoType}  # what data.dataset_type accepts (config_choices.py)
+CHOICES = {**DATASET_TYPES, "auto": AutoType}  # what data.dataset_type accepts (config/choices.py)
 
 
 def open_data(cfg: Config) -> TrainData:

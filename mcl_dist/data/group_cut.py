@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mcl_dist.config import Config, ConfigError, micro_batch_size
+from mcl_dist.config.schema import Config, ConfigError, micro_batch_size
 from mcl_dist.data.sampler import EpochPlan, plan_epoch
 
 # the dry run's label-size model, said in its output
@@ -74,7 +74,7 @@ def simulated_labels(cfg: Config, s: int, samples: int) -> np.ndarray:
     """Stage s's labels under LABEL_MODEL: one int per sample, sorted (the plan shuffles)."""
     rng = np.random.default_rng([cfg.train.seed, s])
     sizes = np.array([samples], np.int64)
-    for st in cfg.stages[1:s + 1]:  # as labels.py composes them: each label splits into K clusters
+    for st in cfg.stages[1:s + 1]:  # as clustering/pseudo_labels.py composes them: each label splits into K clusters
         k = _k(cfg, st.k)
         children = rng.multinomial(sizes, rng.dirichlet(np.ones(k), size=sizes.size))
         small = children < cfg.cluster.min_label_size

@@ -19,7 +19,7 @@ from collections import Counter
 
 import numpy as np
 
-from mcl_dist.config import ConfigError
+from mcl_dist.config.schema import ConfigError
 from mcl_dist.data.shards import is_local, local_path
 
 

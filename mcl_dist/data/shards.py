@@ -6,7 +6,7 @@ import tarfile
 
 import braceexpand
 
-from mcl_dist.config import ConfigError
+from mcl_dist.config.schema import ConfigError
 
 
 def is_local(url: str) -> bool:

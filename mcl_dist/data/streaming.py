@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import tariterators
 
-from mcl_dist import distributed as dist_utils
+from mcl_dist.core import distributed as dist_utils
 from mcl_dist.data.decode import BadSample, collate
 
 

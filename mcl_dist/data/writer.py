@@ -12,8 +12,8 @@ from typing import Iterable, Iterator, Optional
 
 import webdataset as wds
 
-from mcl_dist.files import atomic_path
-from mcl_dist.progress import track
+from mcl_dist.core.files import atomic_path
+from mcl_dist.core.progress import track
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 

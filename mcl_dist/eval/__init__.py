@@ -1,1 +1,1 @@
-"""Evaluation: evaluate.py runs zero_shot.py, linear_probe.py and mmvp.py on one model."""
+"""Evaluation: run_metrics.py runs zero_shot.py, linear_probe.py and mmvp.py on one model."""

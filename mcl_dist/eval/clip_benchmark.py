@@ -4,7 +4,7 @@
         --dataset wds/NAME --dataset_root DIR --task zeroshot_classification [clip_benchmark options]
 
 Every `--model` value that is a file becomes a model of type `mcl_dist` (loaded by
-`mcl_dist.integrate.load_model`, so integrated models work too) named `<run>-<stage>`; anything else goes to
+`mcl_dist.integration.integrated_model.load_model`, so integrated models work too) named `<run>-<stage>`; anything else goes to
 clip_benchmark unchanged. For plain open_clip use (`--model tiny-vit --pretrained
 runs/x/stage_0/checkpoint.pt`), the custom JSON model config named in the run's saved
 `config.yaml` is registered with open_clip first. Needs `pip install -e .[eval]` (clip_benchmark 1.6.2).
@@ -28,10 +28,10 @@ import open_clip
 import torch
 import yaml
 
-from mcl_dist import layout
-from mcl_dist.config import saved_path
-from mcl_dist.integrate import load_model
-from mcl_dist.models import QuickGeluMismatch, peek_checkpoint, trained_quick_gelu
+from mcl_dist.core import layout
+from mcl_dist.config.schema import saved_path
+from mcl_dist.integration.integrated_model import load_model
+from mcl_dist.model.open_clip_models import QuickGeluMismatch, peek_checkpoint, trained_quick_gelu
 
 MODEL_TYPE = "mcl_dist"
 

@@ -1,6 +1,6 @@
 """The eval metrics' bodies: each takes the EvalInputs (mcl_dist/eval/inputs.py) and returns its
 results keyed by what it scored (a label field, an image folder, an MMVP category set), adding a
-note for whatever it had to skip. mcl_dist/eval/registry.py lists them."""
+note for whatever it had to skip. mcl_dist/eval/metric_registry.py lists them."""
 from __future__ import annotations
 
 import os

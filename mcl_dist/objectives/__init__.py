@@ -1,6 +1,6 @@
 """The training objectives by name, as the config's `objective:` names them.
 
-Each objective is one class in its own module (base.py says what it provides: model, training
+Each objective is one class in its own module (objective.py says what it provides: model, training
 decoder, loss, locks, checkpoint loading, and `check`, which refuses impossible settings when the
 config loads). Adding one: write its module and add its class to REGISTRY.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from mcl_dist.config import Config, ConfigError
-from mcl_dist.objectives.base import Objective
+from mcl_dist.config.schema import Config, ConfigError
+from mcl_dist.objectives.objective import Objective
 from mcl_dist.objectives.clip import Clip
 from mcl_dist.objectives.simclr import SimCLR
 

@@ -1,4 +1,4 @@
-"""CLIP stages: an open_clip image-text model (`mcl_dist.models`), image + caption samples, and the
+"""CLIP stages: an open_clip image-text model (`mcl_dist.model.open_clip_models`), image + caption samples, and the
 label-masked CLIP loss. Stage checkpoints keep open_clip's layout, so they load with plain open_clip."""
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from open_clip import factory
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-from mcl_dist.config import ConfigError, StageConfig
+from mcl_dist.config.schema import ConfigError, StageConfig
 from mcl_dist.data.decode import CachedDecode, ClipDecoder
-from mcl_dist.loss import ClipLoss
-from mcl_dist.models import apply_locks, create
-from mcl_dist.objectives.base import Objective
+from mcl_dist.objectives.loss import ClipLoss
+from mcl_dist.model.open_clip_models import apply_locks, create
+from mcl_dist.objectives.objective import Objective
 
 
 class Clip(Objective):

@@ -14,11 +14,11 @@ import torch.nn as nn
 import torchvision
 from torchvision import transforms as T
 
-from mcl_dist.config import Config, ConfigError, SimCLRConfig
-from mcl_dist.config_sources import blame
+from mcl_dist.config.schema import Config, ConfigError, SimCLRConfig
+from mcl_dist.config.origins import blame
 from mcl_dist.data.decode import decode_image
-from mcl_dist.loss import nt_xent
-from mcl_dist.objectives.base import Objective
+from mcl_dist.objectives.loss import nt_xent
+from mcl_dist.objectives.objective import Objective
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ARCHS = {"resnet18": ([2, 2, 2, 2], "basic"), "resnet34": ([3, 4, 6, 3], "basic"),

@@ -1,4 +1,4 @@
-"""The steps of a run, one object each (base.py says what a step offers), and the plan that lists them.
+"""The steps of a run, one object each (step.py says what a step offers), and the plan that lists them.
 
     stage_0/train
     stage_s/embed -> stage_s/kmeans -> stage_s/labels -> stage_s/train      (s = 1 .. S-1)
@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import os
 
-from mcl_dist import layout
-from mcl_dist.config import Config
+from mcl_dist.core import layout
+from mcl_dist.config.schema import Config
 from mcl_dist.data.dataset_types import resolve_type
 from mcl_dist.data.shards import expand_urls, is_local
-from mcl_dist.reporting import parse_report_to
-from mcl_dist.run_context import index_dir
-from mcl_dist.steps.base import Step
-from mcl_dist.steps.embed import EmbedStep
-from mcl_dist.steps.evaluate import EvalStep
-from mcl_dist.steps.integrate import IntegrateStep
-from mcl_dist.steps.kmeans import KMeansStep
-from mcl_dist.steps.labels import LabelsStep
-from mcl_dist.steps.report import ReportStep
-from mcl_dist.steps.train import TrainStep
+from mcl_dist.training.loggers import parse_report_to
+from mcl_dist.run.run_context import index_dir
+from mcl_dist.steps.step import Step
+from mcl_dist.steps.embed_step import EmbedStep
+from mcl_dist.steps.evaluate_step import EvalStep
+from mcl_dist.steps.integrate_step import IntegrateStep
+from mcl_dist.steps.kmeans_step import KMeansStep
+from mcl_dist.steps.labels_step import LabelsStep
+from mcl_dist.steps.report_step import ReportStep
+from mcl_dist.steps.train_step import TrainStep
 
 __all__ = ["Step", "TrainStep", "EmbedStep", "KMeansStep", "LabelsStep", "IntegrateStep", "EvalStep", "ReportStep",
            "plan_steps", "run_files"]
@@ -57,7 +57,7 @@ def plan_steps(cfg: Config, world_size: int, data_fp: str = "") -> list[Step]:
 
 def local_shards(cfg: Config) -> bool:
     """Whether the run's data is local tar shards (the synthetic data is): only those are indexed and
-    checked before training (pipeline.py preflight; a CSV is checked too, with no index)."""
+    checked before training (pipeline/runner.py preflight; a CSV is checked too, with no index)."""
     if cfg.data.synthetic and not cfg.data.train_shards:
         return True
     return resolve_type(cfg) == "webdataset" and all(is_local(u) for u in expand_urls(cfg.data.train_shards))
@@ -70,7 +70,7 @@ def run_files(cfg: Config, run_dir: str) -> list[str]:
     later step's entry would change), the tar index cache (built by the data check of local shards;
     a CSV is checked too but needs no index) and wandb's folder (train.report_to wandb, WANDB_DIR
     unset: every stage's wandb run). The run's lock and the ranks' sync markers live only while a
-    launch runs (rundir.release)."""
+    launch runs (run/guards.py `release`)."""
     local = local_shards(cfg)
     out = [layout.config_path(run_dir), layout.manifest_path(run_dir)]
     out += [layout.data_check_path(run_dir)] if local or resolve_type(cfg) == "csv" else []
