@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import tarfile
 
 import numpy as np
@@ -136,6 +137,25 @@ def test_second_launch_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, caps
     assert not orphan.exists() and not (run_dir / "run.lock").exists()  # swept; released at the end
 
 
+def test_a_lock_held_by_an_unreaped_zombie_is_a_dead_launchs():
+    """In a container whose PID 1 is no init, a killed launch's rank stays a zombie: signal 0 still
+    reaches its pid, but the launch is over and its lock must be taken over."""
+    me = guards._holder()["host"]
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    try:
+        for _ in range(200):  # until it has exited (and, unreaped, become a zombie)
+            if guards._zombie(child):
+                break
+            time.sleep(0.01)
+        assert guards._zombie(child) and guards._gone({"host": me, "pid": child})
+        assert not guards._zombie(os.getpid()) and not guards._gone({"host": me, "pid": os.getpid()})
+    finally:
+        os.waitpid(child, 0)
+    assert guards._gone({"host": me, "pid": child})  # reaped: no such process at all
+
+
 def test_redo_forgets_the_step_and_every_later_one_at_once(tmp_path, capsys):
     urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=8)
     cfg = tiny_config(tmp_path, urls, **{"train.max_steps": 1, "train.checkpoint_every": 1})
@@ -237,6 +257,7 @@ def test_fewer_shards_than_ranks_is_refused_when_stage_0_trains():
 
 
 # -- under a real 2-rank torchrun ------------------------------------------------------------
+@pytest.mark.launch
 def test_every_sample_bad_stops_within_one_pass(tmp_path):
     """Corrupt images cannot be seen from tar headers: stage 0 must stop after one pass, not spin."""
     urls = write_test_shards(str(tmp_path / "d"), n_shards=4, per_shard=16, corrupt=tuple(range(64)))

@@ -2,7 +2,8 @@
 
 The lock is `<run_dir>/run.lock` (host, pid, SLURM job), created with O_EXCL by rank 0. A second
 launch on the same directory is refused and told who holds it. A lock left by a killed launch is
-taken over when its holder is provably gone: the same host and a pid that no longer runs, or the
+taken over when its holder is provably gone: the same host and a pid that no longer runs (or only
+as a zombie: in a container whose PID 1 is no init, a killed launch's ranks stay unreaped), or the
 same SLURM job (a requeued job restarts under its own id, possibly on another node).
 
 Temporary files (`.NAME.XXXX.tmp`, see mcl_dist/core/files.py) that a kill left behind are removed at
@@ -45,7 +46,16 @@ def _gone(other: dict) -> bool:
         return True
     except (PermissionError, ValueError, OverflowError):
         return False
-    return int(other.get("pid", 0)) <= 0
+    return int(other.get("pid", 0)) <= 0 or _zombie(int(other["pid"]))
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has exited and waits to be reaped: signal 0 still reaches it, but it holds nothing."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def acquire(run_dir: str) -> str:
