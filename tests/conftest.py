@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -93,7 +94,15 @@ def demo_eval_off(tmp_path_factory):
 
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 300, env: dict | None = None,
              check: bool = True) -> subprocess.CompletedProcess:
-    """Run launch/pretrain.py (or another script) under a real torchrun with gloo on CPU."""
+    """Run launch/pretrain.py (or another script) under torchrun with gloo on CPU: the real one, or
+    for launch/pretrain.py ranks forked from a warm process (tests/forked_ranks.py says when and why)."""
+    import forked_ranks
+
+    if forked_ranks.wanted(args):
+        proc = forked_ranks.launch(args, nproc=nproc, env=env, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        return proc
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            f"--master_port={free_port()}", *args]
     e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
@@ -102,6 +111,14 @@ def torchrun(args: list[str], nproc: int = 2, timeout: int = 300, env: dict | No
     if check and proc.returncode != 0:
         raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def rank_exit_codes(proc: subprocess.CompletedProcess) -> list[int]:
+    """Each failed rank's own exit code: torchrun exits 1 whatever they were and lists them in its
+    failure summary (`exitcode  : 2`); a forked launch (tests/forked_ranks.py) keeps them."""
+    if hasattr(proc, "rank_codes"):
+        return proc.rank_codes
+    return [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", proc.stderr)]
 
 
 def tiny_config(tmp_path, shards: list[str], **extra) -> str:

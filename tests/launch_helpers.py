@@ -31,7 +31,13 @@ def _descendants(pid: int) -> list[int]:
 
 
 def run2(cfg: str, run_dir, *overrides, redo: str = "") -> subprocess.CompletedProcess:
-    """launch/pretrain.py under a real 2-rank torchrun (gloo), killed as a whole on a hang."""
+    """launch/pretrain.py under a 2-rank torchrun (gloo), killed as a whole on a hang: the real one
+    for `debug.kill_at` (it kills the launcher), else ranks forked from a warm process (forked_ranks.py)."""
+    import forked_ranks
+
+    args = ["launch/pretrain.py", "--config", cfg, "--run-dir", str(run_dir), *overrides, *(["--redo", redo] if redo else [])]
+    if forked_ranks.wanted(args):
+        return forked_ranks.launch(args, timeout=TIMEOUT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "launch/pretrain.py", "--config", cfg, "--run-dir", str(run_dir), *overrides]
     cmd += ["--redo", redo] if redo else []

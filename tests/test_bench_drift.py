@@ -6,6 +6,8 @@ import importlib.util
 import os
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -21,6 +23,7 @@ def drift_module():
 drift = drift_module()
 
 
+@pytest.mark.launch
 def test_benchmark_data_and_a_short_run_reproduce_the_stored_values(tmp_path):
     from mcl_dist.core.files import read_json
 

@@ -46,6 +46,7 @@ def bench(tmp, *args):
     return proc.stdout
 
 
+@pytest.mark.launch
 def test_smoke_both_families_resume_and_report_structure(tmp_path):
     b = ["--family", "B", "--out", str(tmp_path / "b"), "--data-dir", str(tmp_path / "data_b")]
     out = bench(tmp_path, *b, "--arms", "baseline", "mcl2_prev_kauto", "mcl2_prev_kauto_icka_drop")
@@ -80,6 +81,7 @@ def test_smoke_both_families_resume_and_report_structure(tmp_path):
     assert re.fullmatch(TRANSFER.format("B", "A"), top[2]) and "recipe mcl2_prev_kauto" in top[3]
 
 
+@pytest.mark.launch
 def test_smoke_simclr_report_names_its_own_suppressed_attributes(tmp_path):
     out = bench(tmp_path, "--objective", "simclr", "--out", str(tmp_path / "s"), "--data-dir", str(tmp_path / "d"),
                 "--arms", "simclr_baseline", "simclr_mcl3")

@@ -49,6 +49,7 @@ debug: {{log_batches: true}}
     return cfg, run_dir, csv_path, out
 
 
+@pytest.mark.launch
 def test_every_step_done_with_report_and_evaluation(finished):
     _, run_dir, csv_path, out = finished
     manifest = json.load(open(run_dir / "manifest.json"))
@@ -62,6 +63,7 @@ def test_every_step_done_with_report_and_evaluation(finished):
     assert not os.path.exists(run_dir / "index")  # a CSV needs no tar index
 
 
+@pytest.mark.launch
 def test_embedding_covers_every_row_exactly_once(finished):
     _, run_dir, _, _ = finished
     parts = list_parts(str(run_dir / "stage_1" / "embed"))
@@ -72,6 +74,7 @@ def test_embedding_covers_every_row_exactly_once(finished):
     assert sorted(keys) == [f"{i:08d}" for i in range(N_TRAIN)]  # each row once, none twice
 
 
+@pytest.mark.launch
 def test_planned_batches_hold_same_label_groups(finished):
     _, run_dir, _, _ = finished
     records = []
@@ -87,12 +90,14 @@ def test_planned_batches_hold_same_label_groups(finished):
         assert r["labels"] == [int(by_key[k]) for k in r["keys"]]
 
 
+@pytest.mark.launch
 def test_rerun_skips_every_step(finished):
     cfg, run_dir, _, _ = finished
     out = torchrun(["launch/pretrain.py", "--config", cfg, "--run-dir", str(run_dir)])
     assert out.stderr.count("done already, skipped") == 8
 
 
+@pytest.mark.launch
 def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
     """As on shards (test_pipeline.py): every file under a planned path, every planned path there
     (a CSV run plans no tar index), and --dry-run prints the same paths."""
@@ -116,6 +121,7 @@ def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
     assert [line.strip() for line in out.split("paths written:\n", 1)[1].splitlines()] == planned
 
 
+@pytest.mark.launch
 def test_cluster_inspector_reads_the_csv_rows(finished):
     from mcl_dist.clustering.cluster_inspect import stage_purity
 

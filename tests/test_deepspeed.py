@@ -113,6 +113,7 @@ def assert_states_close(a: dict, b: dict, atol: float = 2e-5, rtol: float = 1e-4
 
 
 # -- engine-level tests ----------------------------------------------------------------------
+@pytest.mark.launch
 @needs_deepspeed
 def test_zero_states_match_ddp_and_resume_across_engines_and_world_sizes(tmp_path):
     # 3 steps of 2 accumulated micro-batches with clipping and weight-decay groups; then one more
@@ -150,6 +151,7 @@ def _run(cfg, run_dir, *overrides, check=True):
     return torchrun(["launch/pretrain.py", "--config", cfg, "--run-dir", str(run_dir), *overrides], check=check)
 
 
+@pytest.mark.launch
 @needs_deepspeed
 def test_zero2_trainer_kill_resume_matches_ddp_loss_trajectory(tmp_path, shards):
     import open_clip

@@ -3,9 +3,12 @@ A shortened demo (fewer samples and steps, two stages) runs every step the full 
 DDP training, embed, k-means, labels, an MCL stage, integration, evaluation and the report."""
 import re
 
+import pytest
+
 from conftest import torchrun
 
 
+@pytest.mark.launch
 def test_shortened_demo_has_no_warning_on_stderr(tmp_path):
     proc = torchrun(["launch/pretrain.py", "--config", "configs/demo.yaml", "--run-dir", str(tmp_path / "run"),
                      f"data.synthetic_dir={tmp_path / 'data'}", "data.synthetic_train=512", "data.synthetic_test=128",

@@ -32,6 +32,7 @@ def overrides(shards, *extra):
     return [f"data.train_shards={'::'.join(shards)}", f"data.num_samples={N}", *extra]
 
 
+@pytest.mark.launch
 def test_paper_config_cli_prints_the_hand_computed_plan_and_writes_nothing(tmp_path, shards):
     work = tmp_path / "cwd"
     work.mkdir()
@@ -60,6 +61,7 @@ def test_paper_config_cli_prints_the_hand_computed_plan_and_writes_nothing(tmp_p
     assert files_under(work) == [] and files_under(os.path.dirname(shards[0])) == before
 
 
+@pytest.mark.launch
 @pytest.mark.parametrize("config", REAL)
 def test_every_real_config_plans_without_pretrained_weights(config, shards):
     path = os.path.join(ROOT, config)
@@ -90,6 +92,7 @@ def test_every_real_config_plans_without_pretrained_weights(config, shards):
     assert "warning:" not in text  # every shipped config fits an 80 GB GPU at 8 ranks
 
 
+@pytest.mark.launch
 def test_memory_estimate_by_hand_and_the_vit_l14_warning(shards):
     """ViT-L-14 (QuickGELU) with both towers training, micro-batch 1,000 on one rank: weights, gradients
     and AdamW's two moments in fp32, plus 1,000 x the measured activations; far over any GPU."""
@@ -114,6 +117,7 @@ def test_memory_estimate_by_hand_and_the_vit_l14_warning(shards):
     assert "warning:" not in eight
 
 
+@pytest.mark.launch
 @pytest.mark.parametrize("config", REAL)
 def test_every_real_config_prints_an_hours_estimate_or_names_the_missing_rate(config, shards):
     """Hours from the shipped measured rates (mcl_dist/pipeline/time_estimate.py) on the chosen GPUs: ViT-B-32
@@ -139,6 +143,7 @@ def test_every_real_config_prints_an_hours_estimate_or_names_the_missing_rate(co
             assert f"{partial}; the parts with rates add up to " in text
 
 
+@pytest.mark.launch
 def test_tensorboard_path_only_when_report_to_names_it(shards):
     path = os.path.join(ROOT, REAL[2])
     for report_to, shown in (("tensorboard", True), ("", False)):

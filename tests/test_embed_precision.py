@@ -13,6 +13,7 @@ from mcl_dist.model.open_clip_models import create
 from mcl_dist.training.optim import autocast_dtype
 
 
+@pytest.mark.launch
 @pytest.mark.parametrize("mcfg", [ModelConfig(config_file=os.path.join(ROOT, "configs/models/tiny-vit.json")),
                                   ModelConfig(name="ViT-B-32", force_quick_gelu=True)], ids=["tiny-vit", "ViT-B-32"])
 def test_bf16_features_match_fp32(mcfg):

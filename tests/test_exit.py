@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+import pytest
+
 from conftest import ROOT, free_port, tiny_config, write_test_shards
 from launch_helpers import TIMEOUT, _descendants, error_lines
 
@@ -48,6 +50,7 @@ def run2_timed(cfg: str, run_dir) -> tuple[int, str, dict[str, float]]:
     return proc.returncode, err, {line: ended - t for t, line in lines if line.startswith("error: ")}
 
 
+@pytest.mark.launch
 def test_error_met_by_every_rank_is_printed_once_and_the_launch_ends_at_once(tmp_path):
     """Duplicate keys: rank 0 finds them (the pre-training check), then every rank raises the error."""
     a = write_test_shards(str(tmp_path / "a"), n_shards=2, per_shard=8)
@@ -60,6 +63,7 @@ def test_error_met_by_every_rank_is_printed_once_and_the_launch_ends_at_once(tmp
     assert "stopped:" not in err  # no rank repeats it as a warning
 
 
+@pytest.mark.launch
 def test_error_of_one_rank_is_its_own_line_not_the_others_broken_connection(tmp_path):
     """Rank 1's only shard in stage 0 has no readable image, so rank 1 alone stops while rank 0 waits
     for it in its first collective: the line is rank 1's reason, printed once."""

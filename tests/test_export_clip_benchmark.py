@@ -30,6 +30,7 @@ def demo(demo_eval_off):
     return demo_eval_off
 
 
+@pytest.mark.launch
 def test_export_writes_clip_benchmarks_layout(demo, tmp_path, capsys):
     out = tmp_path / "cb"
     assert export_main([str(demo / "runs/demo"), "--out", str(out), "--label-field", "position", "--nshards", "3"]) == 0
@@ -52,6 +53,7 @@ def test_export_writes_clip_benchmarks_layout(demo, tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["position"]  # no temporary folder left
 
 
+@pytest.mark.launch
 def test_export_errors_are_one_line(demo, tmp_path, capsys):
     assert export_main([str(demo / "runs/demo"), "--out", str(tmp_path / "x"), "--label-field", "position",
                         "--nshards", "1000"]) == 2
@@ -61,6 +63,7 @@ def test_export_errors_are_one_line(demo, tmp_path, capsys):
     assert "config.yaml: not found" in capsys.readouterr().err
 
 
+@pytest.mark.launch
 def test_readme_commands_score_a_stage_and_the_integrated_model(demo):
     commands = readme_commands()
     assert commands[0].startswith("mcl-export-clip-benchmark runs/demo")
@@ -76,6 +79,7 @@ def test_readme_commands_score_a_stage_and_the_integrated_model(demo):
             assert 0.0 <= res["metrics"]["acc1"] <= 1.0
 
 
+@pytest.mark.launch
 def test_export_from_any_labelled_shards(demo, tmp_path):
     """img2dataset-style shards with a label field, not a run: --shards, --label-field, --classnames."""
     names = tmp_path / "names.json"

@@ -20,6 +20,7 @@ from mcl_dist.bench.memprobe import Polled
 MAY_BE_NONE = {("kmeans", "faiss_error"), ("kmeans", "cross_device_time_ratio")}
 
 
+@pytest.mark.launch
 def test_cpu_smoke_on_two_gloo_ranks_writes_every_field(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = torchrun(["-m", "mcl_dist.bench.gpu_check", "--cpu-smoke", "--out", str(out), "--work-dir", str(tmp_path / "work")],
@@ -88,6 +89,7 @@ def test_polled_probe_sees_a_child_process_memory():
     assert mem.peak_between(end + 100, end + 200) is None
 
 
+@pytest.mark.launch
 def test_one_process_without_torchrun_still_starts_a_process_group():
     """`python -m mcl_dist.bench.gpu_check` (no torchrun): a world of one, so part 1 still runs its
     collectives and the loss check through a real process group."""

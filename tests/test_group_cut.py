@@ -67,6 +67,7 @@ def test_max_dropped_share_is_checked():
         load_config(PAPER, ["train.max_dropped_share=1.5"])
 
 
+@pytest.mark.launch
 def test_paper_config_dry_run_keeps_98_percent_of_every_stage_at_8_ranks(tmp_path):
     shards = write_test_shards(str(tmp_path), n_shards=8, per_shard=2)
     cfg = load_config(PAPER, [f"data.train_shards={'::'.join(shards)}", f"data.num_samples={CC12M}"])

@@ -35,6 +35,7 @@ def same_weights(a_dir, b_dir) -> None:
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"stage {s} differs"
 
 
+@pytest.mark.launch
 def test_killed_at_every_point_resumes_to_the_reference_weights(reference, tmp_path):
     cfg, ref = reference
     run = tmp_path / "run"
@@ -90,6 +91,7 @@ def test_killed_at_every_point_resumes_to_the_reference_weights(reference, tmp_p
     same_weights(ref, run)
 
 
+@pytest.mark.launch
 def test_redo_after_broken_embeddings_recomputes_the_same_weights(reference, tmp_path):
     """The k-means error names `--redo stage_1/embed` (test above); following it repairs the run."""
     cfg, ref = reference
@@ -107,6 +109,7 @@ def test_redo_after_broken_embeddings_recomputes_the_same_weights(reference, tmp
     same_weights(ref, run)
 
 
+@pytest.mark.launch
 def test_another_world_size_on_a_finished_run_is_one_error_line(reference, tmp_path, capsys):
     cfg, ref = reference
     run = tmp_path / "run"

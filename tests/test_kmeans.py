@@ -85,6 +85,7 @@ def one_rank():
     return {name: _run(x, kw) for name, kw in _scenarios(x).items()}
 
 
+@pytest.mark.launch
 @pytest.mark.parametrize("name", ["init", "default", "fixed", "random", "spherical", "reseed", "faiss"])
 def test_two_ranks_match_one_rank(one_rank, two_ranks, name):
     one, (r0, r1) = one_rank[name], two_ranks
@@ -96,6 +97,7 @@ def test_two_ranks_match_one_rank(one_rank, two_ranks, name):
     np.testing.assert_allclose(r0[name]["inertia"], one["inertia"], rtol=1e-6)
 
 
+@pytest.mark.launch
 def test_matches_reference_lloyd(one_rank, two_ranks):
     x = blobs().numpy()
     init = one_rank["init"]["c"].numpy()
@@ -110,12 +112,14 @@ def test_matches_reference_lloyd(one_rank, two_ranks):
         assert res["inertia"][-1] == pytest.approx(true, rel=1e-5)
 
 
+@pytest.mark.launch
 def test_uneven_and_empty_share(two_ranks, one_rank):
     r0, r1 = (r["uneven_empty_share"] for r in two_ranks)
     assert len(r1["a"]) == 0 and torch.equal(r0["a"], one_rank["default"]["a"])
     torch.testing.assert_close(r0["c"], one_rank["default"]["c"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.launch
 def test_distributed_bad_input_raises_on_every_rank(two_ranks):
     for r in two_ranks:
         assert "embedding dimension differs across ranks" in r["dim_mismatch"]["error"]

@@ -127,6 +127,7 @@ def planned_in(cwd, cfg_path: str, run_dir: str, overrides: list[str]) -> list[s
         os.chdir(old)
 
 
+@pytest.mark.launch
 def test_demo_config_plan_is_what_the_demo_run_writes(tmp_path, plan_without_tensorboard):
     """configs/demo.yaml, evaluation on (the synthetic data brings MMVP pairs): every plot is planned
     and drawn."""
@@ -139,6 +140,7 @@ def test_demo_config_plan_is_what_the_demo_run_writes(tmp_path, plan_without_ten
     assert_plan_is_the_run(paths, run_dir)
 
 
+@pytest.mark.launch
 def test_eval_off_plan_is_what_the_run_writes(demo_eval_off, plan_without_tensorboard):
     """The demo with eval.enabled=false: no eval/ and no MMVP plot planned (the report draws none)."""
     run_dir = str(demo_eval_off / "runs" / "demo")

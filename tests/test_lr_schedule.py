@@ -48,6 +48,7 @@ def test_config_checks_scheduler_and_cooldown(tmp_path):
         load_config(None, ["data.synthetic=true", "train.lr_scheduler=const-cooldown"])
 
 
+@pytest.mark.launch
 def test_training_logs_the_const_cooldown_schedule(tmp_path, shards):
     """A real (one-process) stage-0 run: the logged lr is flat after warm-up, then cools down."""
     cfg = tiny_config(tmp_path, shards)

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, free_port, tiny_config
 
 
@@ -20,6 +22,7 @@ def launcher(port: int, cfg: str, run_dir: str, log_path: str, *overrides: str) 
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
 
+@pytest.mark.launch
 def test_two_node_c10d_rendezvous_trains_and_checkpoints(tmp_path, shards):
     cfg = tiny_config(tmp_path, shards)
     run_dir = str(tmp_path / "run")

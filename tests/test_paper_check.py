@@ -8,11 +8,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from mcl_dist.bench.paper_check import ORDER, SMOKE, done_parts, schedule, wanted
 from mcl_dist.core.files import read_json, write_json
 
 
+@pytest.mark.launch
 def test_paper_check_cpu_smoke(tmp_path):
     out, tab = tmp_path / "smoke.json", tmp_path / "smoke.md"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")

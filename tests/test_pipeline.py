@@ -42,6 +42,7 @@ def finished(tmp_path_factory):
     return cfg, tmp / "run", out
 
 
+@pytest.mark.launch
 def test_every_step_done_and_outputs_valid(finished):
     cfg, run_dir, out = finished
     manifest = json.load(open(run_dir / "manifest.json"))
@@ -63,6 +64,7 @@ def test_every_step_done_and_outputs_valid(finished):
         assert {"color", "shape"} <= set(r["zero_shot"]) and {"color", "shape"} <= set(r["linear_probe"])
 
 
+@pytest.mark.launch
 def test_embedding_covers_every_sample_exactly_once(finished):
     """5 shards over 2 ranks: rank 0 embeds 3, rank 1 embeds 2; together every sample once."""
     import numpy as np
@@ -84,6 +86,7 @@ def test_embedding_covers_every_sample_exactly_once(finished):
     assert set(keys.tolist()) == set(index.keys.astype(str).tolist())
 
 
+@pytest.mark.launch
 def test_integrated_similarity_is_mean_of_stage_similarities(finished):
     from mcl_dist.integration.integrated_model import load_model
 
@@ -100,6 +103,7 @@ def test_integrated_similarity_is_mean_of_stage_similarities(finished):
     assert torch.allclose(sim, sum(per_stage) / 2, atol=1e-5)
 
 
+@pytest.mark.launch
 def test_batch_log_shows_same_label_groups_and_full_coverage(finished):
     from mcl_dist.core.files import load_npz
     from mcl_dist.data.sampler import check_batch_log, plan_epoch
@@ -124,6 +128,7 @@ def test_batch_log_shows_same_label_groups_and_full_coverage(finished):
         assert got == want
 
 
+@pytest.mark.launch
 def test_rerun_skips_everything_and_changed_config_is_refused(finished):
     cfg, run_dir, _ = finished
     before = os.path.getmtime(run_dir / "stage_1" / "checkpoint.pt")
@@ -136,6 +141,7 @@ def test_rerun_skips_everything_and_changed_config_is_refused(finished):
     assert "use a new --run-dir" in out.stderr
 
 
+@pytest.mark.launch
 def test_labels_step_records_the_stopping_signal(finished):
     """stage_1/labels logs how much the new clusters split the current (root) label."""
     _, run_dir, _ = finished
@@ -145,6 +151,7 @@ def test_labels_step_records_the_stopping_signal(finished):
     assert out["signal/nmi"] == 0.0  # the root label carries no information
 
 
+@pytest.mark.launch
 def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
     """Every file the run left is under a path of the plan (the steps' outputs plus the run's own
     files), every path of the plan without a wildcard exists, and --dry-run prints those paths."""
@@ -171,6 +178,7 @@ def test_files_of_the_run_are_exactly_the_plans_outputs(finished, capsys):
     assert [line.strip() for line in printed] == planned
 
 
+@pytest.mark.launch
 def test_integration_choice_is_a_setting_of_the_integrate_step(finished):
     """Runs of the default integration keep their fingerprints (the rerun above skipped every step);
     raw integration changes the integrate step's settings: refused, then redone with --redo."""

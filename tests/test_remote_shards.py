@@ -26,6 +26,7 @@ def test_remote_shards_with_later_stages_are_refused_at_load(tmp_path, shards, u
     assert len(one.stages) == 1
 
 
+@pytest.mark.launch
 @pytest.mark.parametrize("dry", [True, False])
 def test_run_and_dry_run_fail_before_stage_0_with_one_error_line(tmp_path, shards, dry):
     cfg = tiny_config(tmp_path, shards, stages=[{}, {"k": 2, "group_size": 4}])

@@ -55,6 +55,7 @@ def files(run) -> dict:
             for r, _, names in os.walk(run) for n in names}
 
 
+@pytest.mark.launch
 def test_end_of_run_line_names_the_report_on_first_run_and_rerun(finished):
     work, first = finished
     want = f"Report: {RUN}/report.md"
@@ -64,6 +65,7 @@ def test_end_of_run_line_names_the_report_on_first_run_and_rerun(finished):
     assert code == 0 and want in again.splitlines()[-2], again
 
 
+@pytest.mark.launch
 def test_refused_launch_leaves_the_run_directory_as_it_was(finished, capsys):
     work, _ = finished
     run = work / RUN
@@ -77,6 +79,7 @@ def test_refused_launch_leaves_the_run_directory_as_it_was(finished, capsys):
     assert yaml.safe_load(open(run / "config.yaml"))["train"]["lr"] == 0.001
 
 
+@pytest.mark.launch
 def test_results_name_the_models_relative_to_the_run_directory(finished):
     work, _ = finished
     text = (work / RUN / "eval" / "results.json").read_text()
@@ -86,6 +89,7 @@ def test_results_name_the_models_relative_to_the_run_directory(finished):
     assert str(work) not in text  # equal results in two run directories are equal files
 
 
+@pytest.mark.launch
 def test_kill_at_a_training_step_stops_right_after_it(tmp_path, shards):
     """Step 3 of 6 with checkpoints every 4 steps: the kill comes after step 3 (its checkpoint saved
     for the resume), not at the next checkpoint boundary, step 4."""

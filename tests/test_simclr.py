@@ -4,9 +4,12 @@ import json
 
 import torch
 
+import pytest
+
 from conftest import torchrun, write_test_shards
 
 
+@pytest.mark.launch
 def test_two_stage_simclr_run_on_image_only_shards(tmp_path):
     urls = write_test_shards(str(tmp_path / "d"), n_shards=4, per_shard=32, no_caption=tuple(range(128)))
     cfg = tmp_path / "simclr.yaml"

@@ -202,6 +202,7 @@ def check_run(run_dir, steps: int, info: dict, log) -> str:
     return out
 
 
+@pytest.mark.launch
 def test_templates_on_real_slurm_requeue_on_usr1_and_resume(tmp_path, shards, slurm_env):
     cfg = tiny_config(tmp_path, shards)
     env = dict(slurm_env, MCL_PYTHON=sys.executable, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from mcl_dist.run import verify
 from mcl_dist.integration.integrated_model import load_model
@@ -30,6 +32,7 @@ def run(run_dir, data_dir, *more):
     return json.load(open(os.path.join(run_dir, "manifest.json")))["steps"]
 
 
+@pytest.mark.launch
 def test_auto_k_stop_signals_and_cka_weights_are_recorded(tmp_path):
     run_dir = tmp_path / "run"
     steps = run(run_dir, tmp_path / "data", "model.integration_weights=cka_drop", "model.integration_redundant_cka=0.99")

@@ -7,6 +7,8 @@ import sys
 import open_clip
 import torch
 
+import pytest
+
 from conftest import ROOT, tiny_config, torchrun, write_test_shards
 
 
@@ -19,6 +21,7 @@ def run(cfg, run_dir, *overrides, check=True):
     return torchrun(["launch/pretrain.py", "--config", cfg, "--run-dir", str(run_dir), *overrides], check=check)
 
 
+@pytest.mark.launch
 def test_two_rank_training_lowers_loss_and_checkpoint_loads_in_open_clip(tmp_path, shards):
     cfg = tiny_config(tmp_path, shards)
     run(cfg, tmp_path / "run", "train.max_steps=16", "train.lr=2e-3", "train.log_every=1")
@@ -38,6 +41,7 @@ def test_two_rank_training_lowers_loss_and_checkpoint_loads_in_open_clip(tmp_pat
         assert torch.equal(v, ours[k]), k
 
 
+@pytest.mark.launch
 def test_killed_run_resumes_to_the_same_weights(tmp_path, shards):
     cfg = tiny_config(tmp_path, shards)
     common = ["train.max_steps=6", "train.checkpoint_every=3", "data.workers=2"]
@@ -61,6 +65,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, shards):
     assert [r["step"] for r in metrics(tmp_path / "resumed")] == [r["step"] for r in metrics(tmp_path / "full")]
 
 
+@pytest.mark.launch
 def test_too_many_bad_samples_stop_with_the_shard_named(tmp_path):
     bad = tuple(range(32, 64))  # every sample of the second shard is corrupt
     urls = write_test_shards(str(tmp_path / "d"), n_shards=4, per_shard=32, corrupt=bad)
@@ -70,6 +75,7 @@ def test_too_many_bad_samples_stop_with_the_shard_named(tmp_path):
     assert "samples were unreadable" in out.stderr and "s00001.tar" in out.stderr, out.stderr[-3000:]
 
 
+@pytest.mark.launch
 def test_config_error_is_one_line_and_writes_nothing(tmp_path, shards):
     cfg = tiny_config(tmp_path, shards)
     # plain python (world size 1): one line, exit code 2, no traceback at all
@@ -87,6 +93,7 @@ def test_config_error_is_one_line_and_writes_nothing(tmp_path, shards):
     assert "must be divisible by world size" in out.stderr and not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.launch
 def test_non_finite_loss_stops_with_a_message(tmp_path, shards):
     cfg = tiny_config(tmp_path, shards)
     out = run(cfg, tmp_path / "run", "train.lr=1e12", "train.warmup_steps=1", "train.max_steps=8", check=False)

@@ -4,7 +4,7 @@
         --dataset wds/NAME --dataset_root DIR --task zeroshot_classification [clip_benchmark options]
 
 Every `--model` value that is a file becomes a model of type `mcl_dist` (loaded by
-`mcl_dist.integration.integrated_model.load_model`, so integrated models work too) named `<run>-<stage>`; anything else goes to
+`mcl_dist.integration.load_model`, so integrated models work too) named `<run>-<stage>`; anything else goes to
 clip_benchmark unchanged. For plain open_clip use (`--model tiny-vit --pretrained
 runs/x/stage_0/checkpoint.pt`), the custom JSON model config named in the run's saved
 `config.yaml` is registered with open_clip first. Needs `pip install -e .[eval]` (clip_benchmark 1.6.2).

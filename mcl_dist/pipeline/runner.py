@@ -192,7 +192,7 @@ class Pipeline:
         # joining run_dir to it again printed runs/demo/runs/demo/report.md
         report = by_kind["report"].outputs(self.run_dir, self.info.world_size)[0]
         return (f"\nMCL run finished. Report: {report}\nIntegrated model: "
-                f"{model} (load with mcl_dist.integration.integrated_model.load_model)")
+                f"{model} (load with mcl_dist.integration.load_model)")
 
 
 def _lock_run_dir(run_dir: str) -> str:
