@@ -60,6 +60,7 @@ def _rank(argv: list[str], env: dict, cwd: str, out_path: str, err_path: str) ->
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
+    sys.argv = [ENTRY, *argv]  # as a torchrun rank sees it
     # a forkserver child inherits "forkserver" as its start method; a torchrun rank has "fork", and
     # DataLoader workers started through the forkserver would cost seconds each
     multiprocessing.set_start_method("fork", force=True)
