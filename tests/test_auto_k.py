@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mcl_dist.clustering.auto_k import choose_k
-from mcl_dist.config.schema import ConfigError
 from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import ConfigError
 
 
 def blobs(n_clusters: int, per: int = 60, dim: int = 32, noise: float = 0.15, seed: int = 0) -> torch.Tensor:

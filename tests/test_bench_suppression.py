@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from mcl_dist.config.schema import to_dict
 from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import to_dict
 
 
 

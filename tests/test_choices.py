@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from conftest import ROOT
-from mcl_dist.config.schema import ConfigError
 from mcl_dist.config.choices import REGISTRIES
 from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import ConfigError
 from mcl_dist.eval.metric_registry import METRICS
 
 BASE = ["data.synthetic=true"]

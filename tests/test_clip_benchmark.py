@@ -46,8 +46,8 @@ def write_split(root, split, n, seed, captions=False):
 def setup(tmp_path_factory):
     """A run directory with two stage checkpoints + the integrated model, and tiny wds datasets."""
     from mcl_dist.config.schema import ModelConfig
-    from mcl_dist.integration.integrated_model import save_integrated
     from mcl_dist.core.files import save_torch
+    from mcl_dist.integration.integrated_model import save_integrated
     from mcl_dist.model.open_clip_models import create, stage_checkpoint
 
     tmp = tmp_path_factory.mktemp("cb")

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from mcl_dist.config.schema import ConfigError, save_config
 from mcl_dist.config.load import check_world, load_config
+from mcl_dist.config.schema import ConfigError, save_config
 
 from conftest import ROOT
 

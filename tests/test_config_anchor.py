@@ -5,10 +5,10 @@ import os
 import pytest
 import yaml
 
-from mcl_dist.core import layout
 from mcl_dist.commands.export_clip_benchmark import from_run
-from mcl_dist.config.schema import Config, anchored, save_config, saved_path
 from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import Config, anchored, save_config, saved_path
+from mcl_dist.core import layout
 
 
 def test_saved_path_resolves_relative_parts_only():

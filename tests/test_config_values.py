@@ -8,9 +8,9 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from launch_helpers import error_lines, launch_here
-from mcl_dist.config.schema import ConfigError
-from mcl_dist.config.load import load_config
 from mcl_dist.commands.pretrain import main
+from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import ConfigError
 
 DEMO = os.path.join(ROOT, "configs/demo.yaml")
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mcl_dist.config.schema import ConfigError
 from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import ConfigError
 from mcl_dist.data.csv_data import CsvData, CsvTable
 from mcl_dist.data.dataset_types import open_data, resolve_type
 from mcl_dist.data.preflight import DataError

@@ -11,9 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from mcl_dist.data.sampler import check_batch_log
 from mcl_dist.clustering.embedding import list_parts
 from mcl_dist.core.files import load_npz
+from mcl_dist.data.sampler import check_batch_log
 from mcl_dist.synthetic.trifeature import ensure_demo_data
 
 from conftest import ROOT, torchrun

@@ -35,10 +35,10 @@ def _batch(step: int, micro: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_job(job: dict, out_dir: str) -> None:
     """One engine run: fresh tiny model (seed 0), optional checkpoint load, `steps` steps, save."""
-    from mcl_dist.core import distributed as dist_utils
     from mcl_dist.config.schema import ModelConfig, TrainConfig
-    from mcl_dist.training.engine import build_engine
+    from mcl_dist.core import distributed as dist_utils
     from mcl_dist.model.open_clip_models import create, stage_checkpoint
+    from mcl_dist.training.engine import build_engine
 
     info = dist_utils.info()
     accum, global_batch = 2, 16

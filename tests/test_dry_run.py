@@ -11,8 +11,8 @@ import pytest
 from conftest import ROOT, write_test_shards
 from mcl_dist.config.load import load_config
 from mcl_dist.pipeline.dry_run import build_plan, format_plan
-from mcl_dist.training.memory_estimate import ACTIVATIONS
 from mcl_dist.pipeline.time_estimate import estimate
+from mcl_dist.training.memory_estimate import ACTIVATIONS
 
 REAL = ["configs/cc12m_vit_l14_paper.yaml", "configs/cc12m_vit_l14.yaml", "configs/cc12m_vit_b32.yaml", "configs/cc12m_rn50.yaml"]
 N = 10_000_000  # samples per epoch (CC12M as downloaded is about this size)

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import ROOT, rank_exit_codes, tiny_config, torchrun
-from mcl_dist.config.schema import ConfigError
 from mcl_dist.config.load import check_world, load_config
+from mcl_dist.config.schema import ConfigError
 from mcl_dist.data.preflight import DataError, check_shard_count
 from mcl_dist.pipeline.dry_run import build_plan
 

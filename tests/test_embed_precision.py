@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from mcl_dist.config.schema import ModelConfig
 from mcl_dist.clustering.embedding import encode
+from mcl_dist.config.schema import ModelConfig
 from mcl_dist.model.open_clip_models import create
 from mcl_dist.training.optim import autocast_dtype
 

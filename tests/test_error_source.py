@@ -7,10 +7,10 @@ import os
 import pytest
 
 from conftest import ROOT, tiny_config
-from mcl_dist.config.schema import ConfigError
+from mcl_dist.commands.pretrain import main
 from mcl_dist.config.load import load_config
 from mcl_dist.config.origins import Override
-from mcl_dist.commands.pretrain import main
+from mcl_dist.config.schema import ConfigError
 
 DEMO = os.path.join(ROOT, "configs/demo.yaml")
 PAPER = os.path.join(ROOT, "configs/cc12m_vit_l14_paper.yaml")

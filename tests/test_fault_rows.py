@@ -25,9 +25,9 @@ import webdataset as wds
 
 from conftest import ROOT, rank_exit_codes, write_test_shards
 from launch_helpers import PIPE_CFG, TIMEOUT, _descendants, error_lines, launch_here, run2
-from mcl_dist.run import verify
 from mcl_dist.data.decode import BadSample, decode_image
 from mcl_dist.data.streaming import ErrorLog, raw_samples
+from mcl_dist.run import verify
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,9 @@ def test_row1_deleted_embed_part_is_refused_before_kmeans(finished, tmp_path):
 
 def test_row1_embedding_and_kmeans_coverage_checks():
     """The checks behind the embedding's record: every rank's part, every sample clustered or bad."""
-    from mcl_dist.data.preflight import DataError
     from mcl_dist.clustering.embedding import check_parts
     from mcl_dist.clustering.pseudo_labels import check_complete
+    from mcl_dist.data.preflight import DataError
 
     with pytest.raises(DataError) as e:
         check_parts("/nonexistent/stage_1/embed", 2, "stage_1/embed")
@@ -191,8 +191,8 @@ def test_row7_huge_png_is_too_large_not_corrupt():
 def test_row7_embedding_account_survives_a_resume(tmp_path):
     """Embedding (image-only) counts bad images and bad captions; a re-run that skips the finished
     part keeps the count instead of writing `bad: 0`."""
-    from mcl_dist.config.load import load_config
     from mcl_dist.clustering.embedding import embed_shards
+    from mcl_dist.config.load import load_config
     from mcl_dist.objectives import get_objective
 
     urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=8, corrupt=(1, 2, 3), no_caption=(9,))
@@ -232,9 +232,9 @@ def test_row7_sample_cut_by_a_damaged_tar_is_not_counted_again(tmp_path):
 
     from torchvision import transforms
 
+    from mcl_dist.clustering.embedding import embed_shards
     from mcl_dist.data.streaming import ShardStream, make_loader
     from mcl_dist.data.tar_index import build_or_load_index
-    from mcl_dist.clustering.embedding import embed_shards
     from mcl_dist.eval.zero_shot import iter_labelled_samples
 
     urls = write_test_shards(str(tmp_path / "d"), n_shards=2, per_shard=16)

@@ -19,11 +19,11 @@ import torch
 
 from conftest import png_bytes, tiny_config, write_test_shards
 from launch_helpers import error_lines, launch_here, run2
-from mcl_dist.run import guards
 from mcl_dist.data import tar_index
 from mcl_dist.data.decode import BadSample, decode_image
 from mcl_dist.data.preflight import DataError, check_index
 from mcl_dist.data.tar_index import build_or_load_index
+from mcl_dist.run import guards
 
 
 def check(index, **kw) -> dict:
@@ -184,8 +184,8 @@ def test_running_step_with_changed_settings_is_refused(tmp_path):
 
 
 def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
-    from mcl_dist.config.load import load_config
     from mcl_dist.clustering.embedding import part_paths
+    from mcl_dist.config.load import load_config
     from mcl_dist.run.run_context import RunContext
     from mcl_dist.steps import KMeansStep
 
@@ -204,9 +204,9 @@ def test_nan_embeddings_stop_kmeans_and_name_the_step_to_redo(tmp_path):
 
 
 def test_labels_of_other_shards_name_the_step_to_redo(tmp_path):
+    from mcl_dist.clustering.pseudo_labels import save_labels
     from mcl_dist.config.load import load_config
     from mcl_dist.data.webdataset_data import WebDatasetData
-    from mcl_dist.clustering.pseudo_labels import save_labels
     from mcl_dist.run.run_context import RunContext
     from mcl_dist.steps import TrainStep
 

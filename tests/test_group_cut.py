@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, write_test_shards
-from mcl_dist.config.schema import ConfigError
 from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import ConfigError
 from mcl_dist.data import group_cut
 from mcl_dist.pipeline.dry_run import build_plan, format_plan
 from mcl_dist.steps.train_step import planned_source

@@ -11,9 +11,9 @@ import webdataset as wds
 from PIL import Image
 
 from mcl_dist.clustering.cluster_inspect import inspect_stage, purity, stage_purity
+from mcl_dist.clustering.pseudo_labels import save_labels
 from mcl_dist.core.files import save_npz
 from mcl_dist.data.tar_index import keys_fingerprint
-from mcl_dist.clustering.pseudo_labels import save_labels
 
 
 def test_purity_hand_computed():

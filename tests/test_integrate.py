@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcl_dist.integration.integrated_model import IntegratedModel, load_model, save_integrated, stage_weights
 from mcl_dist.core.files import save_torch
+from mcl_dist.integration.integrated_model import IntegratedModel, load_model, save_integrated, stage_weights
 
 NAME = "mcl-test-tiny-integrate"
 CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},

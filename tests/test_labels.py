@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from mcl_dist.data.tar_index import keys_fingerprint
 from mcl_dist.clustering.pseudo_labels import compose_labels, export_csv, label_stats, load_labels, save_labels
+from mcl_dist.data.tar_index import keys_fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from conftest import cosine_lr, tiny_config, torchrun
-from mcl_dist.config.schema import ConfigError
 from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import ConfigError
 from mcl_dist.training.lr_schedule import lr_at
 
 

@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from conftest import ROOT
-from mcl_dist.config.schema import ConfigError
-from mcl_dist.config.load import load_config
-from mcl_dist.data.csv_data import separator
 from mcl_dist.commands.pretrain import parse, resolve
+from mcl_dist.config.load import load_config
 from mcl_dist.config.oc_flags import to_overrides
+from mcl_dist.config.schema import ConfigError
+from mcl_dist.data.csv_data import separator
 
 DEMO = os.path.join(ROOT, "configs/demo.yaml")
 

@@ -13,13 +13,13 @@ from PIL import Image
 
 from conftest import ROOT, tiny_config
 from launch_helpers import launch_here
-from mcl_dist.config.schema import ModelConfig
 from mcl_dist.config.load import load_config
-from mcl_dist.eval.clip_benchmark import _register_pretrained_runs
+from mcl_dist.config.schema import ModelConfig
 from mcl_dist.core.files import save_torch
+from mcl_dist.eval.clip_benchmark import _register_pretrained_runs
 from mcl_dist.integration.integrated_model import load_model
-from mcl_dist.model.open_clip_models import QuickGeluMismatch, create, uses_quick_gelu
 from mcl_dist.model.open_clip_dir import CONFIG_NAME, INTEGRATION_NAME, WEIGHTS_NAME, integrated_folder, stage_folder
+from mcl_dist.model.open_clip_models import QuickGeluMismatch, create, uses_quick_gelu
 from mcl_dist.run.run_context import RunContext
 from mcl_dist.steps.step_helpers import load_stage_model
 

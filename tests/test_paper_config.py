@@ -3,8 +3,8 @@ line, my_training/params.py defaults, cluster.py defaults, MMVP.ipynb's integrat
 import os
 
 from conftest import ROOT
-from mcl_dist.config.schema import micro_batch_size
 from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import micro_batch_size
 
 
 def test_paper_config_is_the_public_command():

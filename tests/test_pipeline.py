@@ -69,8 +69,8 @@ def test_embedding_covers_every_sample_exactly_once(finished):
     """5 shards over 2 ranks: rank 0 embeds 3, rank 1 embeds 2; together every sample once."""
     import numpy as np
 
-    from mcl_dist.data.tar_index import build_or_load_index
     from mcl_dist.clustering.embedding import list_parts
+    from mcl_dist.data.tar_index import build_or_load_index
 
     _, run_dir, _ = finished
     parts = list_parts(str(run_dir / "stage_1" / "embed"))

@@ -3,8 +3,8 @@ DDP engine; DeepSpeed refuses it at config load with one message (real torch, CP
 import pytest
 import torch
 
-from mcl_dist.config.schema import ConfigError, TrainConfig
 from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import ConfigError, TrainConfig
 from mcl_dist.training.deepspeed_config import DEEPSPEED_AMP
 from mcl_dist.training.engine import DDPEngine
 

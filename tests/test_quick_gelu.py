@@ -6,8 +6,8 @@ from open_clip.transformer import QuickGELU
 
 from conftest import ROOT
 from mcl_dist.config.schema import ModelConfig
-from mcl_dist.integration.integrated_model import load_model
 from mcl_dist.core.files import save_torch
+from mcl_dist.integration.integrated_model import load_model
 from mcl_dist.model.open_clip_models import create, stage_checkpoint
 
 

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from conftest import ROOT, tiny_config
-from mcl_dist.config.schema import ConfigError
 from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import ConfigError
 
 REMOTE = "pipe:curl -s -L https://example.com/cc12m/{00000..00007}.tar"
 WANT = ("'data.train_shards' 'pipe:curl -s -L https://example.com/cc12m/{00000..00007}.tar' is not a local path, "

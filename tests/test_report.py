@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from mcl_dist.report.run_report import write_report
 from mcl_dist.report.recipe import recipe, wilson
+from mcl_dist.report.run_report import write_report
 
 CLASSES = {"color": 10, "shape": 4, "texture": 5}
 

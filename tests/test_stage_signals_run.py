@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from mcl_dist.run import verify
 from mcl_dist.integration.integrated_model import load_model
+from mcl_dist.run import verify
 
 ARGS = ["data.synthetic=true", "data.synthetic_train=256", "data.synthetic_test=64",
         "data.synthetic_samples_per_shard=64", "data.workers=0", "data.augment=false",

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torchvision import transforms
 
+from mcl_dist.clustering.embedding import embed_shards
 from mcl_dist.data.decode import decode_caption, decode_image
 from mcl_dist.data.preflight import DataError
 from mcl_dist.data.streaming import BadSampleMonitor, ShardStream, make_loader
-from mcl_dist.clustering.embedding import embed_shards
 
 from conftest import write_test_shards
 

@@ -3,8 +3,8 @@ captions name every value, the writers of mcl_dist/synthetic/trifeature.py accep
 import numpy as np
 import pytest
 
-from mcl_dist.synthetic.trifeature import read_json, write_mmvp_pairs, write_synthetic_shards
 from mcl_dist.synthetic.dials import DialSpec
+from mcl_dist.synthetic.trifeature import read_json, write_mmvp_pairs, write_synthetic_shards
 
 
 def test_render_pairs_differ_only_where_the_attribute_is_drawn():

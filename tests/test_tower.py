@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mcl_dist.config.schema import ConfigError, TrainConfig
 from mcl_dist.config.load import load_config
-from mcl_dist.training.lr_schedule import warmup_steps
+from mcl_dist.config.schema import ConfigError, TrainConfig
 from mcl_dist.core.files import save_torch
 from mcl_dist.model.open_clip_models import create, stage_checkpoint
 from mcl_dist.objectives import get_objective
+from mcl_dist.training.lr_schedule import warmup_steps
 
 from conftest import ROOT, cosine_lr
 

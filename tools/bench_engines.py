@@ -45,11 +45,11 @@ def _rss_mb() -> float:
 def worker(a) -> None:
     import torch
 
-    from mcl_dist.core import distributed as dist_utils
     from mcl_dist.config.schema import TrainConfig
-    from mcl_dist.training.engine import build_engine
-    from mcl_dist.objectives.loss import ClipLoss
+    from mcl_dist.core import distributed as dist_utils
     from mcl_dist.model.open_clip_models import create
+    from mcl_dist.objectives.loss import ClipLoss
+    from mcl_dist.training.engine import build_engine
 
     info = dist_utils.init_distributed()
     cuda = info.device.type == "cuda"

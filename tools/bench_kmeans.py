@@ -28,9 +28,9 @@ import time
 import numpy as np
 import torch
 
+from mcl_dist.clustering.kmeans import kmeans
 from mcl_dist.core.distributed import free_port
 from mcl_dist.core.files import load_npz, save_npz, write_json
-from mcl_dist.clustering.kmeans import kmeans
 
 BLOCK = 65536
 

@@ -120,8 +120,8 @@ PAIR_SEEDS = {"val": (101, 102), "test": (201, 202)}
 def family_specs(family: str, simclr: bool = False) -> tuple:
     """((name, spec), ...): main/ and the reference's data (no_easy_pos/: the easy attributes held
     constant, position varied; SimCLR: no_easy/, position constant too)."""
-    from mcl_dist.synthetic.trifeature import SyntheticSpec
     from mcl_dist.synthetic.glyphs import GlyphSpec
+    from mcl_dist.synthetic.trifeature import SyntheticSpec
 
     if family == "B":  # GlyphSpec's easy attributes exclude position already
         return ("main", GlyphSpec()), ("no_easy_pos", GlyphSpec(no_easy=True))

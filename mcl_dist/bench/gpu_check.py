@@ -44,18 +44,18 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from mcl_dist.bench import train_bench
+from mcl_dist.bench.devtime import seconds_per_call
+from mcl_dist.bench.gpu_report import finish, table
+from mcl_dist.bench.memprobe import InProcess, Polled
+from mcl_dist.clustering.embedding import encode
+from mcl_dist.config.schema import ModelConfig
 from mcl_dist.core import distributed as dist_utils
 from mcl_dist.core import layout
-from mcl_dist.bench import train_bench
-from mcl_dist.config.schema import ModelConfig
-from mcl_dist.data.shards import count_samples, expand_urls
-from mcl_dist.bench.devtime import seconds_per_call
-from mcl_dist.clustering.embedding import encode
 from mcl_dist.core.files import read_json, write_json
-from mcl_dist.bench.gpu_report import finish, table
-from mcl_dist.objectives.loss import ClipLoss
-from mcl_dist.bench.memprobe import InProcess, Polled
+from mcl_dist.data.shards import count_samples, expand_urls
 from mcl_dist.model.open_clip_models import create
+from mcl_dist.objectives.loss import ClipLoss
 from mcl_dist.synthetic.trifeature import shard_pattern, write_synthetic_shards
 
 ROOT = train_bench.ROOT

@@ -37,9 +37,9 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mcl_dist.bench.devtime import seconds_per_call, sync
-from mcl_dist.core.files import write_json
-from mcl_dist.clustering.kmeans import kmeans
 from mcl_dist.bench.memprobe import InProcess, Polled
+from mcl_dist.clustering.kmeans import kmeans
+from mcl_dist.core.files import write_json
 
 # data-sheet memory bandwidth in GB/s; first match wins, so the more specific names come first
 PEAK_GBS = [("GH200", 4000), ("H200", 4800), ("H100 NVL", 3900), ("H100 PCIe", 2000), ("H100", 3350),

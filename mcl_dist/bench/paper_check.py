@@ -48,7 +48,6 @@ from typing import Callable
 
 import torch
 
-from mcl_dist.core import distributed as dist_utils
 from mcl_dist.bench import kmeans_check, kmeans_scale, loader_rate, train_bench
 from mcl_dist.bench.devtime import seconds_per_call
 from mcl_dist.bench.flops import mfu, peak_tflops
@@ -57,11 +56,12 @@ from mcl_dist.bench.jpeg_shards import pattern, write_jpeg_shards
 from mcl_dist.bench.memprobe import Polled
 from mcl_dist.bench.paper_table import table
 from mcl_dist.bench.throughput import MIN_BATCH, ModelOnly, Recipe, is_alloc_failure, rounds
-from mcl_dist.config.schema import ModelConfig
-from mcl_dist.data.shards import expand_urls
 from mcl_dist.clustering.embedding import embed_shards, encode
-from mcl_dist.core.files import read_json, write_json, write_text
 from mcl_dist.clustering.kmeans import kmeans
+from mcl_dist.config.schema import ModelConfig
+from mcl_dist.core import distributed as dist_utils
+from mcl_dist.core.files import read_json, write_json, write_text
+from mcl_dist.data.shards import expand_urls
 from mcl_dist.model.open_clip_models import create
 
 LOCKS = dict(lock_image=True, lock_text=True, quick_gelu=True)  # + lock_image_unlocked_groups from the sizes

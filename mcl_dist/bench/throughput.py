@@ -47,14 +47,14 @@ import torch
 
 from mcl_dist.commands import pretrain
 
-from mcl_dist.core import layout
 from mcl_dist.bench import train_bench
 from mcl_dist.bench.devtime import sync
 from mcl_dist.bench.flops import step_flops
 from mcl_dist.config.schema import ModelConfig, TrainConfig
-from mcl_dist.training.engine import DDPEngine
-from mcl_dist.objectives.loss import ClipLoss
+from mcl_dist.core import layout
 from mcl_dist.model.open_clip_models import create
+from mcl_dist.objectives.loss import ClipLoss
+from mcl_dist.training.engine import DDPEngine
 from mcl_dist.training.loop import StageTrainer
 
 OC_LINE = re.compile(r"Data \(t\): [\d.]+ Batch \(t\): [\d.]+, ([\d.eE+]+)/s,")

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from mcl_dist.core import distributed as mdist
-from mcl_dist.config.schema import Config, ConfigError
-from mcl_dist.config.origins import blame
 from mcl_dist.clustering.kmeans import KMeansResult, kmeans
+from mcl_dist.config.origins import blame
 from mcl_dist.config.registry import Choice
+from mcl_dist.config.schema import Config, ConfigError
+from mcl_dist.core import distributed as mdist
 
 
 def _check_spread(cfg: Config, where: str) -> None:

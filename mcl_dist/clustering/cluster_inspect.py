@@ -28,13 +28,13 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from mcl_dist.core import layout
-from mcl_dist.config.schema import anchored, saved_path
+from mcl_dist.clustering.pseudo_labels import load_labels
 from mcl_dist.config.load import load_config
+from mcl_dist.config.schema import anchored, saved_path
+from mcl_dist.core import layout
+from mcl_dist.core.files import atomic_path, load_npz, write_json, write_text
 from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.dataset_types import open_data
-from mcl_dist.core.files import atomic_path, load_npz, write_json, write_text
-from mcl_dist.clustering.pseudo_labels import load_labels
 
 SOURCES = ("clusters", "labels")
 

@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from mcl_dist.core import distributed as dist_utils
+from mcl_dist.core import layout
+from mcl_dist.core.files import atomic_path, read_json, write_json
+from mcl_dist.core.progress import progress
+from mcl_dist.data import data_report
 from mcl_dist.data.decode import ClipDecoder
 from mcl_dist.data.preflight import DataError
 from mcl_dist.data.streaming import BadSampleMonitor, ShardStream, make_loader
-from mcl_dist.data import data_report
-from mcl_dist.core import layout
-from mcl_dist.core.files import atomic_path, read_json, write_json
 from mcl_dist.training.optim import autocast_dtype
-from mcl_dist.core.progress import progress
 
 log = logging.getLogger("mcl_dist")
 

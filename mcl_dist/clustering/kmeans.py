@@ -18,11 +18,11 @@ from types import SimpleNamespace
 
 import torch
 
-from mcl_dist.core import distributed as mdist
-from mcl_dist.config.schema import Config, ConfigError
 from mcl_dist.config.origins import blame
-from mcl_dist.core.progress import progress
 from mcl_dist.config.registry import Choice
+from mcl_dist.config.schema import Config, ConfigError
+from mcl_dist.core import distributed as mdist
+from mcl_dist.core.progress import progress
 
 
 @dataclass

@@ -20,8 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from mcl_dist.data.preflight import DataError
 from mcl_dist.core.files import atomic_path, load_npz, save_npz
+from mcl_dist.data.preflight import DataError
 
 
 def _combine(parent: np.ndarray, cluster: np.ndarray, min_label_size: int) -> np.ndarray:

@@ -16,8 +16,8 @@ import sys
 import torch
 
 from mcl_dist.config.schema import ConfigError
-from mcl_dist.eval.run_metrics import CLS, evaluate_loaded, load_classnames
 from mcl_dist.core.files import write_json
+from mcl_dist.eval.run_metrics import CLS, evaluate_loaded, load_classnames
 from mcl_dist.integration.integrated_model import load_model
 
 

@@ -29,8 +29,8 @@ import braceexpand
 import webdataset as wds
 import yaml
 
-from mcl_dist.core import layout
 from mcl_dist.config.schema import saved_path
+from mcl_dist.core import layout
 from mcl_dist.data.shards import expand_urls
 from mcl_dist.data.streaming import ErrorLog, raw_samples
 from mcl_dist.eval.zero_shot import _raw_label, label_indices, load_classnames

@@ -5,8 +5,8 @@
 import argparse
 import sys
 
-from mcl_dist.core import layout
 from mcl_dist.clustering.pseudo_labels import export_csv, label_stats, load_labels
+from mcl_dist.core import layout
 
 
 def main(argv=None) -> int:

@@ -20,15 +20,15 @@ import time
 import traceback
 from typing import Callable, Optional
 
-from mcl_dist.core import distributed as dist_utils
 from mcl_dist.config import oc_flags
-from mcl_dist.config.schema import ConfigError
 from mcl_dist.config.load import load_config
-from mcl_dist.pipeline.dry_run import dry_run as plan
-from mcl_dist.training.memory_estimate import GPUS
-from mcl_dist.pipeline.runner import run_pipeline
+from mcl_dist.config.schema import ConfigError
+from mcl_dist.core import distributed as dist_utils
 from mcl_dist.core.progress import close_bars
+from mcl_dist.pipeline.dry_run import dry_run as plan
+from mcl_dist.pipeline.runner import run_pipeline
 from mcl_dist.training.loop import TrainingError
+from mcl_dist.training.memory_estimate import GPUS
 
 
 def setup_logging() -> None:

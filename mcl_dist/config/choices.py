@@ -16,18 +16,18 @@ settings it cannot run, so `--dry-run` catches every impossible combination befo
 from __future__ import annotations
 
 from mcl_dist.clustering.auto_k import K_RULES
-from mcl_dist.config.schema import Config
+from mcl_dist.clustering.kmeans import BACKENDS
 from mcl_dist.config.origins import blame
+from mcl_dist.config.registry import unknown_choice
+from mcl_dist.config.schema import Config
 from mcl_dist.data.dataset_types import CHOICES as DATASET_TYPES
-from mcl_dist.training.engine import ENGINES
 from mcl_dist.eval import metric_registry as eval_registry
 from mcl_dist.integration.integrated_model import WEIGHTINGS
-from mcl_dist.clustering.kmeans import BACKENDS
-from mcl_dist.training.lr_schedule import SCHEDULERS
 from mcl_dist.objectives import REGISTRY as OBJECTIVES
-from mcl_dist.training.optim import OPTIMIZERS
-from mcl_dist.config.registry import unknown_choice
+from mcl_dist.training.engine import ENGINES
 from mcl_dist.training.loggers import parse_report_to
+from mcl_dist.training.lr_schedule import SCHEDULERS
+from mcl_dist.training.optim import OPTIMIZERS
 
 REGISTRIES = {"objective": OBJECTIVES, "train.engine": ENGINES, "train.optimizer": OPTIMIZERS,
               "train.lr_scheduler": SCHEDULERS, "cluster.backend": BACKENDS, "cluster.k_rule": K_RULES,

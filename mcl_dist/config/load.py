@@ -15,12 +15,12 @@ from typing import Any
 
 import yaml
 
-from mcl_dist.config.schema import Config, ConfigError, StageConfig, micro_batch_size
 from mcl_dist.config.choices import check_choices
-from mcl_dist.config.origins import Sources, attach, blame, sources_of
-from mcl_dist.data.sampler import group_layout
 from mcl_dist.config.key_synonyms import suggest
+from mcl_dist.config.origins import Sources, attach, blame, sources_of
 from mcl_dist.config.registry import unknown_choice
+from mcl_dist.config.schema import Config, ConfigError, StageConfig, micro_batch_size
+from mcl_dist.data.sampler import group_layout
 
 # plain enumerations; the choices that are registries (objective, engine, optimizer, scheduler,
 # k-means backend, eval metrics) are checked by mcl_dist/config/choices.py

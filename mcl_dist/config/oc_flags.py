@@ -18,9 +18,9 @@ import os
 import typing
 from typing import Any, Callable, Optional
 
-from mcl_dist.config.schema import Config, ConfigError, StageConfig
-from mcl_dist.config.origins import Override
 from mcl_dist.config.key_synonyms import SYNONYMS
+from mcl_dist.config.origins import Override
+from mcl_dist.config.schema import Config, ConfigError, StageConfig
 
 # flag -> (config key, type); type None = a switch (open_clip's store_true) that sets the key true
 FLAGS: dict[str, tuple[str, Any]] = {

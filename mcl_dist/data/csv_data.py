@@ -24,8 +24,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from mcl_dist.config.schema import Config, ConfigError
 from mcl_dist.config.origins import blame
+from mcl_dist.config.schema import Config, ConfigError
 from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.decode import BadSample
 from mcl_dist.data.preflight import DataError

@@ -29,9 +29,9 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from mcl_dist.data.shards import is_local, local_path
 from mcl_dist.core.files import load_npz, save_npz
 from mcl_dist.core.progress import track
+from mcl_dist.data.shards import is_local, local_path
 
 log = logging.getLogger(__name__)
 

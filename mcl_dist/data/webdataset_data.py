@@ -7,8 +7,8 @@ import json
 import os
 from typing import Any, Iterator, Sequence
 
-from mcl_dist.config.schema import Config
 from mcl_dist.config.origins import blame
+from mcl_dist.config.schema import Config
 from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.preflight import check_index, check_remote_shards, check_shard_count
 from mcl_dist.data.shards import count_samples, expand_urls, is_local, local_path

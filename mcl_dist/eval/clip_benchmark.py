@@ -28,8 +28,8 @@ import open_clip
 import torch
 import yaml
 
-from mcl_dist.core import layout
 from mcl_dist.config.schema import saved_path
+from mcl_dist.core import layout
 from mcl_dist.integration.integrated_model import load_model
 from mcl_dist.model.open_clip_models import QuickGeluMismatch, peek_checkpoint, trained_quick_gelu
 

@@ -10,8 +10,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from mcl_dist.config.schema import Config, ConfigError
 from mcl_dist.config.origins import blame
+from mcl_dist.config.schema import Config, ConfigError
 from mcl_dist.eval import metrics
 
 

@@ -22,8 +22,8 @@ from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.shards import is_local
 from mcl_dist.eval.inputs import EvalInputs, has_text
 from mcl_dist.eval.linear_probe import extract_features, knn_accuracy, linear_probe
-from mcl_dist.eval.mmvp import evaluate_mmvp, read_pairs
 from mcl_dist.eval.metric_registry import selected
+from mcl_dist.eval.mmvp import evaluate_mmvp, read_pairs
 from mcl_dist.eval.zero_shot import (CLS, evaluate_zero_shot, iter_image_folder, iter_labelled_samples, iter_webdataset,
                                      load_classnames, scan_label_values, zero_shot_classifier, zero_shot_scores)
 from mcl_dist.integration.integrated_model import load_model

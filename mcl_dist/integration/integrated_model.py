@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcl_dist.config.schema import Config, ConfigError
 from mcl_dist.config.origins import blame
+from mcl_dist.config.registry import Choice
+from mcl_dist.config.schema import Config, ConfigError
 from mcl_dist.core.files import load_torch, save_torch
 from mcl_dist.model.open_clip_models import warn_quick_gelu
 from mcl_dist.objectives import checkpoint_objective
-from mcl_dist.config.registry import Choice
 
 FORMAT = "mcl_dist.integrated"
 VERSION = 1

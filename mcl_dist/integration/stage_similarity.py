@@ -18,10 +18,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from mcl_dist.clustering.embedding import encode, list_parts
 from mcl_dist.core import layout
 from mcl_dist.data.decode import ClipDecoder
 from mcl_dist.data.streaming import ShardStream
-from mcl_dist.clustering.embedding import encode, list_parts
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:

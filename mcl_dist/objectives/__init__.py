@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Optional
 
 from mcl_dist.config.schema import Config, ConfigError
-from mcl_dist.objectives.objective import Objective
 from mcl_dist.objectives.clip import Clip
+from mcl_dist.objectives.objective import Objective
 from mcl_dist.objectives.simclr import SimCLR
 
 REGISTRY: dict[str, type[Objective]] = {cls.name: cls for cls in (Clip, SimCLR)}

@@ -14,8 +14,8 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from mcl_dist.config.schema import ConfigError, StageConfig
 from mcl_dist.data.decode import CachedDecode, ClipDecoder
-from mcl_dist.objectives.loss import ClipLoss
 from mcl_dist.model.open_clip_models import apply_locks, create
+from mcl_dist.objectives.loss import ClipLoss
 from mcl_dist.objectives.objective import Objective
 
 

@@ -10,8 +10,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from mcl_dist.config.schema import Config, ConfigError, StageConfig
 from mcl_dist.config.origins import blame
+from mcl_dist.config.schema import Config, ConfigError, StageConfig
 
 
 class Objective:

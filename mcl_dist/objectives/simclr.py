@@ -14,8 +14,8 @@ import torch.nn as nn
 import torchvision
 from torchvision import transforms as T
 
-from mcl_dist.config.schema import Config, ConfigError, SimCLRConfig
 from mcl_dist.config.origins import blame
+from mcl_dist.config.schema import Config, ConfigError, SimCLRConfig
 from mcl_dist.data.decode import decode_image
 from mcl_dist.objectives.loss import nt_xent
 from mcl_dist.objectives.objective import Objective

@@ -29,16 +29,16 @@ from mcl_dist.config.schema import (Config, ConfigError, default_run_dir, micro_
 from mcl_dist.config.load import check_k, check_world, load_config
 from mcl_dist.config.origins import sources_of
 from mcl_dist.data import group_cut
-from mcl_dist.data.preflight import check_shard_count
 from mcl_dist.data.dataset_types import open_data
-from mcl_dist.pipeline.launch_lines import launch_lines
-from mcl_dist.training.lr_schedule import warmup_steps
-from mcl_dist.training.memory_estimate import DEFAULT_GPU, memory_lines
-from mcl_dist.pipeline.time_estimate import estimate, format_estimate
+from mcl_dist.data.preflight import check_shard_count
 from mcl_dist.objectives import get_objective
-from mcl_dist.training.loggers import parse_report_to
+from mcl_dist.pipeline.launch_lines import launch_lines
+from mcl_dist.pipeline.time_estimate import estimate, format_estimate
 from mcl_dist.steps import plan_steps, run_files
 from mcl_dist.steps.train_step import gathers
+from mcl_dist.training.loggers import parse_report_to
+from mcl_dist.training.lr_schedule import warmup_steps
+from mcl_dist.training.memory_estimate import DEFAULT_GPU, memory_lines
 
 KMEANS_CHUNK = 65536  # kmeans()'s default chunk of rows on a GPU
 

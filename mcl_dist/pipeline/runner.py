@@ -13,19 +13,19 @@ import os
 import shutil
 from typing import Callable
 
-from mcl_dist.core import distributed as dist_utils
-from mcl_dist.core import files
-from mcl_dist.data import data_report
-from mcl_dist.run import guards, verify
-from mcl_dist.core import layout
-from mcl_dist.config.schema import Config, ConfigError, default_run_dir, save_config
 from mcl_dist.config.load import check_k, check_world, load_config
 from mcl_dist.config.origins import sources_of
+from mcl_dist.config.schema import Config, ConfigError, default_run_dir, save_config
+from mcl_dist.core import distributed as dist_utils
+from mcl_dist.core import files
+from mcl_dist.core import layout
+from mcl_dist.data import data_report
 from mcl_dist.data.dataset import TrainData
 from mcl_dist.data.dataset_types import open_data
 from mcl_dist.data.preflight import DataError
-from mcl_dist.run.manifest import Manifest, fingerprint
 from mcl_dist.objectives import get_objective
+from mcl_dist.run import guards, verify
+from mcl_dist.run.manifest import Manifest, fingerprint
 from mcl_dist.run.run_context import RunContext
 from mcl_dist.steps import Step, plan_steps
 from mcl_dist.steps.step import existing

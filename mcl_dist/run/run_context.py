@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from mcl_dist.core import distributed as dist_utils
 from mcl_dist.config.schema import Config
-from mcl_dist.data.dataset import TrainData
+from mcl_dist.core import distributed as dist_utils
 from mcl_dist.core.distributed import DistInfo
+from mcl_dist.data.dataset import TrainData
 from mcl_dist.core.layout import integrated_path, stage_dir  # noqa: F401 (steps and tests import them from here)
 from mcl_dist.core.layout import index_dir as _index_dir
 from mcl_dist.run.manifest import Manifest

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import os
 
-from mcl_dist.core import layout
 from mcl_dist.config.schema import Config
+from mcl_dist.core import layout
 from mcl_dist.data.dataset_types import resolve_type
 from mcl_dist.data.shards import expand_urls, is_local
-from mcl_dist.training.loggers import parse_report_to
 from mcl_dist.run.run_context import index_dir
-from mcl_dist.steps.step import Step
 from mcl_dist.steps.embed_step import EmbedStep
 from mcl_dist.steps.evaluate_step import EvalStep
 from mcl_dist.steps.integrate_step import IntegrateStep
 from mcl_dist.steps.kmeans_step import KMeansStep
 from mcl_dist.steps.labels_step import LabelsStep
 from mcl_dist.steps.report_step import ReportStep
+from mcl_dist.steps.step import Step
 from mcl_dist.steps.train_step import TrainStep
+from mcl_dist.training.loggers import parse_report_to
 
 __all__ = ["Step", "TrainStep", "EmbedStep", "KMeansStep", "LabelsStep", "IntegrateStep", "EvalStep", "ReportStep",
            "plan_steps", "run_files"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mcl_dist.core import layout
 from mcl_dist.clustering.embedding import embed_shards
+from mcl_dist.core import layout
 from mcl_dist.objectives import get_objective
 from mcl_dist.run.run_context import RunContext
 from mcl_dist.steps.step import StageStep

@@ -15,8 +15,8 @@ from mcl_dist.run import verify
 
 from mcl_dist.core import layout
 from mcl_dist.core import distributed as dist_utils
-from mcl_dist.eval.run_metrics import evaluate_model
 from mcl_dist.core.files import write_json
+from mcl_dist.eval.run_metrics import evaluate_model
 from mcl_dist.run.run_context import RunContext
 from mcl_dist.steps.step import Step
 

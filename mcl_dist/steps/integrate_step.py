@@ -15,9 +15,9 @@ from mcl_dist.model import open_clip_dir
 from mcl_dist.core import layout
 from mcl_dist.core.files import load_torch
 from mcl_dist.integration.integrated_model import NEEDS_CKA, save_integrated, stage_weights
+from mcl_dist.integration.stage_similarity import cka_to_earlier, sample_features
 from mcl_dist.objectives import get_objective
 from mcl_dist.run.run_context import RunContext
-from mcl_dist.integration.stage_similarity import cka_to_earlier, sample_features
 from mcl_dist.steps.step import Step
 from mcl_dist.steps.step_helpers import load_stage_model
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mcl_dist.clustering.auto_k import choose_k
+from mcl_dist.clustering.embedding import check_parts, load_share
+from mcl_dist.clustering.kmeans import kmeans
 from mcl_dist.core import distributed as dist_utils
 from mcl_dist.core import layout
-from mcl_dist.clustering.auto_k import choose_k
-from mcl_dist.data.preflight import DataError
-from mcl_dist.clustering.embedding import check_parts, load_share
 from mcl_dist.core.files import save_npz, write_json
-from mcl_dist.clustering.kmeans import kmeans
+from mcl_dist.data.preflight import DataError
 from mcl_dist.run.run_context import RunContext
 from mcl_dist.steps.step import StageStep
 from mcl_dist.steps.step_helpers import redo_hint, remove_stale

@@ -8,15 +8,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mcl_dist.core import layout
 from mcl_dist.clustering.embedding import embedded_bad
-from mcl_dist.core.files import load_npz
 from mcl_dist.clustering.pseudo_labels import check_complete, compose_labels, label_stats, load_labels, save_labels
-from mcl_dist.run.run_context import RunContext
+from mcl_dist.clustering.stop_signal import split_signal
+from mcl_dist.core import layout
+from mcl_dist.core.files import load_npz
 from mcl_dist.integration.stage_similarity import cka_to_earlier, embed_dirs_until, embedded_features
+from mcl_dist.run.run_context import RunContext
 from mcl_dist.steps.step import StageStep
 from mcl_dist.steps.step_helpers import redo_hint
-from mcl_dist.clustering.stop_signal import split_signal
 
 log = logging.getLogger("mcl_dist")
 

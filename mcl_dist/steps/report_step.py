@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from mcl_dist.data import data_report
 
 from mcl_dist.core import layout
-from mcl_dist.eval.metric_registry import selected
 from mcl_dist.core.files import read_json
-from mcl_dist.training.metrics_log import read_metrics
+from mcl_dist.eval.metric_registry import selected
 from mcl_dist.objectives import get_objective
-from mcl_dist.report.run_report import write_report
 from mcl_dist.report.recipe import recipe, step_times
+from mcl_dist.report.run_report import write_report
 from mcl_dist.run.run_context import RunContext
 from mcl_dist.steps.step import Step
+from mcl_dist.training.metrics_log import read_metrics
 
 
 def report_files(cfg) -> list[str]:

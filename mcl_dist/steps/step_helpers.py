@@ -5,11 +5,11 @@ import glob
 import os
 from typing import Any
 
+from mcl_dist.config.schema import ConfigError
 from mcl_dist.core import distributed as dist_utils
 from mcl_dist.core import layout
-from mcl_dist.config.schema import ConfigError
-from mcl_dist.data.preflight import DataError
 from mcl_dist.core.files import load_torch
+from mcl_dist.data.preflight import DataError
 from mcl_dist.model.open_clip_models import warn_quick_gelu
 from mcl_dist.objectives import get_objective
 from mcl_dist.run.run_context import RunContext

@@ -19,25 +19,25 @@ import numpy as np
 import torch
 
 from mcl_dist.core import distributed as dist_utils
+from mcl_dist.core import layout
 from mcl_dist.model import open_clip_dir
 from mcl_dist.run import verify
-from mcl_dist.core import layout
 from mcl_dist.config.schema import (ConfigError, micro_batch_size, stage_epochs, stage_max_steps, stage_peak_lr,
                              stage_steps)
+from mcl_dist.clustering.pseudo_labels import load_labels
+from mcl_dist.core.files import save_torch
 from mcl_dist.data import group_cut
 from mcl_dist.data.sampler import EpochPlan, group_layout
 from mcl_dist.data.sources import PlannedSource, StreamSource
 from mcl_dist.data.streaming import cap_workers
-from mcl_dist.core.files import save_torch
-from mcl_dist.clustering.pseudo_labels import load_labels
 from mcl_dist.model.open_clip_models import stage_checkpoint
 from mcl_dist.objectives import get_objective
-from mcl_dist.training.optim import resolve_precision
-from mcl_dist.training.loggers import parse_report_to
 from mcl_dist.run.run_context import RunContext
 from mcl_dist.steps.step import StageStep
 from mcl_dist.steps.step_helpers import load_stage_model, redo_hint
+from mcl_dist.training.loggers import parse_report_to
 from mcl_dist.training.loop import StageSpec, StageTrainer
+from mcl_dist.training.optim import resolve_precision
 
 log = logging.getLogger("mcl_dist")
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from mcl_dist.config.schema import Config, ConfigError, TrainConfig
 from mcl_dist.config.origins import blame
+from mcl_dist.config.schema import Config, ConfigError, TrainConfig
 from mcl_dist.training.optim import autocast_dtype
 
 INSTALL_HINT = ("install the optional extra with `pip install -e .[deepspeed]`, or after torch: "

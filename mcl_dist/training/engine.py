@@ -15,8 +15,8 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from mcl_dist.core import distributed as dist_utils
 from mcl_dist.config.schema import TrainConfig
+from mcl_dist.core import distributed as dist_utils
 from mcl_dist.training.engine_deepspeed import DeepSpeedEngine
 from mcl_dist.training.lr_schedule import scheduled_lr
 from mcl_dist.training.optim import autocast_dtype, make_optimizer

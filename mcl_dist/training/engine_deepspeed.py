@@ -28,8 +28,8 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from mcl_dist.core import distributed as dist_utils
 from mcl_dist.config.schema import TrainConfig
+from mcl_dist.core import distributed as dist_utils
 from mcl_dist.training.deepspeed_config import build_ds_config, check_settings, import_deepspeed
 from mcl_dist.training.lr_schedule import scheduled_lr
 from mcl_dist.training.optim import adamw, param_groups

@@ -20,17 +20,17 @@ from mcl_dist.data import data_report
 
 from mcl_dist.core import layout
 
-from mcl_dist.training import checkpoint
-from mcl_dist.core import distributed as dist_utils
 from mcl_dist.config.schema import Config
+from mcl_dist.core import distributed as dist_utils
+from mcl_dist.core.progress import progress
 from mcl_dist.data.sampler import group_purity, write_batch_record
 from mcl_dist.data.streaming import BadSampleMonitor
-from mcl_dist.training.engine import build_engine
-from mcl_dist.training.metrics_log import MetricsLogger, truncate_after
 from mcl_dist.model.open_clip_models import stage_checkpoint, unwrap
 from mcl_dist.objectives import get_objective
-from mcl_dist.core.progress import progress
+from mcl_dist.training import checkpoint
+from mcl_dist.training.engine import build_engine
 from mcl_dist.training.loggers import open_reporters
+from mcl_dist.training.metrics_log import MetricsLogger, truncate_after
 
 log = logging.getLogger("mcl_dist")
 

@@ -18,9 +18,9 @@ from types import SimpleNamespace
 
 from open_clip_train import scheduler as oc_scheduler
 
-from mcl_dist.config.schema import Config, ConfigError
 from mcl_dist.config.origins import blame
 from mcl_dist.config.registry import Choice
+from mcl_dist.config.schema import Config, ConfigError
 
 
 def _check_cooldown(cfg: Config, where: str) -> None:

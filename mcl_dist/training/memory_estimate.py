@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Optional
 
-from mcl_dist.config.schema import Config, ConfigError, micro_batch_size
 from mcl_dist.config.load import check_world
+from mcl_dist.config.schema import Config, ConfigError, micro_batch_size
 
 GIB = float(1 << 30)
 # tools/measure_activations.py on open_clip 3.x (docs/bench/activations.json)

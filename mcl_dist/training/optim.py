@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from mcl_dist.config.schema import Config, ConfigError, TrainConfig
 from mcl_dist.config.origins import blame
 from mcl_dist.config.registry import Choice
+from mcl_dist.config.schema import Config, ConfigError, TrainConfig
 
 
 def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
