@@ -92,6 +92,11 @@ def demo_eval_off(tmp_path_factory):
     return cwd  # the run directory is cwd/runs/demo
 
 
+def launch_env(extra: dict | None = None) -> dict:
+    """The environment of a test launch's ranks: one thread each (torchrun's default), no GPU."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", **(extra or {})}
+
+
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 300, env: dict | None = None,
              check: bool = True) -> subprocess.CompletedProcess:
     """Run launch/pretrain.py (or another script) under torchrun with gloo on CPU: the real one, or
@@ -100,14 +105,10 @@ def torchrun(args: list[str], nproc: int = 2, timeout: int = 300, env: dict | No
 
     if forked_ranks.wanted(args):
         proc = forked_ranks.launch(args, nproc=nproc, env=env, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-        return proc
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", *args]
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
-    e.update(env or {})
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=e)
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               f"--master_port={free_port()}", *args]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=launch_env(env))
     if check and proc.returncode != 0:
         raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc

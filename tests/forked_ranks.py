@@ -27,7 +27,7 @@ import tempfile
 import time
 import traceback
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, launch_env
 
 ENTRY = "launch/pretrain.py"
 _CONTEXT = None
@@ -97,8 +97,7 @@ def _stop(procs) -> None:
 def launch(args: list[str], nproc: int = 2, env: dict | None = None, timeout: float = 900,
            cwd: str = ROOT) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node nproc launch/pretrain.py ARGS...` on forked ranks."""
-    base = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
-    base.update(env or {})
+    base = launch_env(env)
     for key in [k for k in base if k.startswith(("TORCHELASTIC_", "PET_"))]:
         del base[key]
     port = str(free_port())

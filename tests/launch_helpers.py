@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, launch_env
 
 # seconds per launch (generous: a loaded 2-core machine): a hang fails the test, never stalls it
 TIMEOUT = int(os.environ.get("MCL_TEST_LAUNCH_TIMEOUT", "900"))
@@ -38,11 +38,9 @@ def run2(cfg: str, run_dir, *overrides, redo: str = "") -> subprocess.CompletedP
     args = ["launch/pretrain.py", "--config", cfg, "--run-dir", str(run_dir), *overrides, *(["--redo", redo] if redo else [])]
     if forked_ranks.wanted(args):
         return forked_ranks.launch(args, timeout=TIMEOUT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "launch/pretrain.py", "--config", cfg, "--run-dir", str(run_dir), *overrides]
-    cmd += ["--redo", redo] if redo else []
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=launch_env())
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
