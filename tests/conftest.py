@@ -98,12 +98,13 @@ def launch_env(extra: dict | None = None) -> dict:
 
 
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 300, env: dict | None = None,
-             check: bool = True) -> subprocess.CompletedProcess:
+             check: bool = True, real: bool = False) -> subprocess.CompletedProcess:
     """Run launch/pretrain.py (or another script) under torchrun with gloo on CPU: the real one, or
-    for launch/pretrain.py ranks forked from a warm process (tests/forked_ranks.py says when and why)."""
+    for launch/pretrain.py ranks forked from a warm process (tests/forked_ranks.py says when and why).
+    real: always the real torchrun (a test of what the user sees from fresh processes)."""
     import forked_ranks
 
-    if forked_ranks.wanted(args):
+    if not real and forked_ranks.wanted(args):
         proc = forked_ranks.launch(args, nproc=nproc, env=env, timeout=timeout)
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",

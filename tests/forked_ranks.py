@@ -1,4 +1,5 @@
-"""Test launches of launch/pretrain.py whose ranks are forked from a warm process.
+"""Test launches of launch/pretrain.py whose ranks are forked from a warm process, and plain
+`python SCRIPT ...` / `python -m MODULE ...` commands run the same way (`python`).
 
 Why: under torchrun every launch starts its ranks from nothing, and each spends most of its CPU
 importing torch, torchvision and open_clip (about 9 s per rank on a loaded 2-core machine, against
@@ -11,7 +12,8 @@ group, real DataLoader workers, real files.
 What it is not: torchrun's agent. There is no TORCHELASTIC_RUN_ID, no launcher process to kill and
 no restart. So a launch with `debug.kill_at` (which SIGKILLs the launcher), and every test of
 launcher behaviour (a killed launcher, multi-node rendezvous, exit timing, SLURM), runs under the
-real `torch.distributed.run`; `MCL_TEST_REAL_TORCHRUN=1` runs every launch under it. What the agent
+real `torch.distributed.run`; `MCL_TEST_REAL_TORCHRUN=1` runs every launch under it (and every
+`python` command in a fresh interpreter). What the agent
 does that a test sees is copied: when a rank fails the others get SIGTERM (SIGKILL 30 s later),
 and the launch's exit status is 1 when any rank failed. tests/test_kill_points.py compares weights
 made this way with weights made under torchrun, killed and resumed: they must be equal.
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 from conftest import ROOT, free_port, launch_env
 
@@ -49,8 +52,8 @@ def _context():
     return _CONTEXT
 
 
-def _rank(argv: list[str], env: dict, cwd: str, out_path: str, err_path: str) -> None:
-    """One rank: its output appended to the launch's files (as torchrun passes both ranks' through)."""
+def _redirect(env: dict, cwd: str, out_path: str, err_path: str) -> None:
+    """The forked child's stdout/stderr, environment and directory, as a fresh process would have them."""
     for fd, path in ((1, out_path), (2, err_path)):
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         os.dup2(f, fd)
@@ -60,10 +63,25 @@ def _rank(argv: list[str], env: dict, cwd: str, out_path: str, err_path: str) ->
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    sys.argv = [ENTRY, *argv]  # as a torchrun rank sees it
-    # a forkserver child inherits "forkserver" as its start method; a torchrun rank has "fork", and
-    # DataLoader workers started through the forkserver would cost seconds each
+    # a forkserver child inherits "forkserver" as its start method; a fresh process (and a torchrun
+    # rank) has "fork", and DataLoader workers started through the forkserver would cost seconds each
     multiprocessing.set_start_method("fork", force=True)
+
+
+def _exit(rc) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc or 0)
+
+
+def _exit_code(e: SystemExit) -> int:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+
+
+def _rank(argv: list[str], env: dict, cwd: str, out_path: str, err_path: str) -> None:
+    """One rank: its output appended to the launch's files (as torchrun passes both ranks' through)."""
+    _redirect(env, cwd, out_path, err_path)
+    sys.argv = [ENTRY, *argv]  # as a torchrun rank sees it
     import torch
 
     torch.set_num_threads(int(env.get("OMP_NUM_THREADS", "1")))  # what torchrun's default of 1 gives
@@ -72,13 +90,41 @@ def _rank(argv: list[str], env: dict, cwd: str, out_path: str, err_path: str) ->
     try:
         rc = main(argv)
     except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        rc = _exit_code(e)
     except BaseException:  # noqa: BLE001 - a rank's crash is its traceback on stderr and a failed exit
         traceback.print_exc()
         rc = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(rc or 0)
+    _exit(rc)
+
+
+def _script(argv: list[str], env: dict, cwd: str, out_path: str, err_path: str) -> None:
+    """`python ARGV...` (a script path or `-m module`, then its arguments) run as __main__, the way
+    the interpreter runs it, in a child that already has torch and mcl_dist imported."""
+    _redirect(env, cwd, out_path, err_path)
+    if "OMP_NUM_THREADS" in env:  # otherwise torch's own default, as in a fresh interpreter
+        import torch
+
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    import runpy
+
+    try:
+        if argv[0] == "-m":
+            sys.path.insert(0, cwd)  # as `python -m` does
+            sys.argv = [argv[1], *argv[2:]]
+            with warnings.catch_warnings():  # a fresh interpreter has not imported it yet; here it is preloaded
+                warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(argv)
+            sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))  # as `python script.py` does
+            runpy.run_path(argv[0], run_name="__main__")
+        rc = 0
+    except SystemExit as e:
+        rc = _exit_code(e)
+    except BaseException:  # noqa: BLE001 - an uncaught exception: its traceback and exit status 1, as python does
+        traceback.print_exc()
+        rc = 1
+    _exit(rc)
 
 
 def _stop(procs) -> None:
@@ -125,3 +171,28 @@ def launch(args: list[str], nproc: int = 2, env: dict | None = None, timeout: fl
                                            open(err).read() if os.path.exists(err) else "")
         done.rank_codes = [p.exitcode for p in procs]  # what torchrun's failure summary lists (conftest.rank_exit_codes)
         return done
+
+
+def wanted_python(argv: list[str]) -> bool:
+    """Whether `python ARGV...` can run forked: anything but a `debug.kill_at` launch (it SIGKILLs
+    its launcher, which for a forked child would be the forkserver)."""
+    return os.environ.get("MCL_TEST_REAL_TORCHRUN") != "1" and not any(a.startswith("debug.kill_at=") for a in argv)
+
+
+def python(argv: list[str], cwd: str = ROOT, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python ARGV...` with stdout and stderr captured, as subprocess.run(..., capture_output=True,
+    text=True) returns it: forked from the warm forkserver where it can be (wanted_python), a real
+    interpreter otherwise. env is the child's whole environment (default: this process's)."""
+    env = dict(os.environ if env is None else env)
+    if not wanted_python(argv):
+        return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        p = _context().Process(target=_script, args=(list(argv), env, str(cwd), out, err))
+        p.start()
+        p.join(timeout)
+        if p.exitcode is None:
+            _stop([p])
+            raise subprocess.TimeoutExpired([sys.executable, *argv], timeout, open(out).read(), open(err).read())
+        read = lambda path: open(path).read() if os.path.exists(path) else ""  # noqa: E731
+        return subprocess.CompletedProcess([sys.executable, *argv], p.exitcode, read(out), read(err))

@@ -2,12 +2,12 @@
 (mcl_dist/config/choices.py): one impossible combination per registry, refused with its message,
 and `--dry-run` refuses one before planning anything."""
 import os
-import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT
+import forked_ranks
 from mcl_dist.config.choices import REGISTRIES
 from mcl_dist.config.load import load_config
 from mcl_dist.config.schema import ConfigError
@@ -97,10 +97,9 @@ def test_eval_metric_needs_a_text_tower():
 
 
 def test_dry_run_refuses_an_impossible_combination(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, "launch/pretrain.py"), "--config", os.path.join(ROOT, "configs/demo.yaml"),
-           "--dry-run", "train.engine=deepspeed", "train.optimizer=lars"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    argv = [os.path.join(ROOT, "launch/pretrain.py"), "--config", os.path.join(ROOT, "configs/demo.yaml"),
+            "--dry-run", "train.engine=deepspeed", "train.optimizer=lars"]
+    proc = forked_ranks.python(argv, cwd=tmp_path, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "error: train.engine=deepspeed, train.optimizer=lars (command line): train.engine=deepspeed runs AdamW only "

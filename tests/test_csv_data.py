@@ -4,8 +4,6 @@ row), its fingerprint, the `data.dataset_type` switch, and its streams: every ro
 over the ranks and workers, every row once over the embedding's ranks, a resumed stream exactly
 the uninterrupted one."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from mcl_dist.data.streaming import ErrorLog, ShardStream, make_loader, raw_samp
 from mcl_dist.data.webdataset_data import WebDatasetData
 
 from conftest import ROOT, write_test_shards
+import forked_ranks
 from csv_helpers import shards_to_csv
 from test_streaming import collect, decode
 
@@ -91,8 +90,8 @@ def test_a_bad_csv_stops_the_launch_with_one_error_line(tmp_path):
     """Through the real entry point (its dry run): one `error:` line, no traceback."""
     csv_path = write(tmp_path / "d" / "data.csv", "filepath\ttitle\nimages/gone.png\ta\n")
     cfg = write(tmp_path / "cfg.yaml", f"data: {{train_shards: {csv_path}}}\n")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch/pretrain.py"), "--config", cfg, "--dry-run"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = forked_ranks.python([os.path.join(ROOT, "launch/pretrain.py"), "--config", cfg, "--dry-run"],
+                               timeout=300, cwd=tmp_path)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: {csv_path}, row 1 (line 2): image file {tmp_path}/d/images/gone.png not found; "

@@ -3,12 +3,12 @@ computation, and nothing written. Shard lists point at small test shards (CC12M 
 samples per epoch come from data.num_samples, as for remote shards."""
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT, write_test_shards
+import forked_ranks
 from mcl_dist.config.load import load_config
 from mcl_dist.pipeline.dry_run import build_plan, format_plan
 from mcl_dist.pipeline.time_estimate import estimate
@@ -37,10 +37,10 @@ def test_paper_config_cli_prints_the_hand_computed_plan_and_writes_nothing(tmp_p
     work = tmp_path / "cwd"
     work.mkdir()
     before = files_under(os.path.dirname(shards[0]))
-    cmd = [sys.executable, os.path.join(ROOT, "launch/pretrain.py"), "--config", os.path.join(ROOT, REAL[0]),
-           "--dry-run", "--world-size", "8", *overrides(shards)]
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"))
+    argv = [os.path.join(ROOT, "launch/pretrain.py"), "--config", os.path.join(ROOT, REAL[0]),
+            "--dry-run", "--world-size", "8", *overrides(shards)]
+    proc = forked_ranks.python(argv, cwd=work, timeout=300,
+                               env=dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     # by hand: 1,000 per GPU x 8 ranks = 8,000 per step, no accumulation;

@@ -5,11 +5,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
 from conftest import ROOT, rank_exit_codes, tiny_config, torchrun
+import forked_ranks
 from mcl_dist.config.load import check_world, load_config
 from mcl_dist.config.schema import ConfigError
 from mcl_dist.data.preflight import DataError, check_shard_count
@@ -39,7 +39,7 @@ def launch(cfg: str, world: int, over: list[str], run_dir=None) -> subprocess.Co
         args += ["--run-dir", str(run_dir)]
     if run_dir is not None and world > 1:
         return torchrun(args, nproc=world, check=False)
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    return forked_ranks.python(args, cwd=ROOT, timeout=300, env=ENV)
 
 
 @pytest.mark.launch

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from mcl_dist.clustering.pseudo_labels import compose_labels, export_csv, label_stats, load_labels, save_labels
 from mcl_dist.data.tar_index import keys_fingerprint
+
+import forked_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,13 +120,11 @@ def test_export_csv_and_cli(tmp_path):
         rows = list(csv.reader(f))
     assert rows == [["key", "label"], ["a", "1"], ["b", "0"], ["c", "-1"], ["d", "1"]]
     out2 = str(tmp_path / "cli.csv")
-    proc = subprocess.run([sys.executable, "-m", "mcl_dist.commands.export_labels", path, out2],
-                          capture_output=True, text=True, timeout=60)
+    proc = forked_ranks.python(["-m", "mcl_dist.commands.export_labels", path, out2], timeout=60)
     assert proc.returncode == 0, proc.stderr
     with open(out2) as f:
         assert f.read() == open(out).read()
-    bad = subprocess.run([sys.executable, "-m", "mcl_dist.commands.export_labels", str(tmp_path / "no.npz"), out2],
-                         capture_output=True, text=True, timeout=60)
+    bad = forked_ranks.python(["-m", "mcl_dist.commands.export_labels", str(tmp_path / "no.npz"), out2], timeout=60)
     assert bad.returncode == 2 and "no such file" in bad.stderr
 
 

@@ -2,12 +2,11 @@
 synonyms, and override errors that blame the command line (real argparse + config loading)."""
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from conftest import ROOT
+import forked_ranks
 from mcl_dist.commands.pretrain import parse, resolve
 from mcl_dist.config.load import load_config
 from mcl_dist.config.oc_flags import to_overrides
@@ -91,8 +90,8 @@ def test_a_bad_override_value_names_the_command_line_not_the_yaml():
     with pytest.raises(ConfigError) as e:
         load_config(DEMO, ["train.lr=abc"])
     assert str(e.value) == "train.lr=abc (command line): 'train.lr' must be float, got str 'abc'"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch/pretrain.py"), "--config", DEMO, "--dry-run",
-                           "--zeroshot-frequency", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = forked_ranks.python([os.path.join(ROOT, "launch/pretrain.py"), "--config", DEMO, "--dry-run",
+                                "--zeroshot-frequency", "1"], timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.startswith("error: command line: --zeroshot-frequency has no mapping")
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -150,8 +149,7 @@ def test_the_public_command_names_every_unmapped_flag_at_once_then_runs(tmp_path
     with pytest.raises(ConfigError, match="'data.dataset_type' must be one of webdataset, csv, auto, got 'files'"):
         load_config(paper, overrides)
     keep[keep.index("files")] = "webdataset"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch/pretrain.py"), *base, *keep],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = forked_ranks.python([os.path.join(ROOT, "launch/pretrain.py"), *base, *keep], timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "--model ViT-L-14 -> model.name=ViT-L-14" in proc.stdout
     assert f"--train-data {shards} -> data.train_shards={shards}" in proc.stdout

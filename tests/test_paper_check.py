@@ -5,12 +5,11 @@ steps. The deadline scheduler on its own: a part that does not fit is skipped, t
 the JSON is on disk after every part. Timings mean nothing and are not asserted."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from conftest import ROOT
+import forked_ranks
 from mcl_dist.bench.paper_check import ORDER, SMOKE, done_parts, schedule, wanted
 from mcl_dist.core.files import read_json, write_json
 
@@ -19,9 +18,8 @@ from mcl_dist.core.files import read_json, write_json
 def test_paper_check_cpu_smoke(tmp_path):
     out, tab = tmp_path / "smoke.json", tmp_path / "smoke.md"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-m", "mcl_dist.bench.paper_check", "--cpu-smoke", "--out", str(out),
-                           "--table", str(tab), "--work-dir", str(tmp_path / "work")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = forked_ranks.python(["-m", "mcl_dist.bench.paper_check", "--cpu-smoke", "--out", str(out),
+                                "--table", str(tab), "--work-dir", str(tmp_path / "work")], cwd=ROOT, env=env, timeout=900)
     res = json.loads(out.read_text())
     assert proc.returncode == 0 and res["errors"] == [], (res["errors"], proc.stderr[-3000:])
     ran = res["ran"]
@@ -120,9 +118,9 @@ def test_a_short_deadline_skips_parts_and_still_writes(tmp_path):
     """Past --deadline-s no part starts (beyond the preflight, which fits): each is listed as
     skipped with what it needed, and the JSON and table are written."""
     out = tmp_path / "b.json"
-    proc = subprocess.run([sys.executable, "-m", "mcl_dist.bench.paper_check", "--cpu-smoke", "--deadline-s", "12",
-                           "--expect", "kmeans=60", "--parts", "ceilings,kmeans", "--out", str(out)], cwd=ROOT,
-                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=300)
+    proc = forked_ranks.python(["-m", "mcl_dist.bench.paper_check", "--cpu-smoke", "--deadline-s", "12",
+                                "--expect", "kmeans=60", "--parts", "ceilings,kmeans", "--out", str(out)], cwd=ROOT,
+                               env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=300)
     res = json.loads(out.read_text())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert res["skipped"] == ["kmeans"] and res["errors"] == [] and res["ran"] == ["preflight", "ceilings"]

@@ -1,12 +1,11 @@
 """Remote shards with stages >= 1 are refused at config load (so by the run and by --dry-run alike)
 with one `error:` line, before stage 0 runs or anything is written (real CLI subprocesses)."""
 import os
-import subprocess
-import sys
 
 import pytest
 
 from conftest import ROOT, tiny_config
+import forked_ranks
 from mcl_dist.config.load import load_config
 from mcl_dist.config.schema import ConfigError
 
@@ -31,10 +30,9 @@ def test_remote_shards_with_later_stages_are_refused_at_load(tmp_path, shards, u
 def test_run_and_dry_run_fail_before_stage_0_with_one_error_line(tmp_path, shards, dry):
     cfg = tiny_config(tmp_path, shards, stages=[{}, {"k": 2, "group_size": 4}])
     run = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(ROOT, "launch/pretrain.py"), "--config", cfg, "--run-dir", str(run),
-           f"data.train_shards={REMOTE}", "data.num_samples=1000"] + (["--dry-run", "--world-size", "8"] if dry else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
-                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    argv = [os.path.join(ROOT, "launch/pretrain.py"), "--config", cfg, "--run-dir", str(run),
+            f"data.train_shards={REMOTE}", "data.num_samples=1000"] + (["--dry-run", "--world-size", "8"] if dry else [])
+    proc = forked_ranks.python(argv, timeout=120, cwd=str(tmp_path), env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode == 2
     # the shards came from the command line, and the error says so (not the YAML file)
     assert proc.stderr == f"error: data.train_shards={REMOTE} (command line): {WANT}\n"

@@ -4,12 +4,11 @@ and the integration weights; changing only the integration (weights and scaling)
 integrate and report."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from conftest import ROOT
+import forked_ranks
 from mcl_dist.integration.integrated_model import load_model
 from mcl_dist.run import verify
 
@@ -24,10 +23,9 @@ ARGS = ["data.synthetic=true", "data.synthetic_train=256", "data.synthetic_test=
 def run(run_dir, data_dir, *more):
     cfg = data_dir.parent / "signals.yaml"
     cfg.write_text("data: {synthetic: true}\n")
-    cmd = [sys.executable, "launch/pretrain.py", "--config", str(cfg), "--run-dir", str(run_dir),
-           f"data.synthetic_dir={data_dir}", *ARGS, *more]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
+    argv = ["launch/pretrain.py", "--config", str(cfg), "--run-dir", str(run_dir),
+            f"data.synthetic_dir={data_dir}", *ARGS, *more]
+    proc = forked_ranks.python(argv, cwd=ROOT, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.load(open(os.path.join(run_dir, "manifest.json")))["steps"]
 

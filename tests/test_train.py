@@ -1,8 +1,6 @@
 """Stage-0 training under a real torchrun (2 gloo ranks, tiny ViT, real shards)."""
 import json
 import os
-import subprocess
-import sys
 
 import open_clip
 import torch
@@ -10,6 +8,7 @@ import torch
 import pytest
 
 from conftest import ROOT, tiny_config, torchrun, write_test_shards
+import forked_ranks
 
 
 def metrics(run_dir, stage=0):
@@ -79,8 +78,7 @@ def test_too_many_bad_samples_stop_with_the_shard_named(tmp_path):
 def test_config_error_is_one_line_and_writes_nothing(tmp_path, shards):
     cfg = tiny_config(tmp_path, shards)
     # plain python (world size 1): one line, exit code 2, no traceback at all
-    out = subprocess.run([sys.executable, "launch/pretrain.py", "--config", cfg, "--run-dir", str(tmp_path / "run"),
-                          "train.lrr=1"], cwd=ROOT, capture_output=True, text=True)
+    out = forked_ranks.python(["launch/pretrain.py", "--config", cfg, "--run-dir", str(tmp_path / "run"), "train.lrr=1"])
     assert out.returncode == 2
     assert out.stderr.strip() == ("error: command-line override 'train.lrr': unknown key 'train.lrr'; "
                                   "did you mean 'train.lr'?")
@@ -109,9 +107,8 @@ def test_local_checkpoint_taken_as_stage_0_without_training(tmp_path, shards):
     ckpt = tmp_path / "given.pt"
     torch.save({"state_dict": model.state_dict()}, ckpt)
     cfg = tiny_config(tmp_path, shards)
-    out = subprocess.run([sys.executable, "launch/pretrain.py", "--config", cfg, "--run-dir", str(tmp_path / "run"),
-                          f"stages.0.pretrained={ckpt}"], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    out = forked_ranks.python(["launch/pretrain.py", "--config", cfg, "--run-dir", str(tmp_path / "run"),
+                               f"stages.0.pretrained={ckpt}"], env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "using pretrained weights" in out.stderr
     assert not os.path.exists(tmp_path / "run" / "stage_0" / "metrics.jsonl")  # nothing was trained
