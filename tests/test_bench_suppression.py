@@ -6,12 +6,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT
+import forked_ranks
 from mcl_dist.config.load import load_config
 from mcl_dist.config.schema import to_dict
 
@@ -19,7 +19,9 @@ from mcl_dist.config.schema import to_dict
 
 def tool_module(name: str):
     """One of the tool's helper modules (scripts in tools/, not a package), registered under its
-    name as the scripts import each other (tools/ is on sys.path when they run)."""
+    name as the scripts import each other (tools/ is on sys.path when they run, and here)."""
+    if os.path.join(ROOT, "tools") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "tools"))
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
     module = sys.modules[name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -39,9 +41,8 @@ TRANSFER = r"transfer \(recipe chosen on {}, tested on {}\): pair error ratio pe
 
 
 def bench(tmp, *args):
-    cmd = [sys.executable, "tools/bench_feature_suppression.py", "--scale", "smoke", "--seeds", "0", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    proc = forked_ranks.python(["tools/bench_feature_suppression.py", "--scale", "smoke", "--seeds", "0", *args],
+                               cwd=ROOT, timeout=900, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 

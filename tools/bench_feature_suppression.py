@@ -2,8 +2,9 @@
 """Feature-suppression benchmark: does MCL undo what a single-stage CLIP suppresses, and does a
 recipe chosen on one data family hold on the other?
 
-Every arm is a real pipeline run (launch/pretrain.py; one process per run by default, or
-torchrun with --nproc) on the same synthetic data, the same total number of optimizer steps T and
+Every arm is a real pipeline run (launch/pretrain.py; one process per run by default, forked from
+a process that imported the entry point once (mcl_dist/bench/warm_launch.py; MCL_BENCH_FRESH=1
+starts each from a fresh interpreter), or torchrun with --nproc) on the same synthetic data, the same total number of optimizer steps T and
 the same seeds. Two families (--family; tools/bench_suppression_arms.py):
 
     A  shapes (mcl_dist.synthetic.trifeature): easy colour, background, frame; hard shape, texture, position;
@@ -66,6 +67,7 @@ import bench_suppression_stop as stop
 from bench_suppression_arms import (FAMILIES, HEADLINE, RECIPE_PREFIX, SCALES, SIMCLR_ARMS, SIMCLR_AS, arm_overrides, base_arm,
                                     data_digest, default_arms, make_data, parse_arm, planned_runs)
 from bench_suppression_report import SIMCLR_HARD, mean
+from mcl_dist.bench.warm_launch import WarmLauncher
 from mcl_dist.core import layout
 
 
@@ -137,6 +139,19 @@ def to_run(order: list, explicit: list, runs: dict, recorded: dict) -> tuple[lis
     return todo, [r for r in skipped if r not in todo]
 
 
+WARM = WarmLauncher()
+
+
+def start_run(cmd: list[str], env: dict, log_path: str):
+    """A one-process run (`python launch/pretrain.py ...`) forks from a process that imported the
+    entry point once (mcl_dist/bench/warm_launch.py: ~10 s of imports saved per run); torchrun
+    launches, and every run under MCL_BENCH_FRESH=1, start as fresh processes."""
+    if cmd[0] == sys.executable and cmd[1].endswith("pretrain.py") and os.environ.get("MCL_BENCH_FRESH") != "1":
+        return WARM.start(cmd[2:], ROOT, env, log_path)
+    with open(log_path, "a") as log:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
 def run_all(jobs: list[tuple[str, int, str, list[str]]], parallel: int, threads: int, out: str,
             on_done=None) -> dict[str, float]:
     """Run the pipeline commands, `parallel` at a time (an integration arm once its trained arm has
@@ -154,24 +169,21 @@ def run_all(jobs: list[tuple[str, int, str, list[str]]], parallel: int, threads:
             if base_arm(arm) and not os.path.exists(layout.manifest_path(run_dir)):
                 shutil.copytree(os.path.join(out, f"{base_arm(arm)}_s{seed}"), run_dir, ignore=NOT_COPIED, dirs_exist_ok=True)
             os.makedirs(run_dir, exist_ok=True)
-            log = open(run_dir + ".log", "a")
             print(f"[bench] start {arm} seed {seed}  (log {run_dir}.log; {len(pending)} more queued)", flush=True)
-            running.append((arm, seed, run_dir, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
-                                                                  stderr=subprocess.STDOUT), time.time(), log))
+            running.append((arm, seed, run_dir, start_run(cmd, env, run_dir + ".log"), time.time()))
         if not running and pending:
             missing = sorted({f"{base_arm(a)}:{sd}" for a, sd, _, _ in pending})
             raise SystemExit(f"[bench] integration arms wait for trained runs that are not finished or queued: "
                              f"{' '.join(missing)} (add them to --runs)")
         time.sleep(2)
         for item in list(running):
-            arm, seed, run_dir, proc, t0, log = item
+            arm, seed, run_dir, proc, t0 = item
             if proc.poll() is None:
                 continue
             running.remove(item)
-            log.close()
             times[run_dir] = time.time() - t0
             if proc.returncode:
-                for _, _, _, p, _, lg in running:
+                for _, _, _, p, _ in running:
                     p.kill()
                 raise SystemExit(f"[bench] {arm} seed {seed} failed (exit {proc.returncode}); see {run_dir}.log")
             print(f"[bench] done  {arm} seed {seed} in {times[run_dir]:.0f} s", flush=True)

@@ -6,6 +6,7 @@
     memprobe      peak memory of a part (in process, or polled for child processes)
     devtime       timing a call between device syncs
     train_bench   stage-0 samples/s: ours vs open_clip_train (torchrun launches and shims)
+    warm_launch   one-process pipeline runs forked from a process that imported the entry point once
 
     paper_check   the GPU script: the paper's run measured on one GPU (paper_table: its table)
     throughput    the one throughput method: alternating rounds, window rate, data-wait share, ceiling
