@@ -99,7 +99,10 @@ def _buckets(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
     valid = np.flatnonzero(labels >= 0)
     dtype = np.int32 if labels.size < 2**31 else np.int64
     perm = valid[rng.permutation(valid.size)].astype(dtype)
-    order = perm[np.argsort(labels[perm], kind="stable")]
+    keys = labels[perm]
+    if keys.size and keys.max() < 2**16:  # the same stable order; numpy radix-sorts 16-bit keys, ~3x faster
+        keys = keys.astype(np.uint16)
+    order = perm[np.argsort(keys, kind="stable")]
     lab = labels[order]
     starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]]) if lab.size else np.zeros(0, np.int64)
     sizes = np.diff(np.r_[starts, lab.size])
