@@ -21,9 +21,8 @@ def test_bf16_features_match_fp32(mcfg):
     bundle = create(mcfg, torch.device("cpu"))
     model = bundle["model"].eval()
     size = model.visual.image_size[0]
-    batch = {"image": torch.randn(6, 3, size, size),
-             "text": bundle["tokenizer"]([f"a photo of {w}" for w in ("a dog", "two cats", "a red car", "sky",
-                                                                        "a tree", "the sea")])}
+    batch = {"image": torch.randn(3, 3, size, size),
+             "text": bundle["tokenizer"]([f"a photo of {w}" for w in ("a dog", "two cats", "a red car")])}
     for mode in ("image", "joint"):
         ref = encode(model, batch, mode, torch.device("cpu"))
         got = encode(model, batch, mode, torch.device("cpu"), torch.bfloat16)
