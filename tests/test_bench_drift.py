@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+import forked_ranks
 
 
 def drift_module():
@@ -29,7 +30,8 @@ def test_benchmark_data_and_a_short_run_reproduce_the_stored_values(tmp_path):
 
     stored = read_json(drift.STORED)
     now = {"data": {fam: drift.data_parts(fam, str(tmp_path / "d")) for fam in stored["data"]},
-           "run": drift.run_metrics(str(tmp_path / "r"))}
+           "run": drift.run_metrics(str(tmp_path / "r"),
+                                    lambda argv, env: forked_ranks.python(argv, cwd=ROOT, env=env, timeout=600))}
     moved = drift.moved(stored, now)
     assert not moved, "the benchmark drifted (regenerate only if the change is meant): " + "; ".join(moved)
 

@@ -62,15 +62,20 @@ def data_parts(family: str, root: str) -> dict:
     return {k: _h(*v) for k, v in parts.items()}
 
 
-def run_metrics(tmp: str) -> dict:
+def _python(argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def run_metrics(tmp: str, python=_python) -> dict:
     """The short run's numbers: each stage's loss at its first and last step, each model's pair
-    accuracy on both splits and the integrated model's linear probe, rounded to 4 decimals."""
+    accuracy on both splits and the integrated model's linear probe, rounded to 4 decimals.
+    python(argv, env): runs `python ARGV...` from the repository root and returns its
+    CompletedProcess (the test passes one that forks from a warm process)."""
     fam, run = RUN
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "bench_feature_suppression.py"), "--scale", "smoke", "--seeds", "0",
-           "--family", fam, "--out", os.path.join(tmp, "run"), "--data-dir", os.path.join(tmp, "data"),
-           "--arms", "baseline", "--runs", run]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    argv = [os.path.join(ROOT, "tools", "bench_feature_suppression.py"), "--scale", "smoke", "--seeds", "0",
+            "--family", fam, "--out", os.path.join(tmp, "run"), "--data-dir", os.path.join(tmp, "data"),
+            "--arms", "baseline", "--runs", run]
+    proc = python(argv, dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     if proc.returncode:
         raise RuntimeError(f"error: the drift run failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     arm, seed = run.split(":")
