@@ -56,7 +56,6 @@ def write_test_shards(out_dir: str, n_shards: int = 4, per_shard: int = 32, seed
     return paths
 
 
-
 def pytest_collection_modifyitems(config, items):
     """Longest files first (tests/fixtures/file_seconds.json, tools/test_file_seconds.py): the workers
     take whole files in this order, and a long file taken last kept one worker busy alone for
@@ -64,6 +63,7 @@ def pytest_collection_modifyitems(config, items):
     path = os.path.join(ROOT, "tests", "fixtures", "file_seconds.json")
     secs = json.load(open(path)) if os.path.exists(path) else {}
     items.sort(key=lambda item: -secs.get(os.path.relpath(str(item.path), ROOT), 0))
+
 
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory):

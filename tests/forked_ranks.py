@@ -27,10 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 
 from conftest import ROOT, free_port, launch_env
+from mcl_dist.bench.warm_launch import enter, leave
 
 ENTRY = "launch/pretrain.py"
 _CONTEXT = None
@@ -52,79 +52,43 @@ def _context():
     return _CONTEXT
 
 
-def _redirect(env: dict, cwd: str, out_path: str, err_path: str) -> None:
-    """The forked child's stdout/stderr, environment and directory, as a fresh process would have them."""
-    for fd, path in ((1, out_path), (2, err_path)):
-        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        os.dup2(f, fd)
-        os.close(f)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    # a forkserver child inherits "forkserver" as its start method; a fresh process (and a torchrun
-    # rank) has "fork", and DataLoader workers started through the forkserver would cost seconds each
-    multiprocessing.set_start_method("fork", force=True)
-
-
-def _exit(rc) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(rc or 0)
-
-
-def _exit_code(e: SystemExit) -> int:
-    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-
-
 def _rank(argv: list[str], env: dict, cwd: str, out_path: str, err_path: str) -> None:
     """One rank: its output appended to the launch's files (as torchrun passes both ranks' through)."""
-    _redirect(env, cwd, out_path, err_path)
+    enter(env, cwd, out_path, err_path)
     sys.argv = [ENTRY, *argv]  # as a torchrun rank sees it
     import torch
 
     torch.set_num_threads(int(env.get("OMP_NUM_THREADS", "1")))  # what torchrun's default of 1 gives
     from mcl_dist.commands.pretrain import main
 
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = _exit_code(e)
-    except BaseException:  # noqa: BLE001 - a rank's crash is its traceback on stderr and a failed exit
-        traceback.print_exc()
-        rc = 1
-    _exit(rc)
+    leave(lambda: main(argv))
+
+
+def _run_as_main(argv: list[str], cwd: str) -> int:
+    import runpy
+
+    if argv[0] == "-m":
+        sys.path.insert(0, cwd)  # as `python -m` does
+        sys.argv = [argv[1], *argv[2:]]
+        with warnings.catch_warnings():  # a fresh interpreter has not imported it yet; here it is preloaded
+            warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = list(argv)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))  # as `python script.py` does
+        runpy.run_path(argv[0], run_name="__main__")
+    return 0
 
 
 def _script(argv: list[str], env: dict, cwd: str, out_path: str, err_path: str) -> None:
     """`python ARGV...` (a script path or `-m module`, then its arguments) run as __main__, the way
     the interpreter runs it, in a child that already has torch and mcl_dist imported."""
-    _redirect(env, cwd, out_path, err_path)
+    enter(env, cwd, out_path, err_path)
     if "OMP_NUM_THREADS" in env:  # otherwise torch's own default, as in a fresh interpreter
         import torch
 
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    import runpy
-
-    try:
-        if argv[0] == "-m":
-            sys.path.insert(0, cwd)  # as `python -m` does
-            sys.argv = [argv[1], *argv[2:]]
-            with warnings.catch_warnings():  # a fresh interpreter has not imported it yet; here it is preloaded
-                warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
-                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
-        else:
-            sys.argv = list(argv)
-            sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))  # as `python script.py` does
-            runpy.run_path(argv[0], run_name="__main__")
-        rc = 0
-    except SystemExit as e:
-        rc = _exit_code(e)
-    except BaseException:  # noqa: BLE001 - an uncaught exception: its traceback and exit status 1, as python does
-        traceback.print_exc()
-        rc = 1
-    _exit(rc)
+    leave(lambda: _run_as_main(argv, cwd))
 
 
 def _stop(procs) -> None:

@@ -4,8 +4,8 @@ recipe chosen on one data family hold on the other?
 
 Every arm is a real pipeline run (launch/pretrain.py; one process per run by default, forked from
 a process that imported the entry point once (mcl_dist/bench/warm_launch.py; MCL_BENCH_FRESH=1
-starts each from a fresh interpreter), or torchrun with --nproc) on the same synthetic data, the same total number of optimizer steps T and
-the same seeds. Two families (--family; tools/bench_suppression_arms.py):
+starts each from a fresh interpreter), or torchrun with --nproc) on the same synthetic data, the
+same total number of optimizer steps T and the same seeds. Two families (--family; tools/bench_suppression_arms.py):
 
     A  shapes (mcl_dist.synthetic.trifeature): easy colour, background, frame; hard shape, texture, position;
        1,200 easy combinations; configs/bench_suppression.yaml

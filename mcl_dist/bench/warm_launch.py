@@ -27,30 +27,44 @@ from mcl_dist.commands.pretrain import main as pretrain_main
 ENTRY = "mcl_dist.commands.pretrain"
 
 
-def _child(argv: list[str], env: dict, cwd: str, log_path: str) -> None:
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+def enter(env: dict, cwd: str, out_path: str, err_path: str) -> None:
+    """Make a forked child what a fresh process would be: stdout and stderr appended to their files
+    (the same path for both: one log), this environment and working directory, and "fork" as the
+    start method (a forkserver child inherits "forkserver", which would start every DataLoader
+    worker from scratch). tests/forked_ranks.py enters its ranks and commands the same way."""
+    for fd, path in ((1, out_path), (2, err_path)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(f, fd)
+        os.close(f)
     sys.stdout = open(1, "w", buffering=1, closefd=False)
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
     multiprocessing.set_start_method("fork", force=True)
-    if env.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    sys.argv = ["launch/pretrain.py", *argv]
+
+
+def leave(run) -> None:
+    """End the child with the status `python` would give: run()'s return value, a SystemExit's
+    code, or 1 with the traceback printed for an uncaught exception."""
     try:
-        rc = pretrain_main(argv)
+        rc = run()
     except SystemExit as e:
         rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:  # noqa: BLE001 - as a fresh interpreter: the traceback in the log, exit 1
+    except BaseException:  # noqa: BLE001 - as a fresh interpreter: the traceback on stderr, exit 1
         traceback.print_exc()
         rc = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(rc or 0)
+
+
+def _child(argv: list[str], env: dict, cwd: str, log_path: str) -> None:
+    enter(env, cwd, log_path, log_path)
+    if env.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    sys.argv = ["launch/pretrain.py", *argv]
+    leave(lambda: pretrain_main(argv))
 
 
 class WarmRun:
